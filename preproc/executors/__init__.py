@@ -1,0 +1,36 @@
+"""Executors: local processes (default), Kubernetes Indexed Jobs, Ray tasks."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigError
+from .base import Executor
+
+if TYPE_CHECKING:
+    from ..config import Spec
+
+__all__ = ["Executor", "get_executor"]
+
+
+def get_executor(spec: "Spec", **opts: Any) -> Executor:
+    """The executor the spec names (``executor.kind``), built from its options."""
+    kind = spec.executor.kind
+    if kind == "local":
+        from .local import LocalExecutor
+
+        return LocalExecutor(workers=spec.executor.workers, retries=spec.executor.retries,
+                             progress=opts.get("progress", True))
+    if kind == "k8s":
+        try:
+            from .k8s import KubernetesExecutor
+        except ImportError as e:
+            raise ConfigError(f"executor.kind: k8s needs the kubernetes client: pip install 'preproc[k8s]' ({e})") from None
+        return KubernetesExecutor(spec, **{k: v for k, v in opts.items() if k != "progress"})
+    if kind == "ray":
+        try:
+            from .ray import RayExecutor
+        except ImportError as e:
+            raise ConfigError(f"executor.kind: ray needs Ray: pip install 'preproc[ray]' ({e})") from None
+        return RayExecutor(spec, **{k: v for k, v in opts.items() if k != "progress"})
+    raise ConfigError(f"executor.kind: unknown executor {kind!r}; known: local, k8s, ray")

@@ -1,0 +1,158 @@
+"""The embedded default: a pool of local worker processes, one stage after another.
+
+Workers are started with ``spawn`` (never ``fork``: the Rust tokenizer pool and Arrow's
+threads do not survive a fork, and we must not change the host program's start method).
+Each worker gets ``RAYON_NUM_THREADS = cores // workers`` so that tokenizer threads do not
+oversubscribe the cores. A worker killed by the OS (OOM, SIGKILL) breaks the pool; the
+pool is rebuilt and the unfinished indices are retried, counting against their retries.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigError, PreprocError, StageFailed
+
+if TYPE_CHECKING:
+    from ..plan import Plan
+
+log = logging.getLogger("preproc")
+
+
+def _init_worker(threads: int) -> None:
+    os.environ.setdefault("RAYON_NUM_THREADS", str(threads))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+
+
+def _run_one(output: str, stage: str, index: int) -> dict[str, Any]:
+    from ..plan import Plan
+    from ..stages import run_index
+
+    plan = _plan_cache.get(output)
+    if plan is None:
+        plan = _plan_cache[output] = Plan.load(output)
+    return run_index(plan, stage, index)
+
+
+_plan_cache: dict[str, Any] = {}
+
+
+class LocalExecutor:
+    name = "local"
+
+    def __init__(self, *, workers: int | None = None, retries: int = 2, progress: bool = True):
+        self.workers = workers or os.cpu_count() or 1
+        self.retries = retries
+        self.progress = progress
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _get_pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            threads = max(1, (os.cpu_count() or 1) // self.workers)
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
+                                             initializer=_init_worker, initargs=(threads,))
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def run_stage(self, plan: "Plan", stage: str, indices: list[int]) -> None:
+        total = plan.stage(stage).fan_out
+        bar = Progress(stage, total=total, done=total - len(indices), enabled=self.progress)
+        attempts = {i: 0 for i in indices}
+        errors: dict[int, str] = {}
+        todo = list(indices)
+        try:
+            while todo:
+                pool = self._get_pool()
+                futures: dict[Future, int] = {pool.submit(_run_one, plan.output, stage, i): i for i in todo}
+                todo = []
+                broken = False
+                pending = set(futures)
+                while pending:
+                    done, pending = wait(pending, timeout=5.0, return_when=FIRST_COMPLETED)
+                    bar.tick()
+                    for fut in done:
+                        i = futures[fut]
+                        try:
+                            stats = fut.result()
+                        except BrokenProcessPool:
+                            broken = True
+                            errors[i] = "worker process died (killed or out of memory)"
+                            attempts[i] += 1
+                            if attempts[i] <= self.retries:
+                                todo.append(i)
+                            continue
+                        except ConfigError as e:
+                            raise StageFailed(stage, {i: f"ConfigError: {e}"}) from None
+                        except Exception as e:  # noqa: BLE001 - reported per index
+                            errors[i] = f"{type(e).__name__}: {e}"
+                            attempts[i] += 1
+                            if attempts[i] <= self.retries and not _fatal(e):
+                                log.warning("stage %s index %d failed (attempt %d): %s", stage, i, attempts[i], errors[i])
+                                todo.append(i)
+                            continue
+                        errors.pop(i, None)
+                        bar.advance(stats)
+                if broken:
+                    self.close()
+                todo.sort()
+        finally:
+            bar.close()
+        if errors:
+            raise StageFailed(stage, errors)
+
+
+def _fatal(e: BaseException) -> bool:
+    return isinstance(e, PreprocError) and e.exit_code in (2, 3)
+
+
+class Progress:
+    """Per-stage progress: a tqdm bar on a terminal, a log line every 30 s otherwise."""
+
+    def __init__(self, stage: str, *, total: int, done: int, enabled: bool = True):
+        self.stage, self.total, self.done = stage, total, done
+        self.docs = 0
+        self.t0 = self.last_log = time.time()
+        self.bar = None
+        self.enabled = enabled
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=done, desc=f"{stage:<12}", unit="idx", leave=True,
+                            dynamic_ncols=True)
+
+    def advance(self, stats: dict[str, Any]) -> None:
+        self.done += 1
+        self.docs += int(stats.get("docs", 0) or stats.get("read", 0) or 0)
+        if self.bar is not None:
+            rate = self.docs / max(time.time() - self.t0, 1e-6)
+            self.bar.set_postfix_str(f"{rate:,.0f} docs/s")
+            self.bar.update(1)
+        else:
+            self.tick()
+
+    def tick(self) -> None:
+        if self.bar is None and self.enabled and time.time() - self.last_log >= 30:
+            self._line()
+
+    def _line(self) -> None:
+        el = time.time() - self.t0
+        rate = self.docs / max(el, 1e-6)
+        log.info("stage %s: %d/%d indices, %.0f docs/s, %.0fs", self.stage, self.done, self.total, rate, el)
+        self.last_log = time.time()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.enabled:
+            self._line()

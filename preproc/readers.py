@@ -1,0 +1,503 @@
+"""Input readers: one split of one input file → Arrow record batches of good documents.
+
+Every record read ends up either in a batch (columns ``id``, ``text``, ``source`` and the
+spec's ``keep_fields``) or in the rejects with a reason. Problems with a whole file (a
+truncated gzip, a Parquet file without a text column) become *file errors*: the records
+read before the fault are kept and the run goes on.
+
+Reject reasons: ``invalid_utf8``, ``invalid_json``, ``not_an_object``, ``missing_text``,
+``text_not_string``, ``null_text``, ``empty_text``, ``lone_surrogate``, ``doc_too_large``.
+File errors: ``truncated_gzip``, ``corrupt_gzip``, ``truncated_zstd``, ``corrupt_zstd``,
+``not_gzip`` (read as plain text), ``empty_compressed``, ``utf16_decoded`` (a UTF-16 file
+decoded whole), ``schema_missing_text``, ``schema_text_not_string``, ``unreadable``.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+
+from .config import InputSpec
+from .storage import open_fs
+
+__all__ = ["InputSplit", "ReadLog", "read_split"]
+
+CHUNK_BYTES = 8 * 2**20      # read size for raw and decompressed streams
+# Compressed input is fed to zlib in small pieces so that, when a stream is corrupt, the
+# records decoded before the fault are kept (zlib fails a whole call, not a byte).
+GZ_READ_BYTES = 64 * 2**10
+BATCH_BYTES = 32 * 2**20     # emit a batch when this much text has accumulated
+BATCH_ROWS = 16384
+HEAD_BYTES = 200             # how much of a rejected record is kept for inspection
+
+
+@dataclass(frozen=True)
+class InputSplit:
+    """A piece of one input file: a byte range of a JSONL file, some Parquet row groups,
+    or the whole file. ``rel`` is the file's path relative to its input pattern's folder
+    and prefixes generated ids."""
+
+    uri: str
+    rel: str
+    format: str                         # jsonl | parquet | text | arrow
+    compression: str | None = None      # gzip | zstd | None
+    bytes: int = 0
+    start: int = 0                      # byte range [start, end) for uncompressed JSONL
+    end: int | None = None
+    row_groups: tuple[int, ...] | None = None
+    row_offset: int = 0                 # rows before the first row group (generated ids)
+
+    def to_json(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["row_groups"] = list(self.row_groups) if self.row_groups is not None else None
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "InputSplit":
+        d = dict(d)
+        if d.get("row_groups") is not None:
+            d["row_groups"] = tuple(d["row_groups"])
+        return cls(**d)
+
+
+@dataclass
+class ReadLog:
+    """What happened while reading: counts, rejected records, file errors."""
+
+    read: int = 0                       # records seen (accepted + rejected), blank lines excluded
+    blank_lines: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    rejects: list[dict[str, Any]] = field(default_factory=list)
+    file_errors: list[dict[str, Any]] = field(default_factory=list)
+
+    def reject(self, split: InputSplit, location: str, reason: str, head: bytes | str) -> None:
+        self.read += 1
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        if isinstance(head, bytes):
+            head = head[:HEAD_BYTES].decode("utf-8", "backslashreplace")
+        else:
+            head = head[:HEAD_BYTES].encode("utf-8", "backslashreplace").decode("utf-8")
+        self.rejects.append({"file": split.uri, "location": location, "reason": reason, "head": head})
+
+    def file_error(self, split: InputSplit, error: str, detail: str, **extra: Any) -> None:
+        self.file_errors.append({"file": split.uri, "error": error, "detail": detail, **extra})
+
+
+class _Batcher:
+    """Accumulates good records into Arrow batches with a fixed schema."""
+
+    def __init__(self, keep_fields: list[str]):
+        self.keep_fields = keep_fields
+        self._reset()
+
+    def _reset(self) -> None:
+        self.ids: list[str] = []
+        self.texts: list[str] = []
+        self.sources: list[str] = []
+        self.extra: dict[str, list[str | None]] = {k: [] for k in self.keep_fields}
+        self.nbytes = 0
+
+    def add(self, id_: str, text: str, source: str, extra: dict[str, str | None]) -> None:
+        self.ids.append(id_)
+        self.texts.append(text)
+        self.sources.append(source)
+        for k in self.keep_fields:
+            self.extra[k].append(extra.get(k))
+        self.nbytes += len(text)
+
+    def full(self) -> bool:
+        return len(self.ids) >= BATCH_ROWS or self.nbytes >= BATCH_BYTES
+
+    def flush(self) -> pa.RecordBatch | None:
+        if not self.ids:
+            return None
+        arrays = [pa.array(self.ids, pa.string()), pa.array(self.texts, pa.string()),
+                  pa.array(self.sources, pa.string())]
+        arrays += [pa.array(self.extra[k], pa.string()) for k in self.keep_fields]
+        batch = pa.RecordBatch.from_arrays(arrays, names=["id", "text", "source", *self.keep_fields])
+        self._reset()
+        return batch
+
+
+def _as_str(v: Any) -> str | None:
+    if v is None:
+        return None
+    if isinstance(v, str):
+        return v
+    return json.dumps(v, ensure_ascii=False, sort_keys=True)
+
+
+def read_split(split: InputSplit, spec: InputSpec, log: ReadLog,
+               storage_options: dict[str, Any] | None = None) -> Iterator[pa.RecordBatch]:
+    """Yield batches of good documents from ``split``; record everything else in ``log``."""
+    reader: Callable[..., Iterator[pa.RecordBatch]] = {
+        "jsonl": _read_jsonl, "parquet": _read_parquet, "arrow": _read_arrow, "text": _read_text,
+    }[split.format]
+    fs, path = open_fs(split.uri, storage_options)
+    yield from reader(fs, path, split, spec, log)
+
+
+# ---------------------------------------------------------------------------------------
+# JSONL
+
+class _StreamError(Exception):
+    def __init__(self, error: str, detail: str):
+        super().__init__(detail)
+        self.error = error
+        self.detail = detail
+
+
+def _raw_chunks(f, start: int, end: int | None) -> Iterator[bytes]:
+    f.seek(start)
+    while True:
+        chunk = f.read(CHUNK_BYTES)
+        if not chunk:
+            return
+        yield chunk
+
+
+def _gunzip_chunks(f) -> Iterator[bytes]:
+    """Stream-decompress every gzip member (``cat a.gz b.gz`` is valid gzip)."""
+    d = zlib.decompressobj(wbits=31)
+    pending = b""
+    while True:
+        data = pending or f.read(GZ_READ_BYTES)
+        pending = b""
+        if not data:
+            if not d.eof:
+                raise _StreamError("truncated_gzip", "gzip stream ended before its end-of-stream marker")
+            return
+        try:
+            out = d.decompress(data)
+        except zlib.error as e:
+            raise _StreamError("corrupt_gzip", f"gzip data is corrupt: {e}") from None
+        if out:
+            yield out
+        if d.eof:
+            rest = d.unused_data
+            if not rest:
+                rest = f.read(GZ_READ_BYTES)
+                if not rest:
+                    return
+            d = zlib.decompressobj(wbits=31)
+            pending = rest
+
+
+def _unzstd_chunks(f) -> Iterator[bytes]:
+    import zstandard
+
+    reader = zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)
+    try:
+        while True:
+            chunk = reader.read(CHUNK_BYTES)
+            if not chunk:
+                return
+            yield chunk
+    except zstandard.ZstdError as e:
+        kind = "truncated_zstd" if "premature end" in str(e) or "truncated" in str(e) else "corrupt_zstd"
+        raise _StreamError(kind, f"zstd data is corrupt or truncated: {e}") from None
+
+
+def _lines(chunks: Iterator[bytes], base: int, end: int | None, split: InputSplit, log: ReadLog,
+           *, skip_first_partial: bool) -> Iterator[tuple[int, bytes]]:
+    """``(offset, line)`` for each line that *starts* in ``[base, end)``.
+
+    A split that starts mid-file skips the partial line it lands in (the previous split owns
+    it) unless it lands exactly on a line start; it reads past ``end`` to finish its last line.
+    On a stream error the unterminated tail is not a record: it is reported with the error.
+    """
+    buf = b""
+    pos = base              # file offset of buf[0]
+    skipping = skip_first_partial
+    try:
+        for chunk in chunks:
+            buf = buf + chunk if buf else chunk
+            lo = 0
+            if skipping:
+                nl = buf.find(b"\n")
+                if nl < 0:
+                    pos += len(buf)
+                    buf = b""
+                    continue
+                lo = nl + 1
+                skipping = False
+            while True:
+                nl = buf.find(b"\n", lo)
+                if nl < 0:
+                    break
+                off = pos + lo
+                if end is not None and off >= end:
+                    return
+                yield off, buf[lo:nl]
+                lo = nl + 1
+            pos += lo
+            buf = buf[lo:]
+            if end is not None and pos >= end:
+                return
+    except _StreamError as e:
+        extra = {"partial_tail_bytes": len(buf)} if buf else {}
+        log.file_error(split, e.error, e.detail, **extra)
+        return
+    if buf and not skipping and (end is None or pos < end):
+        yield pos, buf
+
+
+def _read_jsonl(fs, path: str, split: InputSplit, spec: InputSpec, log: ReadLog) -> Iterator[pa.RecordBatch]:
+    with fs.open(path, "rb") as f:
+        head = f.read(4)
+        chunks: Iterator[bytes]
+        start, end = split.start, split.end
+        if split.compression == "gzip":
+            f.seek(0)
+            if not head:
+                log.file_error(split, "empty_compressed", "0-byte file with a .gz name: no records")
+                return
+            if head[:2] != b"\x1f\x8b":
+                log.file_error(split, "not_gzip", "named .gz but not gzip data: read as plain text")
+                chunks = _raw_chunks(f, 0, None)
+            else:
+                chunks = _gunzip_chunks(f)
+            start, end = 0, None
+        elif split.compression == "zstd":
+            f.seek(0)
+            if not head:
+                log.file_error(split, "empty_compressed", "0-byte file with a .zst name: no records")
+                return
+            chunks = _unzstd_chunks(f)
+            start, end = 0, None
+        else:
+            if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+                if start > 0:
+                    return  # the split at offset 0 decodes the whole UTF-16 file
+                f.seek(0)
+                data = f.read().decode("utf-16").encode("utf-8")
+                log.file_error(split, "utf16_decoded", "file is UTF-16, not UTF-8: decoded whole")
+                chunks = iter([data])
+                start, end = 0, None
+            else:
+                chunks = _raw_chunks(f, max(start - 1, 0), end)
+        skip = start > 0
+        base = max(start - 1, 0) if skip else start
+        yield from _parse_lines(_lines(chunks, base, end, split, log, skip_first_partial=skip), split, spec, log)
+
+
+_REASONS_BY_TYPE = {type(None): "null_text"}
+
+
+def _parse_lines(lines: Iterator[tuple[int, bytes]], split: InputSplit, spec: InputSpec,
+                 log: ReadLog) -> Iterator[pa.RecordBatch]:
+    batcher = _Batcher(spec.keep_fields)
+    tf, idf, sf = spec.text_field, spec.id_field, spec.source_field
+    replace = spec.invalid_utf8 == "replace"
+    max_bytes = spec.max_doc_bytes
+    for off, line in lines:
+        if off == 0 and line.startswith(b"\xef\xbb\xbf"):
+            line = line[3:]
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if not line.strip():
+            log.blank_lines += 1
+            continue
+        loc = f"byte {off}"
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            # orjson refuses invalid UTF-8 and lone surrogates; tell those apart from bad JSON.
+            try:
+                s = line.decode("utf-8")
+            except UnicodeDecodeError:
+                if not replace:
+                    log.reject(split, loc, "invalid_utf8", line)
+                    continue
+                s = line.decode("utf-8", "replace")
+            try:
+                obj = json.loads(s)
+            except (ValueError, RecursionError):
+                log.reject(split, loc, "invalid_json", line)
+                continue
+        except RecursionError:
+            log.reject(split, loc, "invalid_json", line)
+            continue
+        if not isinstance(obj, dict):
+            log.reject(split, loc, "not_an_object", line)
+            continue
+        if tf not in obj:
+            log.reject(split, loc, "missing_text", line)
+            continue
+        text = obj[tf]
+        if text is None:
+            log.reject(split, loc, "null_text", line)
+            continue
+        if not isinstance(text, str):
+            log.reject(split, loc, "text_not_string", line)
+            continue
+        if not text.strip():
+            log.reject(split, loc, "empty_text", line)
+            continue
+        if max_bytes is not None and len(line) > max_bytes and len(text.encode("utf-8", "surrogatepass")) > max_bytes:
+            log.reject(split, loc, "doc_too_large", line)
+            continue
+        rid = obj.get(idf) if idf else None
+        rid = _as_str(rid) if rid is not None else f"{split.rel}:{off}"
+        src = obj.get(sf) if sf else None
+        src = src if isinstance(src, str) else split.rel
+        extra = {k: _as_str(obj.get(k)) for k in spec.keep_fields}
+        try:
+            # Only the stdlib path can produce lone surrogates; arrow would fail on them later.
+            for s in (text, rid, src, *[v for v in extra.values() if v]):
+                s.encode("utf-8")
+        except UnicodeEncodeError:
+            log.reject(split, loc, "lone_surrogate", line)
+            continue
+        log.read += 1
+        batcher.add(rid, text, src, extra)
+        if batcher.full():
+            yield batcher.flush()  # type: ignore[misc]
+    last = batcher.flush()
+    if last is not None:
+        yield last
+
+
+# ---------------------------------------------------------------------------------------
+# Tables: Parquet and Arrow
+
+def _table_batches(batches: Iterator[pa.RecordBatch], first_row: int, split: InputSplit,
+                   spec: InputSpec, log: ReadLog) -> Iterator[pa.RecordBatch]:
+    """Validate columns of Arrow batches and turn them into document batches."""
+    row = first_row
+    tf = spec.text_field
+    schema_error_reported = False
+    for b in batches:
+        n = b.num_rows
+        rows = range(row, row + n)
+        row += n
+        names = b.schema.names
+        if tf not in names or not (pa.types.is_string(b.schema.field(tf).type)
+                                   or pa.types.is_large_string(b.schema.field(tf).type)):
+            reason = "missing_text" if tf not in names else "text_not_string"
+            if not schema_error_reported:
+                err = "schema_missing_text" if tf not in names else "schema_text_not_string"
+                detail = (f"no column {tf!r} (columns: {', '.join(names)})" if tf not in names
+                          else f"column {tf!r} has type {b.schema.field(tf).type}, not string")
+                log.file_error(split, err, detail)
+                schema_error_reported = True
+            for r in rows:
+                log.reject(split, f"row {r}", reason, "")
+            continue
+        text = b.column(tf).cast(pa.string())
+        valid = pc.fill_null(pc.invert(pc.is_null(text)), False)
+        nonblank = pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0), False)
+        ok = pc.and_(valid, nonblank)
+        if spec.max_doc_bytes is not None:
+            ok = pc.and_(ok, pc.fill_null(pc.less_equal(pc.binary_length(text), spec.max_doc_bytes), True))
+        okn = ok.to_numpy(zero_copy_only=False)
+        if not okn.all():
+            validn = valid.to_numpy(zero_copy_only=False)
+            blankn = nonblank.to_numpy(zero_copy_only=False)
+            for i in (~okn).nonzero()[0]:
+                i = int(i)
+                reason = "null_text" if not validn[i] else ("empty_text" if not blankn[i] else "doc_too_large")
+                head = "" if not validn[i] else text[i].as_py()
+                log.reject(split, f"row {rows[i]}", reason, head)
+        good = b.filter(ok)
+        gtext = text.filter(ok)
+        idx = pa.array(rows, pa.int64()).filter(ok)
+        gen_ids = pc.binary_join_element_wise(split.rel, pc.cast(idx, pa.string()), ":")
+        if spec.id_field and spec.id_field in names:
+            ids = pc.coalesce(good.column(spec.id_field).cast(pa.string()), gen_ids)
+        else:
+            ids = gen_ids
+        if spec.source_field and spec.source_field in names and pa.types.is_string(b.schema.field(spec.source_field).type):
+            src = pc.coalesce(good.column(spec.source_field), pa.scalar(split.rel))
+        else:
+            src = pa.array([split.rel] * good.num_rows, pa.string())
+        arrays = [ids, gtext, src]
+        for k in spec.keep_fields:
+            if k in names:
+                col = good.column(k)
+                arrays.append(col if pa.types.is_string(col.type) else
+                              pa.array([_as_str(v) for v in col.to_pylist()], pa.string()))
+            else:
+                arrays.append(pa.nulls(good.num_rows, pa.string()))
+        log.read += good.num_rows
+        if good.num_rows:
+            yield pa.RecordBatch.from_arrays(arrays, names=["id", "text", "source", *spec.keep_fields])
+
+
+def _read_parquet(fs, path: str, split: InputSplit, spec: InputSpec, log: ReadLog) -> Iterator[pa.RecordBatch]:
+    with fs.open(path, "rb") as f:
+        pf = pq.ParquetFile(f)
+        groups = list(split.row_groups) if split.row_groups is not None else list(range(pf.num_row_groups))
+        names = pf.schema_arrow.names
+        wanted = [c for c in {spec.text_field, spec.id_field, spec.source_field, *spec.keep_fields} if c and c in names]
+        row = split.row_offset
+        for g in groups:
+            # One row group at a time keeps memory bounded by the row group, not the file.
+            it = pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[g], columns=wanted or None)
+            yield from _table_batches(it, row, split, spec, log)
+            row += pf.metadata.row_group(g).num_rows
+
+
+def _arrow_batches(f) -> Iterator[pa.RecordBatch]:
+    try:
+        reader = ipc.open_stream(f)
+        yield from reader
+        return
+    except pa.ArrowInvalid:
+        f.seek(0)
+    rf = ipc.open_file(f)
+    for i in range(rf.num_record_batches):
+        yield rf.get_batch(i)
+
+
+def _read_arrow(fs, path: str, split: InputSplit, spec: InputSpec, log: ReadLog) -> Iterator[pa.RecordBatch]:
+    with fs.open(path, "rb") as f:
+        yield from _table_batches(_arrow_batches(f), 0, split, spec, log)
+
+
+# ---------------------------------------------------------------------------------------
+# Plain text: one document per file
+
+def _read_text(fs, path: str, split: InputSplit, spec: InputSpec, log: ReadLog) -> Iterator[pa.RecordBatch]:
+    with fs.open(path, "rb") as f:
+        data = f.read()
+    if split.compression == "gzip":
+        try:
+            data = b"".join(_gunzip_chunks(_BytesReader(data)))
+        except _StreamError as e:
+            log.file_error(split, e.error, e.detail)
+            return
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        if spec.invalid_utf8 != "replace":
+            log.reject(split, "file", "invalid_utf8", data)
+            return
+        text = data.decode("utf-8", "replace")
+    if not text.strip():
+        log.reject(split, "file", "empty_text", data)
+        return
+    log.read += 1
+    b = _Batcher(spec.keep_fields)
+    b.add(split.rel, text, split.rel, {})
+    yield b.flush()  # type: ignore[misc]
+
+
+class _BytesReader:
+    def __init__(self, data: bytes):
+        self.data, self.pos = data, 0
+
+    def read(self, n: int) -> bytes:
+        out = self.data[self.pos:self.pos + n]
+        self.pos += len(out)
+        return out

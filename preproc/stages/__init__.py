@@ -1,0 +1,123 @@
+"""Stages: pure functions of (plan, stage, index) that commit their outputs, then a marker.
+
+Stages know nothing about executors; executors know nothing about text. The only meeting
+point is :func:`run_index`, which every executor calls (in a pool process, a pod, a Ray task)
+through ``preproc worker OUTPUT --stage NAME --index I``.
+
+Default pipeline, in order:
+
+=============  =================  ========================================================
+stage          fan-out            does
+=============  =================  ========================================================
+clean          shards             read input splits, reject bad records, clean steps,
+                                  write ``clean/part-i.parquet`` + exact-dedup keys
+exact_dedup    buckets            one hash bucket across all shards → ids to drop
+tokenize       shards             clean part minus drops → tokens (Parquet, Megatron)
+finalize       1                  ``dataset.json``, ``stats.json``, accounting check
+=============  =================  ========================================================
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from typing import TYPE_CHECKING, Any, Callable
+
+from ..errors import ConfigError, PreprocError
+from ..storage import Store
+
+if TYPE_CHECKING:
+    from ..config import Spec
+    from ..plan import Plan, StagePlan
+
+__all__ = ["pipeline_stages", "run_index", "STAGE_RUNNERS"]
+
+StageRunner = Callable[["Plan", int, Store], dict[str, Any]]
+
+
+def _runners() -> dict[str, StageRunner]:
+    from . import clean, exact, finalize, tokenize
+
+    runners = {"clean": clean.run, "exact_dedup": exact.run, "tokenize": tokenize.run,
+               "finalize": finalize.run}
+    try:
+        from . import near
+    except ImportError:  # pragma: no cover - near-dedup stages not present
+        return runners
+    runners.update(near.RUNNERS)
+    return runners
+
+
+STAGE_RUNNERS: dict[str, StageRunner] = {}
+
+
+def pipeline_stages(spec: "Spec", num_shards: int) -> list["StagePlan"]:
+    """The stages a spec runs, in order, with their fan-out."""
+    from ..plan import StagePlan
+
+    stages = [StagePlan("clean", num_shards)]
+    if spec.dedup.exact.enabled:
+        stages.append(StagePlan("exact_dedup", spec.dedup.exact.buckets or num_shards))
+    if spec.dedup.near:
+        from . import near
+
+        stages.extend(near.stages(spec, num_shards))
+    stages.append(StagePlan("tokenize", num_shards))
+    stages.append(StagePlan("finalize", 1))
+    return stages
+
+
+def run_index(plan: "Plan", stage: str, index: int, store: Store | None = None) -> dict[str, Any]:
+    """Run one index of one stage unless its marker exists; return its stats.
+
+    Idempotent: the stage overwrites its own outputs (each committed atomically) and the
+    marker is written last, so a killed attempt leaves nothing a reader trusts.
+    """
+    if not STAGE_RUNNERS:
+        STAGE_RUNNERS.update(_runners())
+    store = store or Store(plan.output)
+    sp = plan.stage(stage)
+    if not 0 <= index < sp.fan_out:
+        raise ConfigError(f"stage {stage!r} has indices 0..{sp.fan_out - 1}; got {index}")
+    done = store.read_marker(stage, index)
+    if done is not None:
+        return done
+    _check_previous_done(plan, stage, store)
+    t0 = time.time()
+    try:
+        stats = STAGE_RUNNERS[stage](plan, index, store)
+    except Exception as e:
+        try:
+            store.write_json(store.failure_rel(stage, index), {
+                "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-4000:],
+                "time_s": time.time()})
+        except Exception:  # noqa: BLE001 - reporting must not hide the real error
+            pass
+        raise
+    stats["wall_time_s"] = round(time.time() - t0, 3)
+    stats["run_id"] = plan.run_id
+    store.write_marker(stage, index, stats)
+    if store.exists(store.failure_rel(stage, index)):
+        store.rm(store.failure_rel(stage, index))
+    return stats
+
+
+def _check_previous_done(plan: "Plan", stage: str, store: Store) -> None:
+    names = plan.stage_names
+    pos = names.index(stage)
+    if pos == 0:
+        return
+    prev = plan.stages[pos - 1]
+    have = store.done_indices(prev.name)
+    if len(have & set(range(prev.fan_out))) < prev.fan_out:
+        raise PreprocError(f"stage {stage!r} cannot start: stage {prev.name!r} has "
+                           f"{len(have)}/{prev.fan_out} indices done")
+
+
+def near_drop_stages(plan: "Plan") -> list[str]:
+    """Names of near-duplicate stages that write drop lists (empty when near dedup is off)."""
+    if not plan.spec.dedup.near:
+        return []
+    from . import near
+
+    return list(near.DROP_STAGES)

@@ -1,0 +1,158 @@
+"""Stage ``clean``: read one shard's input splits, reject bad records, apply the clean
+steps, and write ``clean/part-i.parquet`` plus the keys exact dedup needs.
+
+Outputs of index ``i`` (each committed atomically, then the marker):
+
+* ``clean/part-i.parquet`` — ``id``, ``text``, ``source``, the spec's ``keep_fields`` and any
+  columns the steps add (``language``, ...), in input order. A row's position in this file
+  is its address for every later stage (``(shard, row)``), so ids need not be unique.
+* ``clean/keys/part-i.parquet`` — ``bucket, h1, h2, row`` per kept document: the 128-bit
+  xxh3 of its text, one row group per exact-dedup bucket (so bucket ``j`` reads only its
+  row group of every shard).
+* ``rejects/part-i.parquet`` — rejected records: file, location, reason, first bytes.
+* ``removed/part-i.parquet`` — with ``clean.keep_removed``: what the steps dropped, and why.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import xxhash
+
+from ..readers import ReadLog, read_split
+from ..steps import CleanPipeline, build_steps
+
+if TYPE_CHECKING:
+    from ..plan import Plan
+    from ..storage import Store
+
+KEYS_SCHEMA = pa.schema([("bucket", pa.uint32()), ("h1", pa.uint64()), ("h2", pa.uint64()),
+                         ("row", pa.uint32())])
+REJECTS_SCHEMA = pa.schema([("file", pa.string()), ("location", pa.string()), ("reason", pa.string()),
+                            ("head", pa.string())])
+# Errors that mean "this file's bytes are not what its format says", as opposed to I/O
+# failures (which must fail the index so that it is retried, never silently skip data).
+_DATA_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, ValueError,
+                UnicodeError, EOFError)
+
+
+def part(index: int) -> str:
+    return f"part-{index:05d}"
+
+
+def text_hashes(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """xxh3-128 of each string's UTF-8 bytes, read straight from the Arrow buffers."""
+    text = text.cast(pa.large_string()) if not pa.types.is_large_string(text.type) else text
+    if isinstance(text, pa.ChunkedArray):
+        text = text.combine_chunks()
+    n = len(text)
+    offsets = np.frombuffer(text.buffers()[1], dtype=np.int64)[text.offset:text.offset + n + 1]
+    data = memoryview(text.buffers()[2]) if text.buffers()[2] is not None else memoryview(b"")
+    h1 = np.empty(n, dtype=np.uint64)
+    h2 = np.empty(n, dtype=np.uint64)
+    digest = xxhash.xxh3_128_intdigest
+    lo_mask = (1 << 64) - 1
+    for i in range(n):
+        h = digest(data[offsets[i]:offsets[i + 1]])
+        h1[i] = h >> 64
+        h2[i] = h & lo_mask
+    return h1, h2
+
+
+def run(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
+    spec = plan.spec
+    shard = plan.shards[index]
+    keep_removed = isinstance(spec.clean, dict) and bool(spec.clean.get("keep_removed"))
+    pipe = CleanPipeline(build_steps(spec.clean), keep_removed=keep_removed)
+    buckets = plan.stage("exact_dedup").fan_out if "exact_dedup" in plan.stage_names else 0
+    log = ReadLog()
+    filtered: dict[str, int] = {}
+    counters: dict[str, int] = {}
+    removed: list[pa.Table] = []
+    keys_h1, keys_h2 = [], []
+    rows = 0
+    chars = 0
+    text_bytes = 0
+    writer: pq.ParquetWriter | None = None
+    so = spec.storage.get("options") if isinstance(spec.storage.get("options"), dict) else None
+    with store.open_atomic(f"clean/{part(index)}.parquet") as f:
+        for split in shard.splits:
+            try:
+                for batch in read_split(split, spec.input, log, so):
+                    res = pipe(batch)
+                    for k, v in res.filtered.items():
+                        filtered[k] = filtered.get(k, 0) + v
+                    for k, v in res.counters.items():
+                        counters[k] = counters.get(k, 0) + v
+                    if res.removed is not None:
+                        removed.append(res.removed)
+                    kept = res.kept
+                    if kept.num_rows == 0:
+                        continue
+                    if writer is None:
+                        writer = pq.ParquetWriter(f, kept.schema, compression="zstd")
+                    writer.write_batch(kept)
+                    text = kept.column("text")
+                    if buckets:
+                        h1, h2 = text_hashes(text)
+                        keys_h1.append(h1)
+                        keys_h2.append(h2)
+                    rows += kept.num_rows
+                    chars += int(pc.sum(pc.utf8_length(text)).as_py() or 0)
+                    text_bytes += int(pc.sum(pc.binary_length(text)).as_py() or 0)
+            except _DATA_ERRORS as e:
+                log.file_error(split, "unreadable", f"{type(e).__name__}: {e}")
+        if writer is None:
+            base = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string())]
+                             + [(k, pa.string()) for k in spec.input.keep_fields])
+            writer = pq.ParquetWriter(f, base, compression="zstd")
+        writer.close()
+
+    if buckets:
+        _write_keys(store, index, buckets, keys_h1, keys_h2)
+    if log.rejects:
+        store_table(store, f"rejects/{part(index)}.parquet", pa.Table.from_pylist(log.rejects, schema=REJECTS_SCHEMA))
+    if removed:
+        store_table(store, f"removed/{part(index)}.parquet", pa.concat_tables(removed, promote_options="default"))
+    kept_after = rows
+    return {
+        "read": log.read,
+        "blank_lines": log.blank_lines,
+        "rejected": log.rejected,
+        "filtered": filtered,
+        "counters": counters,
+        "docs": kept_after,
+        "chars": chars,
+        "text_bytes": text_bytes,
+        "input_bytes": shard.bytes,
+        "file_errors": log.file_errors,
+    }
+
+
+def _write_keys(store: "Store", index: int, buckets: int, h1s: list, h2s: list) -> None:
+    h1 = np.concatenate(h1s) if h1s else np.empty(0, np.uint64)
+    h2 = np.concatenate(h2s) if h2s else np.empty(0, np.uint64)
+    row = np.arange(len(h1), dtype=np.uint32)
+    bucket = (h1 % np.uint64(buckets)).astype(np.uint32)
+    order = np.lexsort((row, h2, h1, bucket))
+    table = pa.table({"bucket": bucket[order], "h1": h1[order], "h2": h2[order], "row": row[order]},
+                     schema=KEYS_SCHEMA)
+    with store.open_atomic(f"clean/keys/{part(index)}.parquet") as f:
+        with pq.ParquetWriter(f, KEYS_SCHEMA, compression="zstd") as w:
+            # One row group per bucket: the exact-dedup index of bucket j reads only its own.
+            b = table.column("bucket").to_numpy()
+            cuts = np.flatnonzero(np.diff(b)) + 1
+            for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(b)]):
+                if hi > lo:
+                    w.write_table(table.slice(lo, hi - lo))
+            if len(b) == 0:
+                w.write_table(table)
+
+
+def store_table(store: "Store", rel: str, table: pa.Table) -> None:
+    with store.open_atomic(rel) as f:
+        pq.write_table(table, f, compression="zstd")

@@ -1,0 +1,60 @@
+"""Stage ``exact_dedup``: global exact deduplication, one hash bucket per index.
+
+Bucket ``j`` reads row group ``j`` of every shard's ``clean/keys`` file (the 128-bit xxh3
+of each cleaned text), and keeps, among documents with the same hash, the one that comes
+first in input order (smallest ``(shard, row)``): deterministic whatever the worker or
+bucket count. The others go to ``exact_dedup/drops/bucket-j.parquet``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .drops import write_drops
+
+if TYPE_CHECKING:
+    from ..plan import Plan
+    from ..storage import Store
+
+
+def read_bucket(store: "Store", shard: int, bucket: int) -> pa.Table:
+    with store.open(f"clean/keys/part-{shard:05d}.parquet") as f:
+        pf = pq.ParquetFile(f)
+        groups = []
+        for g in range(pf.num_row_groups):
+            st = pf.metadata.row_group(g).column(0).statistics
+            if st is not None and st.has_min_max and st.min <= bucket <= st.max:
+                groups.append(g)
+        if not groups:
+            return pa.table({"h1": pa.array([], pa.uint64()), "h2": pa.array([], pa.uint64()),
+                             "row": pa.array([], pa.uint32())})
+        t = pf.read_row_groups(groups, columns=["bucket", "h1", "h2", "row"])
+    mask = pc.equal(t.column("bucket"), pa.scalar(bucket, pa.uint32()))
+    return t.filter(mask).drop_columns(["bucket"])
+
+
+def run(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
+    h1s, h2s, shards, rows = [], [], [], []
+    for i in range(plan.num_shards):
+        t = read_bucket(store, i, index)
+        h1s.append(t.column("h1").to_numpy())
+        h2s.append(t.column("h2").to_numpy())
+        rows.append(t.column("row").to_numpy())
+        shards.append(np.full(t.num_rows, i, dtype=np.uint32))
+    h1, h2 = np.concatenate(h1s), np.concatenate(h2s)
+    shard, row = np.concatenate(shards), np.concatenate(rows)
+    order = np.lexsort((row, shard, h2, h1))
+    h1, h2, shard, row = h1[order], h2[order], shard[order], row[order]
+    dup = np.zeros(len(h1), dtype=bool)
+    if len(h1) > 1:
+        dup[1:] = (h1[1:] == h1[:-1]) & (h2[1:] == h2[:-1])
+    write_drops(store, f"exact_dedup/drops/bucket-{index:05d}.parquet", shard[dup], row[dup])
+    first_of_group = np.zeros(len(h1), dtype=bool)
+    if len(h1) > 1:
+        first_of_group[:-1] = ~dup[:-1] & dup[1:]
+    return {"keys": int(len(h1)), "duplicates": int(dup.sum()), "clusters": int(first_of_group.sum())}

@@ -1,0 +1,66 @@
+"""Shared fixtures. Real data lives in ../shared/data (beside the checkout); tests that need
+it are skipped when it is absent, unless PREPROC_REQUIRE_SHARED=1 (CI) makes that a failure."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("PREPROC_SHARED", ROOT.parent / "shared"))
+DATA = SHARED / "data"
+CORPUS = DATA / "corpus"
+BAD = DATA / "bad"
+GPT2 = DATA / "tokenizers" / "gpt2" / "tokenizer.json"
+DEEPSEEK = DATA / "tokenizers" / "deepseek-v3" / "tokenizer.json"
+
+
+def need(path: Path) -> Path:
+    if not path.exists():
+        if os.environ.get("PREPROC_REQUIRE_SHARED") == "1":
+            raise AssertionError(f"{path} is missing (PREPROC_REQUIRE_SHARED=1)")
+        pytest.skip(f"{path} not present")
+    return path
+
+
+@pytest.fixture(scope="session")
+def corpus() -> Path:
+    return need(CORPUS)
+
+
+@pytest.fixture(scope="session")
+def bad() -> Path:
+    return need(BAD)
+
+
+@pytest.fixture(scope="session")
+def gpt2() -> Path:
+    return need(GPT2)
+
+
+@pytest.fixture(scope="session")
+def deepseek() -> Path:
+    return need(DEEPSEEK)
+
+
+@pytest.fixture(scope="session")
+def demo_inputs(tmp_path_factory) -> Path:
+    """The demo corpus and its trained tokenizer, made once per test session."""
+    import json
+
+    from preproc.demo import make_corpus, train_tokenizer
+
+    root = tmp_path_factory.mktemp("demo")
+    make_corpus(root / "input")
+    texts = [json.loads(l)["text"] for l in (root / "input" / "web-a.jsonl").read_bytes().splitlines()
+             if l.startswith(b'{"id": "demo')]
+    train_tokenizer(texts, root / "tokenizer.json")
+    return root
+
+
+def read_tree(out: Path, sub: str = "tokens") -> dict[str, bytes]:
+    """name → bytes of every committed file under ``out/sub`` (for byte-identity checks)."""
+    d = out / sub
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if not p.name.startswith(".")}
