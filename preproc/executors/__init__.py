@@ -32,5 +32,5 @@ def get_executor(spec: "Spec", **opts: Any) -> Executor:
             from .ray import RayExecutor
         except ImportError as e:
             raise ConfigError(f"executor.kind: ray needs Ray: pip install 'preproc[ray]' ({e})") from None
-        return RayExecutor(spec, **{k: v for k, v in opts.items() if k != "progress"})
+        return RayExecutor(spec, address=opts.get("address"), progress=opts.get("progress", True))
     raise ConfigError(f"executor.kind: unknown executor {kind!r}; known: local, k8s, ray")

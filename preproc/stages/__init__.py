@@ -23,6 +23,7 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Any, Callable
 
+from .. import faults
 from ..errors import ConfigError, PreprocError
 from ..storage import Store
 
@@ -84,8 +85,11 @@ def run_index(plan: "Plan", stage: str, index: int, store: Store | None = None) 
         return done
     _check_previous_done(plan, stage, store)
     t0 = time.time()
+    faults.context.stage, faults.context.index = stage, index
     try:
+        faults.failpoint("start", stage, index)
         stats = STAGE_RUNNERS[stage](plan, index, store)
+        faults.failpoint("marker", stage, index)
     except Exception as e:
         try:
             store.write_json(store.failure_rel(stage, index), {

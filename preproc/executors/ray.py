@@ -1,0 +1,150 @@
+"""Ray executor: one Ray task per index, stages in order with a barrier.
+
+Tasks call the same :func:`preproc.stages.run_index` as every other executor and exchange
+nothing through the object store but small stats dicts: they read the plan and inputs from
+storage and commit outputs there, so a lost node or a restarted RayJob resumes from the
+markers, not from scratch.
+
+With no address a local Ray is started (the laptop default, sized to this machine's
+cores); ``auto`` joins the cluster this process runs in (a RayJob's entrypoint), and
+``ray://host:10001`` connects a client to a remote cluster.
+
+Options (spec ``executor.options`` or ``--ray-address``)::
+
+    executor:
+      kind: ray
+      retries: 2                 # max_retries of each task (crashes and errors)
+      options:
+        address: auto
+        num_cpus: 1              # per task
+        memory: 2GiB             # per task (scheduling hint)
+        runtime_env: {}          # passed to ray.init, e.g. {"pip": [...]} for a client
+        kuberay: {...}           # only for `preproc manifests --executor ray`
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..config import parse_size
+from ..errors import ConfigError, StageFailed
+from .local import Progress
+
+if TYPE_CHECKING:
+    from ..config import Spec
+    from ..plan import Plan
+
+log = logging.getLogger("preproc")
+
+
+class RayOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    address: str | None = None
+    num_cpus: float = Field(default=1.0, gt=0)
+    memory: int | None = None
+    runtime_env: dict[str, Any] = {}
+    # Local Ray only: how many CPUs to give it (default: this machine's cores).
+    local_cpus: int | None = Field(default=None, ge=1)
+    # Rendering a RayJob (preproc manifests --executor ray); validated there.
+    kuberay: dict[str, Any] = {}
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _mem(cls, v: Any) -> Any:
+        return None if v is None else parse_size(v)
+
+
+def ray_options(spec: "Spec", address: str | None = None) -> RayOptions:
+    opts = dict(spec.executor.options)
+    if address is not None:
+        opts["address"] = address
+    try:
+        return RayOptions.model_validate(opts)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"] if err["type"] != "extra_forbidden" else f"unknown option; allowed: {', '.join(RayOptions.model_fields)}"
+        raise ConfigError(f"executor.options.{loc}: {msg}") from None
+
+
+def _task(output: str, stage: str, index: int) -> dict[str, Any]:
+    """Runs inside a Ray worker. Config/bad-shard errors come back as values (retrying
+    cannot help them); anything else raises, and Ray retries the task."""
+    from ..errors import PreprocError
+    from ..plan import Plan
+    from ..stages import run_index
+
+    try:
+        return {"ok": True, "stats": run_index(Plan.load(output), stage, index)}
+    except PreprocError as e:
+        if e.exit_code in (2, 3):
+            return {"ok": False, "error": f"{type(e).__name__}: {e}"}
+        raise
+
+
+class RayExecutor:
+    name = "ray"
+
+    def __init__(self, spec: "Spec", *, address: str | None = None, progress: bool = True, **_: Any):
+        import ray
+
+        self.ray = ray
+        self.options = ray_options(spec, address)
+        self.retries = spec.executor.retries
+        self.progress = progress
+        self._started = False
+        if not ray.is_initialized():
+            kw: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": True}
+            if self.options.runtime_env:
+                kw["runtime_env"] = self.options.runtime_env
+            if self.options.address:
+                ray.init(address=self.options.address, **kw)
+            else:
+                ray.init(num_cpus=self.options.local_cpus or os.cpu_count() or 1, include_dashboard=False, **kw)
+                self._started = True
+        res: dict[str, Any] = {"num_cpus": self.options.num_cpus}
+        if self.options.memory:
+            res["memory"] = self.options.memory
+        self._remote = ray.remote(max_retries=self.retries, retry_exceptions=True, **res)(_task)
+
+    def run_stage(self, plan: "Plan", stage: str, indices: list[int]) -> None:
+        ray = self.ray
+        total = plan.stage(stage).fan_out
+        bar = Progress(stage, total=total, done=total - len(indices), enabled=self.progress)
+        refs = {self._remote.remote(plan.output, stage, i): i for i in indices}
+        errors: dict[int, str] = {}
+        pending = list(refs)
+        try:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1, timeout=5.0)
+                bar.tick()
+                for ref in done:
+                    i = refs[ref]
+                    try:
+                        res = ray.get(ref)
+                    except Exception as e:  # noqa: BLE001 - task failed after its retries
+                        cause = getattr(e, "cause", None) or e
+                        errors[i] = f"{type(cause).__name__}: {str(cause).splitlines()[-1] if str(cause) else ''}"
+                        continue
+                    if not res["ok"]:
+                        errors[i] = res["error"]
+                        if res["error"].startswith("ConfigError"):
+                            for r in pending:
+                                ray.cancel(r)
+                            raise StageFailed(stage, errors)
+                        continue
+                    bar.advance(res["stats"])
+        finally:
+            bar.close()
+        if errors:
+            raise StageFailed(stage, errors)
+
+    def close(self) -> None:
+        if self._started:
+            self.ray.shutdown()
+            self._started = False

@@ -1,0 +1,79 @@
+"""Failpoints: deliberate failures at named points of the real code path, for chaos tests.
+
+Off unless ``PREPROC_FAILPOINTS`` is set, and then only checked at a few points per index
+(not in hot loops). The value is a ``;``-separated list of rules::
+
+    PREPROC_FAILPOINTS="point=start,stage=tokenize,index=1,action=exit,times=1"
+
+* ``point``: ``start`` (before the stage runs), ``commit`` (an output is fully written but
+  not yet renamed/published), ``marker`` (all outputs committed, marker not yet written).
+* ``stage``/``index``: which index (omit for any).
+* ``action``: ``kill`` (SIGKILL this process, like the OOM killer), ``exit`` (exit code 1),
+  ``raise`` (a ``RuntimeError``).
+* ``times``: how many times the rule fires in total, across processes; counted with files in
+  ``PREPROC_FAILPOINT_STATE`` (a folder; required when ``times`` is set).
+
+The executors' conformance tests use these to kill workers anywhere, including mid-commit,
+and check that a rerun gives byte-identical outputs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+_ENV = "PREPROC_FAILPOINTS"
+_STATE = "PREPROC_FAILPOINT_STATE"
+
+
+def _rules() -> list[dict[str, str]]:
+    spec = os.environ.get(_ENV, "")
+    rules = []
+    for part in spec.split(";"):
+        part = part.strip()
+        if part:
+            rules.append(dict(kv.split("=", 1) for kv in part.split(",")))
+    return rules
+
+
+def _claim(rule_id: int, times: int) -> bool:
+    state = os.environ.get(_STATE)
+    if not state:
+        return True
+    os.makedirs(state, exist_ok=True)
+    for k in range(times):
+        try:
+            fd = os.open(os.path.join(state, f"rule{rule_id}-{k}"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return True
+    return False
+
+
+def failpoint(point: str, stage: str | None = None, index: int | None = None) -> None:
+    """Fire the first matching rule for this point, if any (no-op when not configured)."""
+    if _ENV not in os.environ:
+        return
+    for rid, r in enumerate(_rules()):
+        if r.get("point", "start") != point:
+            continue
+        if "stage" in r and r["stage"] != stage:
+            continue
+        if "index" in r and index is not None and int(r["index"]) != index:
+            continue
+        if "times" in r and not _claim(rid, int(r["times"])):
+            continue
+        action = r.get("action", "raise")
+        if action == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if action == "exit":
+            os._exit(1)
+        raise RuntimeError(f"failpoint {point} fired (stage={stage}, index={index})")
+
+
+class context:
+    """Stage and index of the running index, so deep code (commits) can name them."""
+
+    stage: str | None = None
+    index: int | None = None
