@@ -26,7 +26,8 @@ def get_executor(spec: "Spec", **opts: Any) -> Executor:
             from .k8s import KubernetesExecutor
         except ImportError as e:
             raise ConfigError(f"executor.kind: k8s needs the kubernetes client: pip install 'preproc[k8s]' ({e})") from None
-        return KubernetesExecutor(spec, **{k: v for k, v in opts.items() if k != "progress"})
+        return KubernetesExecutor(spec, context=opts.get("context"), kubeconfig=opts.get("kubeconfig"),
+                                  progress=opts.get("progress", True))
     if kind == "ray":
         try:
             from .ray import RayExecutor

@@ -1,0 +1,29 @@
+# One image for the coordinator and the workers of preproc.
+#   docker build -t preproc:0.1.0 .
+# Stage 1 builds wheels (the package and any dependency without a wheel for this platform);
+# the final stage installs them offline into a slim Python with no compiler, and runs as
+# uid 1000 (restricted Pod Security Standard: runAsNonRoot, read-only root filesystem).
+
+ARG PYTHON_VERSION=3.11
+
+FROM python:${PYTHON_VERSION}-slim AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+WORKDIR /src
+COPY pyproject.toml setup.cfg README.md ./
+COPY preproc ./preproc
+RUN pip wheel --wheel-dir /wheels ".[k8s,s3]"
+
+FROM python:${PYTHON_VERSION}-slim
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 \
+    PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
+    HOME=/tmp
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    pip install --no-index --find-links /wheels "preproc[k8s,s3]" \
+ && groupadd --gid 1000 preproc \
+ && useradd --uid 1000 --gid 1000 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin preproc
+USER 1000:1000
+WORKDIR /tmp
+# Pods always give an explicit command (`preproc worker ...`, `preproc run ...`); this is
+# only for `docker run preproc:0.1.0 --help`.
+ENTRYPOINT ["preproc"]
+CMD ["--help"]
