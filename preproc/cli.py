@@ -1,8 +1,9 @@
-"""``preproc``: run | plan | worker | status | demo | manifests.
+"""``preproc``: run | refresh | plan | worker | status | report | demo | manifests.
 
 Exit codes: 0 success; 2 a configuration or input problem found before any work (one line
 on stderr says what and where); for ``worker``, the contract in :mod:`preproc.errors`
-(1 retryable, 2 config, 3 bad shard); 1 any other failure.
+(1 retryable, 2 config, 3 bad shard); 75 ``refresh`` found another refresh holding the
+dataset's lock; 1 any other failure.
 """
 
 from __future__ import annotations
@@ -64,13 +65,42 @@ def _summary(result) -> str:
         lines += [f"      {e['error']}: {e['file']}" for e in s["file_errors"][:10]]
     out = result.output.rstrip("/")
     lines += [f"outputs in {out}/: dataset.json, stats.json, tokens/ (Parquet + Megatron .bin/.idx)",
-              f"  rejected records: {out}/rejects/"]
+              f"  rejected records: {out}/rejects/",
+              f"  report: {out}/report.html"]
     return "\n".join(lines)
+
+
+def cmd_refresh(a: argparse.Namespace) -> int:
+    from .refresh import refresh
+
+    t0 = time.time()
+    r = refresh(a.spec, progress=True, executor_options=_executor_options(a),
+                lock_ttl_s=getattr(a, "lock_ttl", None) or 600, **_overrides(a))
+    print(r.message)
+    if r.stats is not None:
+        print(_summary(_GenResult(r)))
+    if r.dataset:
+        print(f"dataset {r.output}: {len(r.dataset['generations'])} generation(s), "
+              f"{r.dataset['documents']:,} documents, {r.dataset['tokens']:,} tokens")
+    print(f"done in {time.time() - t0:.1f}s")
+    return EXIT_OK
+
+
+class _GenResult:
+    def __init__(self, r):
+        from .refresh import gen_dir
+        from .storage import join
+
+        self.stats = r.stats
+        self.run_id = r.dataset["generations"][-1]["run_id"]
+        self.output = join(r.output, gen_dir(r.generation))
 
 
 def cmd_run(a: argparse.Namespace) -> int:
     from .runner import run
 
+    if a.incremental:
+        return cmd_refresh(a)
     t0 = time.time()
     result = run(a.spec, force=a.force, progress=True, executor_options=_executor_options(a), **_overrides(a))
     print(_summary(result))
@@ -102,9 +132,11 @@ def _split_label(x) -> str:
 
 
 def cmd_worker(a: argparse.Namespace) -> int:
+    from . import signals
     from .plan import Plan
     from .stages import run_index
 
+    signals.install()
     index = a.index
     if index is None:
         env = os.environ.get("JOB_COMPLETION_INDEX")
@@ -121,43 +153,57 @@ def cmd_worker(a: argparse.Namespace) -> int:
 
 
 def status(output: str) -> dict[str, Any]:
-    """Per stage: indices done/total, documents, tokens, failures (with their last error)."""
-    from .plan import Plan
-    from .storage import Store
+    """Per stage: done/total, documents, tokens, throughput, ETA, failures with their inputs
+    (see :func:`preproc.progress.run_status`)."""
+    from .progress import run_status
 
-    plan = Plan.load(output)
-    store = Store(output)
-    stages = []
-    for st in plan.stages:
-        markers = store.read_markers(st.name)
-        failed = {}
-        for name in store.ls(f"{st.name}/_failed"):
-            if name.endswith(".json") and name[0].isdigit():
-                i = int(name.split(".")[0])
-                if i not in markers:
-                    try:
-                        failed[i] = store.read_json(f"{st.name}/_failed/{name}").get("error", "")
-                    except FileNotFoundError:
-                        pass
-        stages.append({"stage": st.name, "done": len(markers), "total": st.fan_out,
-                       "docs": sum(int(m.get("docs", 0)) for m in markers.values()),
-                       "tokens": sum(int(m.get("tokens", 0)) for m in markers.values()),
-                       "failed": failed})
-    return {"run_id": plan.run_id, "output": output, "complete": store.exists("dataset.json"), "stages": stages}
+    return run_status(output)
 
 
 def cmd_status(a: argparse.Namespace) -> int:
-    st = status(a.output)
-    if a.json:
-        print(json.dumps(st, indent=1))
+    from .progress import StatusReader, format_status
+
+    reader = StatusReader(a.output)
+    if a.watch is None:
+        st = reader.status()
+        print(json.dumps(st, indent=1) if a.json else format_status(st))
         return EXIT_OK
-    print(f"run {st['run_id']}  {st['output']}  {'complete' if st['complete'] else 'not complete'}")
-    for s in st["stages"]:
-        tok = f"  {s['tokens']:,} tokens" if s["tokens"] else ""
-        print(f"  {s['stage']:<14} {s['done']:>5}/{s['total']:<5} {s['docs']:>12,} docs{tok}"
-              + (f"  {len(s['failed'])} failed" if s["failed"] else ""))
-        for i, err in sorted(s["failed"].items())[:10]:
-            print(f"      index {i}: {err[:200]}")
+    # --watch: refresh until the run is complete (JSON: one object per line).
+    tty = sys.stdout.isatty() and not a.json
+    try:
+        while True:
+            st = reader.status()
+            if a.json:
+                print(json.dumps(st), flush=True)
+            else:
+                if tty:
+                    sys.stdout.write("\x1b[H\x1b[2J")
+                print(format_status(st) + f"\n(every {a.watch:g}s; Ctrl-C to stop)", flush=True)
+            if st["complete"]:
+                return EXIT_OK
+            time.sleep(a.watch)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from .plan import Plan
+    from .report import render_report, report_data
+
+    plan = Plan.load(a.output)
+    store = plan.store()
+    page = render_report(report_data(plan, store)).encode("utf-8")
+    if a.out:
+        from .storage import open_fs
+
+        fs, path = open_fs(a.out)
+        with fs.open(path, "wb") as f:
+            f.write(page)
+        where = a.out
+    else:
+        store.write_bytes("report.html", page)
+        where = store.url("report.html")
+    print(where)
     return EXIT_OK
 
 
@@ -195,6 +241,12 @@ def cmd_manifests(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_executor_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--context", help="k8s: kubeconfig context")
+    p.add_argument("--kubeconfig", help="k8s: kubeconfig file")
+    p.add_argument("--ray-address", help="ray: cluster address (auto, ray://host:10001); default: a local Ray")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ._version import __version__
 
@@ -206,10 +258,16 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="plan, then run every stage (resumes a previous run)")
     _add_overrides(r)
     r.add_argument("--force", action="store_true", help="start over: remove the previous run's outputs")
-    r.add_argument("--context", help="k8s: kubeconfig context")
-    r.add_argument("--kubeconfig", help="k8s: kubeconfig file")
-    r.add_argument("--ray-address", help="ray: cluster address (auto, ray://host:10001); default: a local Ray")
+    r.add_argument("--incremental", action="store_true", help="same as `preproc refresh`")
+    _add_executor_flags(r)
     r.set_defaults(func=cmd_run)
+
+    rf = sub.add_parser("refresh", help="process only new inputs as a new generation, deduplicated against earlier ones")
+    _add_overrides(rf)
+    rf.add_argument("--lock-ttl", type=float, metavar="SECONDS",
+                    help="expiry of the dataset lock, renewed while running (default 600)")
+    _add_executor_flags(rf)
+    rf.set_defaults(func=cmd_refresh)
 
     pl = sub.add_parser("plan", help="print what would run; writes nothing")
     _add_overrides(pl)
@@ -222,10 +280,17 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--index", type=int, help="default: $JOB_COMPLETION_INDEX")
     w.set_defaults(func=cmd_worker)
 
-    s = sub.add_parser("status", help="per stage: indices done/total, docs, tokens, failures")
+    s = sub.add_parser("status", help="per stage: done/total, docs, tokens, throughput, ETA, failures")
     s.add_argument("output")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="machine-readable (with --watch: one object per line)")
+    s.add_argument("--watch", nargs="?", type=float, const=5.0, metavar="SECONDS",
+                   help="refresh every SECONDS (default 5) until the run is complete")
     s.set_defaults(func=cmd_status)
+
+    rp = sub.add_parser("report", help="write OUTPUT/report.html (charts, funnel, removed examples)")
+    rp.add_argument("output")
+    rp.add_argument("--out", metavar="PATH", help="write the page here instead of OUTPUT/report.html")
+    rp.set_defaults(func=cmd_report)
 
     d = sub.add_parser("demo", help="generate a small corpus and tokenizer, run the whole pipeline locally")
     d.add_argument("--output", default="preproc-demo", help="folder for inputs, tokenizer and outputs (default: ./preproc-demo)")
@@ -241,19 +306,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    from . import logs
+
+    logs.setup(verbose=a.verbose)   # readable lines; JSON lines in pods or with PREPROC_LOG_FORMAT=json
+    # With JSON logs every stderr line is a JSON object, the final error line too.
+    say = ((lambda msg: log.error(msg, extra={"event": "exit"})) if logs.log_format() == "json"
+           else (lambda msg: print(msg, file=sys.stderr)))
     try:
         return a.func(a)
     except PreprocError as e:
-        print(f"preproc: error: {e}", file=sys.stderr)
+        say(f"preproc: error: {e}")
         return e.exit_code
     except KeyboardInterrupt:
-        print("preproc: interrupted; rerun the same command to resume", file=sys.stderr)
+        say("preproc: interrupted; rerun the same command to resume")
         return 130
     except Exception as e:  # noqa: BLE001 - the worker contract: unexpected = retryable
         logging.getLogger("preproc").exception("unexpected error")
-        print(f"preproc: error: {type(e).__name__}: {e}", file=sys.stderr)
+        say(f"preproc: error: {type(e).__name__}: {e}")
         return EXIT_RETRYABLE
 
 

@@ -10,6 +10,8 @@ Off unless ``PREPROC_FAILPOINTS`` is set, and then only checked at a few points 
 * ``stage``/``index``: which index (omit for any).
 * ``action``: ``kill`` (SIGKILL this process, like the OOM killer), ``exit`` (exit code 1),
   ``raise`` (a ``RuntimeError``).
+``PREPROC_FAILPOINTS=@/path/rules.txt`` reads the rules from a file at every check.
+
 * ``times``: how many times the rule fires in total, across processes; counted with files in
   ``PREPROC_FAILPOINT_STATE`` (a folder; required when ``times`` is set).
 
@@ -28,6 +30,14 @@ _STATE = "PREPROC_FAILPOINT_STATE"
 
 def _rules() -> list[dict[str, str]]:
     spec = os.environ.get(_ENV, "")
+    if spec.startswith("@"):
+        # Rules in a file, read at every check: long-lived workers (a Ray cluster) can be
+        # given new rules without restarting.
+        try:
+            with open(spec[1:]) as f:
+                spec = f.read().replace("\n", ";")
+        except FileNotFoundError:
+            return []
     rules = []
     for part in spec.split(";"):
         part = part.strip()

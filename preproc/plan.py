@@ -64,6 +64,9 @@ class Plan:
     tokenizer: dict[str, Any] = field(default_factory=dict)
     created_s: float = 0.0
     version: int = PLAN_VERSION
+    # Set for a generation of an incremental refresh (see preproc.refresh): the dataset
+    # root, the generation number and the dedup index segments of earlier generations.
+    refresh: dict[str, Any] | None = None
 
     @property
     def num_shards(self) -> int:
@@ -91,6 +94,7 @@ class Plan:
             "created_s": self.created_s,
             "spec": self.spec.to_json(),
             "tokenizer": self.tokenizer,
+            "refresh": self.refresh,
             "stages": [{"name": s.name, "fan_out": s.fan_out} for s in self.stages],
             "shards": [{"index": s.index, "splits": [x.to_json() for x in s.splits]} for s in self.shards],
         }
@@ -109,15 +113,22 @@ class Plan:
             stages=[StagePlan(s["name"], s["fan_out"]) for s in d["stages"]],
             shards=[Shard(s["index"], tuple(InputSplit.from_json(x) for x in s["splits"])) for s in d["shards"]],
             created_s=d.get("created_s", 0.0),
+            refresh=d.get("refresh"),
         )
 
     @classmethod
-    def load(cls, output: str) -> "Plan":
-        store = Store(output)
+    def load(cls, output: str, storage: Any = None) -> "Plan":
+        """Read ``output/plan.json``. ``storage`` reaches the output (default: ``$PREPROC_S3``
+        and the AWS environment); the plan's own ``storage`` settings apply to everything after."""
+        store = Store(output, storage)
         try:
             return cls.from_json(store.read_json("plan.json"), output=output)
         except FileNotFoundError:
             raise ConfigError(f"{store.url('plan.json')}: no plan here; run `preproc run` first") from None
+
+    def store(self) -> Store:
+        """The run's output, reached with the run's storage settings."""
+        return Store(self.output, self.spec.storage)
 
     def summary(self) -> str:
         lines = [f"run {self.run_id}  output {self.output}",
@@ -173,10 +184,9 @@ class InputFile:
 def list_inputs(spec: Spec) -> list[InputFile]:
     """Every input file the spec's patterns match, sorted, with its format and size."""
     found: dict[str, InputFile] = {}
-    so = spec.storage.get("options") if isinstance(spec.storage.get("options"), dict) else None
     for pattern in spec.input.paths:
         try:
-            fs, path = open_fs(pattern, so)
+            fs, path = open_fs(pattern, spec.storage)
         except (ImportError, ValueError) as e:
             raise ConfigError(f"input.paths: cannot open {pattern!r}: {e}") from None
         proto = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
@@ -227,7 +237,7 @@ def _dir_entries(fs, path: str) -> dict[str, dict[str, Any]]:
     return fs.find(path, detail=True)
 
 
-def _splits(f: InputFile, target: int) -> list[InputSplit]:
+def _splits(f: InputFile, target: int, storage: Any = None) -> list[InputSplit]:
     base = InputSplit(uri=f.uri, rel=f.rel, format=f.format, compression=f.compression, bytes=f.bytes)
     if f.format == "jsonl" and f.compression is None and f.bytes > max(target, MIN_SPLIT_BYTES):
         n = math.ceil(f.bytes / target)
@@ -235,7 +245,7 @@ def _splits(f: InputFile, target: int) -> list[InputSplit]:
         return [InputSplit(uri=f.uri, rel=f.rel, format="jsonl", bytes=min(step, f.bytes - s), start=s,
                            end=min(s + step, f.bytes)) for s in range(0, f.bytes, step)]
     if f.format == "parquet":
-        fs, path = open_fs(f.uri)
+        fs, path = open_fs(f.uri, storage)
         try:
             with fs.open(path, "rb") as fh:
                 md = pq.ParquetFile(fh).metadata
@@ -264,7 +274,8 @@ def _splits(f: InputFile, target: int) -> list[InputSplit]:
     return [base]
 
 
-def plan_shards(files: list[InputFile], *, shards: int | None, target_shard_bytes: int) -> list[Shard]:
+def plan_shards(files: list[InputFile], *, shards: int | None, target_shard_bytes: int,
+                storage: Any = None) -> list[Shard]:
     """Balance splits into shards by bytes, keeping input order (deterministic, local reads).
 
     With ``shards`` given, aim for exactly that many (fewer when there are fewer pieces than
@@ -273,7 +284,7 @@ def plan_shards(files: list[InputFile], *, shards: int | None, target_shard_byte
     total = sum(max(f.bytes, 1) for f in files)
     n = shards or max(1, math.ceil(total / target_shard_bytes))
     target = max(1, math.ceil(total / n))
-    splits = [s for f in files for s in _splits(f, target)]
+    splits = [s for f in files for s in _splits(f, target, storage)]
     # Cut the cumulative byte line at multiples of total/n: a split goes to the shard its
     # midpoint falls in.
     if len(splits) <= n:
@@ -291,7 +302,7 @@ def plan_shards(files: list[InputFile], *, shards: int | None, target_shard_byte
 def run_fingerprint(spec: Spec, files: list[InputFile]) -> str:
     """The run id: changes with the spec's processing parts and the inputs, not with how it runs."""
     sj = spec.to_json()
-    for k in ("executor", "output", "storage"):
+    for k in ("executor", "output", "storage", "metrics"):
         sj.pop(k, None)
     h = hashlib.sha256()
     h.update(json.dumps(sj, sort_keys=True).encode())
@@ -300,17 +311,21 @@ def run_fingerprint(spec: Spec, files: list[InputFile]) -> str:
     return h.hexdigest()[:12]
 
 
-def make_plan(spec: Spec, *, tokenizer_info: dict[str, Any] | None = None) -> Plan:
-    """List inputs and build the plan (writes nothing)."""
+def make_plan(spec: Spec, *, tokenizer_info: dict[str, Any] | None = None,
+              files: list[InputFile] | None = None, refresh: dict[str, Any] | None = None) -> Plan:
+    """List inputs (unless given) and build the plan (writes nothing)."""
     from .stages import pipeline_stages
 
     if not spec.output:
         raise ConfigError("output: no output location; set `output:` in the spec or pass --output")
-    files = list_inputs(spec)
-    shards = plan_shards(files, shards=spec.shards, target_shard_bytes=spec.target_shard_bytes)
+    if files is None:
+        files = list_inputs(spec)
+    shards = plan_shards(files, shards=spec.shards, target_shard_bytes=spec.target_shard_bytes,
+                         storage=spec.storage)
     tokenizer_info = tokenizer_info or {}
     run_id = run_fingerprint(spec, files)
     if tokenizer_info.get("sha256"):
         run_id = hashlib.sha256(f"{run_id}:{tokenizer_info['sha256']}".encode()).hexdigest()[:12]
     return Plan(run_id=run_id, output=spec.output, spec=spec, shards=shards,
-                stages=pipeline_stages(spec, len(shards)), tokenizer=tokenizer_info, created_s=time.time())
+                stages=pipeline_stages(spec, len(shards)), tokenizer=tokenizer_info, created_s=time.time(),
+                refresh=refresh)

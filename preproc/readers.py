@@ -34,7 +34,7 @@ CHUNK_BYTES = 8 * 2**20      # read size for raw and decompressed streams
 # Compressed input is fed to zlib in small pieces so that, when a stream is corrupt, the
 # records decoded before the fault are kept (zlib fails a whole call, not a byte).
 GZ_READ_BYTES = 64 * 2**10
-BATCH_BYTES = 32 * 2**20     # emit a batch when this much text has accumulated
+BATCH_BYTES = 16 * 2**20     # emit a batch when this much text has accumulated (bounds clean memory)
 BATCH_ROWS = 16384
 HEAD_BYTES = 200             # how much of a rejected record is kept for inspection
 
@@ -136,12 +136,13 @@ def _as_str(v: Any) -> str | None:
 
 
 def read_split(split: InputSplit, spec: InputSpec, log: ReadLog,
-               storage_options: dict[str, Any] | None = None) -> Iterator[pa.RecordBatch]:
-    """Yield batches of good documents from ``split``; record everything else in ``log``."""
+               storage: Any = None) -> Iterator[pa.RecordBatch]:
+    """Yield batches of good documents from ``split``; record everything else in ``log``.
+    ``storage``: the spec's storage settings (see :func:`preproc.storage.open_fs`)."""
     reader: Callable[..., Iterator[pa.RecordBatch]] = {
         "jsonl": _read_jsonl, "parquet": _read_parquet, "arrow": _read_arrow, "text": _read_text,
     }[split.format]
-    fs, path = open_fs(split.uri, storage_options)
+    fs, path = open_fs(split.uri, storage)
     yield from reader(fs, path, split, spec, log)
 
 

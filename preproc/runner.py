@@ -17,8 +17,8 @@ from .config import Spec, load_spec
 from .errors import ConfigError
 from .executors import get_executor
 from .plan import Plan, make_plan
-from .storage import Store
-from .tokenizer import inspect_tokenizer
+from .storage import Store, exported, preflight
+from .tokenizer import choose_backend, inspect_tokenizer
 
 __all__ = ["run", "plan", "RunResult"]
 
@@ -26,7 +26,7 @@ log = logging.getLogger("preproc")
 
 # What a run writes under its output; `force` removes exactly these, nothing else.
 RUN_ENTRIES = ("plan.json", "tokenizer.json", "dataset.json", "stats.json", "report.html", "rejects",
-               "removed", "clean", "exact_dedup", "tokens", "finalize", "near")
+               "removed", "clean", "exact_dedup", "tokens", "finalize", "near", "_metrics")
 
 
 @dataclass
@@ -47,24 +47,24 @@ class RunResult:
         return int(self.dataset["tokens"])
 
 
-def _storage_options(spec: Spec) -> dict[str, Any] | None:
-    so = spec.storage.get("options")
-    return so if isinstance(so, dict) else None
-
-
 def plan(spec: "Spec | str | Path | dict[str, Any]", **overrides: Any) -> Plan:
     """Build the plan a run would use, writing nothing (``preproc plan``)."""
     s = load_spec(spec, **overrides)
-    info, _ = inspect_tokenizer(s.tokenize, _storage_options(s))
-    return make_plan(s, tokenizer_info=info)
+    preflight(s)
+    info, tok_bytes = inspect_tokenizer(s.tokenize, s.storage)
+    p = make_plan(s, tokenizer_info=info)
+    choose_backend(p, tok_bytes, s.storage)
+    return p
 
 
-def prepare(s: Spec, *, force: bool = False) -> Plan:
+def prepare(s: Spec, *, force: bool = False, files=None, refresh: dict[str, Any] | None = None) -> Plan:
     """Write the plan (and the run's tokenizer copy) unless the same run is already planned."""
-    info, tok_bytes = inspect_tokenizer(s.tokenize, _storage_options(s))
-    new = make_plan(s, tokenizer_info=info)
+    preflight(s)   # S3: credentials, buckets, access; one clear line before any work
+    info, tok_bytes = inspect_tokenizer(s.tokenize, s.storage)
+    new = make_plan(s, tokenizer_info=info, files=files, refresh=refresh)
+    choose_backend(new, tok_bytes, s.storage)
     try:
-        store = Store(new.output)
+        store = Store(new.output, s.storage)
         if force:
             for entry in RUN_ENTRIES + tuple(st.name for st in new.stages):
                 store.rm(entry)
@@ -72,7 +72,7 @@ def prepare(s: Spec, *, force: bool = False) -> Plan:
     except OSError as e:
         raise ConfigError(f"output: cannot use {new.output}: {e}") from None
     if planned:
-        old = Plan.load(new.output)
+        old = Plan.load(new.output, s.storage)
         if old.run_id != new.run_id:
             raise ConfigError(
                 f"{store.url()}: holds run {old.run_id}, planned from another spec or other inputs "
@@ -99,19 +99,30 @@ def run(spec: "Spec | str | Path | dict[str, Any]", *, force: bool = False, prog
     """
     s = load_spec(spec, **overrides)
     p = prepare(s, force=force)
+    return execute(p, s, progress=progress, executor_options=executor_options)
+
+
+def execute(p: Plan, s: Spec, *, progress: bool = False, executor_options: dict[str, Any] | None = None,
+            executor=None, on_stage=None) -> RunResult:
+    """Run every unfinished index of every stage of a written plan, in order."""
     # The executor comes from the spec of this invocation: a resumed run may use another.
     p.spec = p.spec.model_copy(update={"executor": s.executor})
-    store = Store(p.output)
-    ex = get_executor(s, progress=progress, **(executor_options or {}))
+    store = p.store()
+    ex = executor or get_executor(s, progress=progress, **(executor_options or {}))
     try:
-        for st in p.stages:
-            done = store.done_indices(st.name)
-            todo = [i for i in range(st.fan_out) if i not in done]
-            if not todo:
-                log.info("stage %s: all %d indices already done", st.name, st.fan_out)
-                continue
-            ex.run_stage(p, st.name, todo)
+        # Worker processes started during the run read plan.json with the run's S3 settings.
+        with exported(p.spec.storage):
+            for st in p.stages:
+                done = store.done_indices(st.name)
+                todo = [i for i in range(st.fan_out) if i not in done]
+                if not todo:
+                    log.info("stage %s: all %d indices already done", st.name, st.fan_out)
+                    continue
+                if on_stage is not None:
+                    on_stage(st.name)
+                ex.run_stage(p, st.name, todo)
     finally:
-        ex.close()
+        if executor is None:
+            ex.close()
     return RunResult(output=p.output, run_id=p.run_id, stats=store.read_json("stats.json"),
                      dataset=store.read_json("dataset.json"))

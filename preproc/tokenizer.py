@@ -17,7 +17,7 @@ from .config import TokenizeSpec
 from .errors import ConfigError
 from .storage import Store, read_bytes
 
-__all__ = ["inspect_tokenizer", "load_run_tokenizer"]
+__all__ = ["inspect_tokenizer", "load_run_tokenizer", "choose_backend", "Encoder"]
 
 _EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<｜end▁of▁sentence｜>", "<|end_of_text|>", "<eos>",
                    "<|im_end|>", "[SEP]")
@@ -96,3 +96,74 @@ def load_run_tokenizer(store: Store, info: dict[str, Any], *, encode_special_tok
         tok.encode_special_tokens = encode_special_tokens
         _CACHE[key] = tok
     return tok
+
+
+SAMPLE_BYTES = 256 * 1024
+
+
+def _sample_texts(plan, storage_options=None) -> list[str]:
+    """Up to SAMPLE_BYTES of documents from the first input splits (bounded planning cost)."""
+    from .readers import ReadLog, read_split
+
+    texts: list[str] = []
+    size = 0
+    for shard in plan.shards[:2]:
+        for split in shard.splits[:2]:
+            try:
+                for batch in read_split(split, plan.spec.input, ReadLog(), storage_options):
+                    for t in batch.column("text").to_pylist():
+                        texts.append(t[:20000])
+                        size += len(texts[-1])
+                        if size >= SAMPLE_BYTES:
+                            return texts
+            except Exception:  # noqa: BLE001 - the readers report bad files later, in the run
+                continue
+    return texts
+
+
+def choose_backend(plan, tok_bytes: bytes, storage_options=None) -> None:
+    """Decide the tokenize backend for the plan and record why (``plan.tokenizer``)."""
+    cfg = plan.spec.tokenize
+    info = plan.tokenizer
+    if cfg.backend == "hf":
+        info.update(backend="hf", backend_reason="forced by tokenize.backend")
+        return
+    from . import tiktoken_backend
+
+    enc, why = tiktoken_backend.build(tok_bytes.decode("utf-8"))
+    if enc is not None:
+        hf = Tokenizer.from_str(tok_bytes.decode("utf-8"))
+        why = tiktoken_backend.equivalent(enc, hf, _sample_texts(plan, storage_options),
+                                          encode_special_tokens=cfg.encode_special_tokens)
+    if why is None:
+        info.update(backend="tiktoken", backend_reason="identical ids on probes and an input sample")
+    elif cfg.backend == "tiktoken":
+        raise ConfigError(f"tokenize.backend: tiktoken cannot reproduce this tokenizer exactly: {why}")
+    else:
+        info.update(backend="hf", backend_reason=f"tiktoken not equivalent: {why}")
+
+
+class Encoder:
+    """The run's tokenizer behind one call: ids of many texts (HF or tiktoken backend)."""
+
+    def __init__(self, store: Store, info: dict[str, Any], *, encode_special_tokens: bool):
+        self.hf = load_run_tokenizer(store, info, encode_special_tokens=encode_special_tokens)
+        self.special = encode_special_tokens
+        self.tk = None
+        if info.get("backend") == "tiktoken":
+            from . import tiktoken_backend
+
+            key = f"tk|{info['sha256']}"
+            self.tk = _CACHE.get(key)
+            if self.tk is None:
+                self.tk, why = tiktoken_backend.build(self.hf.to_str())
+                if self.tk is None:
+                    raise ConfigError(f"tokenize: the plan chose tiktoken but it cannot be built here: {why}")
+                _CACHE[key] = self.tk
+
+    def ids(self, texts: list[str]) -> list[list[int]]:
+        if self.tk is not None:
+            from .tiktoken_backend import encode_batch
+
+            return encode_batch(self.tk, texts, encode_special_tokens=self.special)
+        return [e.ids for e in self.hf.encode_batch_fast(texts, add_special_tokens=False)]

@@ -30,6 +30,7 @@ def _corpus_docs(corpus, files):
 
 def _check_tokens(out, docs, tokenizer_path, eos_id, dtype):
     ref = Tokenizer.from_file(str(tokenizer_path))
+    ref.encode_special_tokens = True   # the default: text never forges special ids
     ds = json.loads((out / "dataset.json").read_text())
     assert ds["dtype"] == dtype
     seen = 0
@@ -63,6 +64,10 @@ def test_corpus_gpt2_tokens_exact(tmp_path, corpus, gpt2):
                     output=str(out), tokenizer=str(gpt2), workers=2)
     docs = _corpus_docs(corpus, [p.name for p in corpus.glob("*.jsonl.gz")])
     assert r.stats["read"] == r.stats["kept"] == len(docs) == 3517
+    # GPT-2 is byte-level BPE with one regex: the plan proves tiktoken exact and uses it;
+    # the check below compares every document with HF tokenizers' own ids.
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["tokenizer"]["backend"] == "tiktoken", plan["tokenizer"]
     _check_tokens(out, docs, gpt2, 50256, "uint16")
     # Loadable by HF datasets as Parquet, same tokens.
     datasets = pytest.importorskip("datasets")
@@ -81,6 +86,8 @@ def test_corpus_deepseek_uint32(tmp_path, corpus, deepseek):
                  "dedup": {"exact": False}},
                 output=str(out), tokenizer=str(deepseek), workers=2)
     ref = Tokenizer.from_file(str(deepseek))
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["tokenizer"]["backend"] == "hf" and "not a single regex" in plan["tokenizer"]["backend_reason"]
     _check_tokens(out, _corpus_docs(corpus, files), deepseek, ref.token_to_id("<｜end▁of▁sentence｜>"), "uint32")
 
 
@@ -177,3 +184,24 @@ def test_resume_after_losing_markers_gives_identical_outputs(tmp_path, demo_inpu
     (out / "tokens" / ".part-00001.parquet.tmp-deadbeef").write_bytes(b"partial")
     preproc.run(_demo_spec(demo_inputs, out), workers=2)
     assert {k: v for k, v in read_tree(out).items()} == read_tree(ref)
+
+
+def test_special_token_text_never_becomes_a_special_id(tmp_path, gpt2):
+    inp = tmp_path / "a.jsonl"
+    inp.write_text(json.dumps({"id": "x", "text": "before <|endoftext|> after"}) + "\n")
+    for backend in ("hf", "tiktoken"):
+        out = tmp_path / backend
+        preproc.run({"input": {"paths": [str(inp)]}, "tokenize": {"backend": backend}, "clean": False}, output=str(out),
+                    tokenizer=str(gpt2), workers=1)
+        ids = pq.read_table(out / "tokens" / "part-00000.parquet").column("input_ids").to_pylist()[0]
+        assert ids.count(50256) == 1 and ids[-1] == 50256     # only the EOS we appended
+        ref = Tokenizer.from_file(str(gpt2))
+        assert ref.decode(ids[:-1]) == "before <|endoftext|> after"
+
+
+def test_forcing_tiktoken_on_an_incompatible_tokenizer_is_a_config_error(tmp_path, deepseek):
+    inp = tmp_path / "a.jsonl"
+    inp.write_text(json.dumps({"text": "hello"}) + "\n")
+    with pytest.raises(preproc.ConfigError, match="tokenize.backend: tiktoken cannot reproduce"):
+        preproc.run({"input": {"paths": [str(inp)]}, "tokenize": {"backend": "tiktoken"}},
+                    output=str(tmp_path / "o"), tokenizer=str(deepseek), workers=1)

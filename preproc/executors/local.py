@@ -12,13 +12,12 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
-import sys
-import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, PreprocError, StageFailed
+from ..progress import Progress  # noqa: F401  (re-exported: the k8s executor imports it from here)
 
 if TYPE_CHECKING:
     from ..plan import Plan
@@ -27,6 +26,9 @@ log = logging.getLogger("preproc")
 
 
 def _init_worker(threads: int) -> None:
+    from .. import signals
+
+    signals.install()
     os.environ.setdefault("RAYON_NUM_THREADS", str(threads))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
@@ -67,7 +69,7 @@ class LocalExecutor:
 
     def run_stage(self, plan: "Plan", stage: str, indices: list[int]) -> None:
         total = plan.stage(stage).fan_out
-        bar = Progress(stage, total=total, done=total - len(indices), enabled=self.progress)
+        bar = Progress(stage, total=total, done=total - len(indices), enabled=self.progress, plan=plan)
         attempts = {i: 0 for i in indices}
         errors: dict[int, str] = {}
         todo = list(indices)
@@ -91,6 +93,8 @@ class LocalExecutor:
                             attempts[i] += 1
                             if attempts[i] <= self.retries:
                                 todo.append(i)
+                            else:
+                                bar.fail(i, errors[i])
                             continue
                         except ConfigError as e:
                             raise StageFailed(stage, {i: f"ConfigError: {e}"}) from None
@@ -100,6 +104,8 @@ class LocalExecutor:
                             if attempts[i] <= self.retries and not _fatal(e):
                                 log.warning("stage %s index %d failed (attempt %d): %s", stage, i, attempts[i], errors[i])
                                 todo.append(i)
+                            else:
+                                bar.fail(i, errors[i])
                             continue
                         errors.pop(i, None)
                         bar.advance(stats)
@@ -114,45 +120,3 @@ class LocalExecutor:
 
 def _fatal(e: BaseException) -> bool:
     return isinstance(e, PreprocError) and e.exit_code in (2, 3)
-
-
-class Progress:
-    """Per-stage progress: a tqdm bar on a terminal, a log line every 30 s otherwise."""
-
-    def __init__(self, stage: str, *, total: int, done: int, enabled: bool = True):
-        self.stage, self.total, self.done = stage, total, done
-        self.docs = 0
-        self.t0 = self.last_log = time.time()
-        self.bar = None
-        self.enabled = enabled
-        if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=done, desc=f"{stage:<12}", unit="idx", leave=True,
-                            dynamic_ncols=True)
-
-    def advance(self, stats: dict[str, Any]) -> None:
-        self.done += 1
-        self.docs += int(stats.get("docs", 0) or stats.get("read", 0) or 0)
-        if self.bar is not None:
-            rate = self.docs / max(time.time() - self.t0, 1e-6)
-            self.bar.set_postfix_str(f"{rate:,.0f} docs/s")
-            self.bar.update(1)
-        else:
-            self.tick()
-
-    def tick(self) -> None:
-        if self.bar is None and self.enabled and time.time() - self.last_log >= 30:
-            self._line()
-
-    def _line(self) -> None:
-        el = time.time() - self.t0
-        rate = self.docs / max(el, 1e-6)
-        log.info("stage %s: %d/%d indices, %.0f docs/s, %.0fs", self.stage, self.done, self.total, rate, el)
-        self.last_log = time.time()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        elif self.enabled:
-            self._line()

@@ -115,7 +115,7 @@ class RayExecutor:
     def run_stage(self, plan: "Plan", stage: str, indices: list[int]) -> None:
         ray = self.ray
         total = plan.stage(stage).fan_out
-        bar = Progress(stage, total=total, done=total - len(indices), enabled=self.progress)
+        bar = Progress(stage, total=total, done=total - len(indices), enabled=self.progress, plan=plan)
         refs = {self._remote.remote(plan.output, stage, i): i for i in indices}
         errors: dict[int, str] = {}
         pending = list(refs)

@@ -19,12 +19,13 @@ finalize       1                  ``dataset.json``, ``stats.json``, accounting c
 
 from __future__ import annotations
 
+import logging
 import time
 import traceback
 from typing import TYPE_CHECKING, Any, Callable
 
-from .. import faults
-from ..errors import ConfigError, PreprocError
+from .. import faults, logs, metrics, signals
+from ..errors import ConfigError
 from ..storage import Store
 
 if TYPE_CHECKING:
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     from ..plan import Plan, StagePlan
 
 __all__ = ["pipeline_stages", "run_index", "STAGE_RUNNERS"]
+
+log = logging.getLogger("preproc")
 
 StageRunner = Callable[["Plan", int, Store], dict[str, Any]]
 
@@ -76,7 +79,7 @@ def run_index(plan: "Plan", stage: str, index: int, store: Store | None = None) 
     """
     if not STAGE_RUNNERS:
         STAGE_RUNNERS.update(_runners())
-    store = store or Store(plan.output)
+    store = store or plan.store()
     sp = plan.stage(stage)
     if not 0 <= index < sp.fan_out:
         raise ConfigError(f"stage {stage!r} has indices 0..{sp.fan_out - 1}; got {index}")
@@ -84,8 +87,18 @@ def run_index(plan: "Plan", stage: str, index: int, store: Store | None = None) 
     if done is not None:
         return done
     _check_previous_done(plan, stage, store)
+    # Every log record of this try carries run id, stage, index and attempt (preproc.logs).
+    attempt = logs.attempt_number(store, stage, index)
+    with logs.context(run_id=plan.run_id, stage=stage, index=index, attempt=attempt):
+        return _attempt(plan, stage, index, store, attempt)
+
+
+def _attempt(plan: "Plan", stage: str, index: int, store: Store, attempt: int) -> dict[str, Any]:
+    """One try of one index: run it, write its marker (or failure record), publish metrics."""
     t0 = time.time()
+    log.info("%s %d: started (attempt %d)", stage, index, attempt)
     faults.context.stage, faults.context.index = stage, index
+    signals.busy = True
     try:
         faults.failpoint("start", stage, index)
         stats = STAGE_RUNNERS[stage](plan, index, store)
@@ -94,15 +107,22 @@ def run_index(plan: "Plan", stage: str, index: int, store: Store | None = None) 
         try:
             store.write_json(store.failure_rel(stage, index), {
                 "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-4000:],
-                "time_s": time.time()})
+                "time_s": time.time(), "attempt": attempt, "host": logs.HOST})
         except Exception:  # noqa: BLE001 - reporting must not hide the real error
             pass
+        metrics.publish_index(plan, stage, index, None, ok=False, attempt=attempt, duration_s=time.time() - t0)
         raise
+    finally:
+        signals.busy = False
     stats["wall_time_s"] = round(time.time() - t0, 3)
     stats["run_id"] = plan.run_id
+    stats["started_s"], stats["finished_s"] = round(t0, 3), round(time.time(), 3)
     store.write_marker(stage, index, stats)
     if store.exists(store.failure_rel(stage, index)):
         store.rm(store.failure_rel(stage, index))
+    log.info("%s %d: committed in %.1fs", stage, index, stats["wall_time_s"],
+             extra={"event": "index_done", "wall_time_s": stats["wall_time_s"]})
+    metrics.publish_index(plan, stage, index, stats, ok=True, attempt=attempt, duration_s=stats["wall_time_s"])
     return stats
 
 
@@ -114,7 +134,8 @@ def _check_previous_done(plan: "Plan", stage: str, store: Store) -> None:
     prev = plan.stages[pos - 1]
     have = store.done_indices(prev.name)
     if len(have & set(range(prev.fan_out))) < prev.fan_out:
-        raise PreprocError(f"stage {stage!r} cannot start: stage {prev.name!r} has "
+        # An executor ran stages out of order: retrying cannot fix that, stop the run.
+        raise ConfigError(f"stage {stage!r} cannot start: stage {prev.name!r} has "
                            f"{len(have)}/{prev.fan_out} indices done")
 
 

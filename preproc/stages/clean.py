@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import xxhash
 
 from ..readers import ReadLog, read_split
+from ..report import CleanProfile
 from ..steps import CleanPipeline, build_steps
 
 if TYPE_CHECKING:
@@ -67,7 +68,9 @@ def run(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
     spec = plan.spec
     shard = plan.shards[index]
     keep_removed = isinstance(spec.clean, dict) and bool(spec.clean.get("keep_removed"))
-    pipe = CleanPipeline(build_steps(spec.clean), keep_removed=keep_removed)
+    # Removed rows are always kept per batch: a few per rule become the report's examples.
+    pipe = CleanPipeline(build_steps(spec.clean), keep_removed=True)
+    profile = CleanProfile(index)
     buckets = plan.stage("exact_dedup").fan_out if "exact_dedup" in plan.stage_names else 0
     log = ReadLog()
     filtered: dict[str, int] = {}
@@ -78,21 +81,24 @@ def run(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
     chars = 0
     text_bytes = 0
     writer: pq.ParquetWriter | None = None
-    so = spec.storage.get("options") if isinstance(spec.storage.get("options"), dict) else None
     with store.open_atomic(f"clean/{part(index)}.parquet") as f:
         for split in shard.splits:
             try:
-                for batch in read_split(split, spec.input, log, so):
+                for batch in read_split(split, spec.input, log, spec.storage):
+                    profile.observe_in(batch)
                     res = pipe(batch)
                     for k, v in res.filtered.items():
                         filtered[k] = filtered.get(k, 0) + v
                     for k, v in res.counters.items():
                         counters[k] = counters.get(k, 0) + v
                     if res.removed is not None:
-                        removed.append(res.removed)
+                        profile.observe_removed(res.removed)
+                        if keep_removed:
+                            removed.append(res.removed)
                     kept = res.kept
                     if kept.num_rows == 0:
                         continue
+                    profile.observe_out(kept)
                     if writer is None:
                         writer = pq.ParquetWriter(f, kept.schema, compression="zstd")
                     writer.write_batch(kept)
@@ -119,6 +125,7 @@ def run(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
     if removed:
         store_table(store, f"removed/{part(index)}.parquet", pa.concat_tables(removed, promote_options="default"))
     kept_after = rows
+    profile.observe_rejects(log.rejects)
     return {
         "read": log.read,
         "blank_lines": log.blank_lines,
@@ -130,6 +137,7 @@ def run(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
         "text_bytes": text_bytes,
         "input_bytes": shard.bytes,
         "file_errors": log.file_errors,
+        **profile.finish(plan, store),   # bounded histograms, counts, examples for report.html
     }
 
 

@@ -38,6 +38,32 @@ def read_bucket(store: "Store", shard: int, bucket: int) -> pa.Table:
     return t.filter(mask).drop_columns(["bucket"])
 
 
+def _fsb(h1: np.ndarray, h2: np.ndarray) -> pa.Array:
+    """128-bit hashes as one fixed-size binary column (for set membership in Arrow)."""
+    buf = np.ascontiguousarray(np.stack([h1, h2], axis=1)).tobytes()
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(h1), [None, pa.py_buffer(buf)])
+
+
+def _prior_hashes(plan: "Plan", index: int) -> pa.Array | None:
+    """Bucket ``index`` of the exact index of earlier generations (incremental refresh)."""
+    from ..storage import Store
+
+    segs = (plan.refresh or {}).get("exact_segments") or []
+    if not segs:
+        return None
+    root = Store(plan.refresh["root"])
+    parts = []
+    for seg in segs:
+        rel = f"{seg}/bucket-{index:05d}.parquet"
+        with root.open(rel) as f:
+            t = pq.read_table(f)
+        parts.append(_fsb(t.column("h1").to_numpy(), t.column("h2").to_numpy()))
+    return pa.concat_arrays(parts) if parts else None
+
+
+INDEX_SCHEMA = pa.schema([("h1", pa.uint64()), ("h2", pa.uint64())])
+
+
 def run(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
     h1s, h2s, shards, rows = [], [], [], []
     for i in range(plan.num_shards):
@@ -53,8 +79,24 @@ def run(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
     dup = np.zeros(len(h1), dtype=bool)
     if len(h1) > 1:
         dup[1:] = (h1[1:] == h1[:-1]) & (h2[1:] == h2[:-1])
-    write_drops(store, f"exact_dedup/drops/bucket-{index:05d}.parquet", shard[dup], row[dup])
     first_of_group = np.zeros(len(h1), dtype=bool)
     if len(h1) > 1:
         first_of_group[:-1] = ~dup[:-1] & dup[1:]
-    return {"keys": int(len(h1)), "duplicates": int(dup.sum()), "clusters": int(first_of_group.sum())}
+    stats: dict[str, Any] = {"keys": int(len(h1)), "clusters": int(first_of_group.sum())}
+    prior = _prior_hashes(plan, index)
+    if prior is not None and len(h1):
+        # Already kept by an earlier generation: every copy here is a duplicate.
+        seen = pc.is_in(_fsb(h1, h2), value_set=prior).to_numpy(zero_copy_only=False)
+        stats["duplicates_of_earlier"] = int((seen & ~dup).sum())
+        dup |= seen
+    stats["duplicates"] = int(dup.sum())
+    write_drops(store, f"exact_dedup/drops/bucket-{index:05d}.parquet", shard[dup], row[dup])
+    if plan.refresh:
+        from ..storage import Store
+
+        # This generation's segment of the dataset's exact index: the hashes it keeps.
+        out = pa.table({"h1": h1[~dup], "h2": h2[~dup]}, schema=INDEX_SCHEMA)
+        with Store(plan.refresh["root"]).open_atomic(
+                f"{plan.refresh['exact_segment_out']}/bucket-{index:05d}.parquet") as f:
+            pq.write_table(out, f, compression="zstd")
+    return stats

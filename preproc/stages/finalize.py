@@ -9,6 +9,7 @@ bad records (by reason). If it does not, the stage fails and the run says so.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -82,11 +83,25 @@ def check_accounting(stats: dict[str, Any]) -> None:
                               f"report {stats['duplicates_total']} duplicates")
 
 
+def _write_report(plan: "Plan", store: "Store", stats: dict[str, Any]) -> None:
+    """``report.html``; a report that cannot be drawn is a warning, never a failed run."""
+    try:
+        from ..report import write_report
+
+        write_report(store, plan, stats)
+    except Exception:  # noqa: BLE001
+        logging.getLogger("preproc").warning("report.html not written", exc_info=True)
+
+
 def run(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
     stats = collect_stats(plan, store)
     check_accounting(stats)
     for k in [k for k in stats if k.startswith("_")]:
         del stats[k]
+    if "near_drops" in plan.stage_names:
+        from .near import summary
+
+        stats["near"] = summary(plan, store)   # config, candidates, clusters, component rounds
     tok = store.read_markers("tokenize")
     formats = plan.spec.tokenize.formats
     shards = []
@@ -116,4 +131,5 @@ def run(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
     }
     store.write_json("stats.json", stats)
     store.write_json("dataset.json", dataset)
+    _write_report(plan, store, stats)
     return {"documents": stats["kept"], "tokens": stats["tokens"]}

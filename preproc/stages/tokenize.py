@@ -20,10 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..megatron import megatron_dtype, write_index
-from ..tokenizer import load_run_tokenizer
+from ..report import log2_histogram
+from ..tokenizer import Encoder
 from .drops import read_drops
 
 if TYPE_CHECKING:
@@ -40,11 +42,10 @@ def drop_stages(plan: "Plan") -> list[str]:
     return [s for s in ("exact_dedup", *near_drop_stages(plan)) if s in plan.stage_names]
 
 
-def encode(tok, texts: list[str], *, bos_id: int | None, eos_id: int | None,
+def encode(tok: Encoder, texts: list[str], *, bos_id: int | None, eos_id: int | None,
            dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     """``(flat ids, offsets)`` for ``texts``, with BOS/EOS around each document."""
-    encs = tok.encode_batch_fast(texts, add_special_tokens=False)
-    id_lists = [e.ids for e in encs]
+    id_lists = tok.ids(texts)
     lens = np.fromiter((len(x) for x in id_lists), dtype=np.int64, count=len(id_lists))
     total = int(lens.sum())
     body = np.fromiter(chain.from_iterable(id_lists), dtype=dtype, count=total)
@@ -67,10 +68,53 @@ def encode(tok, texts: list[str], *, bos_id: int | None, eos_id: int | None,
     return out, offsets
 
 
+def _kept_batches(pf: pq.ParquetFile, drops: np.ndarray, max_docs: int, max_bytes: int,
+                  counts: dict[str, int]):
+    """The clean part's rows minus ``drops``, regrouped into batches of at most ``max_docs``
+    documents and about ``max_bytes`` of text: token lists are Python ints until they reach
+    numpy, so bounding the text per call bounds the worker's memory, whatever the shard."""
+    pending: list[pa.RecordBatch] = []
+    size = 0
+    row0 = 0
+    for batch in pf.iter_batches(batch_size=256, columns=["id", "text"]):
+        n = batch.num_rows
+        if len(drops):
+            rows = np.arange(row0, row0 + n, dtype=np.uint32)
+            keep = ~np.isin(rows, drops, assume_unique=True)
+            counts["dropped"] += int(n - keep.sum())
+            batch = batch.filter(pa.array(keep))
+        row0 += n
+        if batch.num_rows == 0:
+            continue
+        lens = pc.binary_length(batch.column("text")).to_numpy(zero_copy_only=False)
+        cum = np.cumsum(lens)
+        # Cut inside the small batch too, so that one huge document travels alone.
+        start = 0
+        while start < batch.num_rows:
+            room = max_bytes - size
+            base = cum[start - 1] if start else 0
+            k = int(np.searchsorted(cum[start:] - base, room, side="right"))
+            if k == 0 and pending:      # the next document does not fit: send what we have
+                yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+                pending, size = [], 0
+                continue
+            k = max(1, min(k, max_docs - sum(p.num_rows for p in pending)))
+            k = min(k, batch.num_rows - start)
+            piece = batch.slice(start, k)
+            pending.append(piece)
+            size += int(cum[start + k - 1] - base)
+            start += k
+            if size >= max_bytes or sum(p.num_rows for p in pending) >= max_docs:
+                yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+                pending, size = [], 0
+    if pending:
+        yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+
+
 def run(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
     cfg = plan.spec.tokenize
     info = plan.tokenizer
-    tok = load_run_tokenizer(store, info, encode_special_tokens=cfg.encode_special_tokens)
+    tok = Encoder(store, info, encode_special_tokens=cfg.encode_special_tokens)
     dtype = np.dtype(info["dtype"])
     mdtype = megatron_dtype(info["max_id"])
     drops = read_drops(store, drop_stages(plan), index)
@@ -79,25 +123,15 @@ def run(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
     want_mg = "megatron" in cfg.formats
     schema = pa.schema([("id", pa.string()), ("input_ids", pa.list_(pa.from_numpy_dtype(dtype))),
                         ("num_tokens", pa.int32())])
-    docs = tokens = dropped = 0
+    docs = tokens = 0
+    counts = {"dropped": 0}
     lengths: list[np.ndarray] = []
     with contextlib.ExitStack() as stack:
         fpq = stack.enter_context(store.open_atomic(f"tokens/{name}.parquet")) if want_pq else None
         fbin = stack.enter_context(store.open_atomic(f"tokens/{name}.bin")) if want_mg else None
         writer = stack.enter_context(pq.ParquetWriter(fpq, schema, compression="zstd")) if fpq else None
         with store.open(f"clean/{name}.parquet") as f:
-            pf = pq.ParquetFile(f)
-            row0 = 0
-            for batch in pf.iter_batches(batch_size=cfg.batch_size, columns=["id", "text"]):
-                n = batch.num_rows
-                if len(drops):
-                    rows = np.arange(row0, row0 + n, dtype=np.uint32)
-                    keep = ~np.isin(rows, drops, assume_unique=True)
-                    dropped += int(n - keep.sum())
-                    batch = batch.filter(pa.array(keep))
-                row0 += n
-                if batch.num_rows == 0:
-                    continue
+            for batch in _kept_batches(pq.ParquetFile(f), drops, cfg.batch_size, cfg.batch_bytes, counts):
                 flat, offsets = encode(tok, batch.column("text").to_pylist(), bos_id=info.get("bos_id"),
                                        eos_id=info.get("eos_id"), dtype=dtype)
                 lens = np.diff(offsets).astype(np.int32)
@@ -110,8 +144,11 @@ def run(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
                 lengths.append(lens)
                 docs += batch.num_rows
                 tokens += int(offsets[-1])
+    dropped = counts["dropped"]
     if want_mg:
         with store.open_atomic(f"tokens/{name}.idx") as f:
             write_index(f, np.concatenate(lengths) if lengths else np.empty(0, np.int32), mdtype)
     return {"docs": docs, "tokens": tokens, "dropped": dropped, "dtype": str(dtype),
+            "hist_tokens": log2_histogram(np.concatenate(lengths) if lengths else np.empty(0, np.int32)),
+            "backend": info.get("backend", "hf"),
             "megatron_dtype": str(mdtype)}

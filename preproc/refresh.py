@@ -1,0 +1,326 @@
+"""Incremental refresh: process only new inputs, as a new generation, deduplicated against
+everything kept before; publish it in one atomic step.
+
+Layout under the dataset root (the spec's ``output``)::
+
+    dataset.json                  the current manifest: every generation's shards, totals
+    generations/00001/            a complete run (plan.json, stages, tokens/, dataset.json)
+    generations/00002/
+    _state/state.json             published generations, their inputs, the dedup index
+                                  segments, and the generation in progress (if any)
+    _state/manifests/dataset-v00002.json   each published manifest, kept
+    _state/exact/gen-00001/bucket-00000.parquet   exact-hash index of kept documents,
+                                  partitioned into the same buckets as the exact-dedup stage
+    _state/lock.json              the refresh lock (conditional create, with an expiry)
+
+A generation's ``exact_dedup`` bucket ``j`` reads bucket ``j`` of every earlier segment
+(never the whole index in one process), drops new documents already kept before, and writes
+the hashes it keeps as this generation's segment. Publishing writes the versioned manifest,
+then ``dataset.json`` (one atomic object), then ``state.json``: a training job that reads
+``dataset.json`` always sees a consistent set of generations, and a refresh that dies
+halfway leaves the previous manifest in place; the next refresh finishes the pending
+generation first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import Spec, load_spec
+from .errors import ConfigError, PreprocError
+from .plan import InputFile, Plan, list_inputs
+from .runner import execute, prepare
+from .storage import Store, join
+
+__all__ = ["refresh", "RefreshResult", "RefreshLocked"]
+
+log = logging.getLogger("preproc")
+
+STATE = "_state/state.json"
+LOCK = "_state/lock.json"
+EXIT_LOCKED = 75   # EX_TEMPFAIL: another refresh holds the lock; try again later
+
+
+class RefreshLocked(PreprocError):
+    """Another refresh holds the lock of this dataset."""
+
+    exit_code = EXIT_LOCKED
+
+
+@dataclass
+class RefreshResult:
+    output: str
+    generation: int | None      # the generation this refresh published (None: nothing new)
+    new_files: int
+    message: str
+    dataset: dict[str, Any] | None
+    stats: dict[str, Any] | None = None
+
+
+def gen_dir(n: int) -> str:
+    return f"generations/{n:05d}"
+
+
+# -- lock ---------------------------------------------------------------------------------
+
+def create_exclusive(store: Store, rel: str, data: bytes) -> bool:
+    """Create ``rel`` with ``data`` only if it does not exist; False if it does.
+
+    Local: the content goes to a temp file first, then ``os.link`` publishes it (fails if the
+    name exists, and a reader never sees a half-written lock). S3: a PUT with
+    ``If-None-Match: *`` (conditional write).
+    """
+    path = store.path(rel)
+    if store.local:
+        d = os.path.dirname(path)
+        os.makedirs(d, exist_ok=True)
+        tmp = os.path.join(d, f".lock-{uuid.uuid4().hex}")
+        with open(tmp, "wb") as f:
+            f.write(data)
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+    try:
+        store.fs.pipe_file(path, data, mode="create")
+        return True
+    except FileExistsError:
+        return False
+    except OSError as e:
+        if "PreconditionFailed" in str(e) or "412" in str(e) or "ConditionalRequestConflict" in str(e):
+            return False
+        raise
+
+
+class Lock:
+    """A lease on the dataset: one refresh at a time, with an expiry so a dead holder does
+    not block the next CronJob run forever. The holder renews it between stages."""
+
+    def __init__(self, store: Store, ttl_s: float):
+        self.store, self.ttl_s = store, ttl_s
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+        self.lost: str | None = None
+
+    def _heartbeat(self) -> None:
+        # A killed holder stops renewing, so its lock expires after at most ttl_s.
+        while not self._stop.wait(self.ttl_s / 3):
+            try:
+                self.renew()
+            except RefreshLocked as e:
+                self.lost = str(e)
+                return
+            except Exception as e:  # noqa: BLE001 - a storage hiccup: try again next beat
+                log.warning("refresh lock renewal failed: %s", e)
+
+    def _body(self) -> bytes:
+        now = time.time()
+        return json.dumps({"owner": self.owner, "acquired_s": now, "expires_s": now + self.ttl_s}).encode()
+
+    def acquire(self) -> None:
+        for _ in range(2):
+            if create_exclusive(self.store, LOCK, self._body()):
+                self._beat = threading.Thread(target=self._heartbeat, name="preproc-lock", daemon=True)
+                self._beat.start()
+                return
+            try:
+                held = self.store.read_json(LOCK)
+            except (FileNotFoundError, ValueError):
+                continue
+            if held.get("expires_s", 0) > time.time():
+                left = int(held["expires_s"] - time.time())
+                raise RefreshLocked(f"{self.store.url(LOCK)}: another refresh ({held.get('owner')}) holds the "
+                                    f"lock for {left}s more; not starting")
+            log.warning("refresh lock held by %s expired; taking it over", held.get("owner"))
+            self.store.rm(LOCK)
+        raise RefreshLocked(f"{self.store.url(LOCK)}: could not take the lock (contended)")
+
+    def renew(self) -> None:
+        if self.lost:
+            raise RefreshLocked(self.lost)
+        held = self.store.read_json(LOCK)
+        if held.get("owner") != self.owner:
+            raise RefreshLocked(f"{self.store.url(LOCK)}: lost the lock to {held.get('owner')}")
+        self.store.write_bytes(LOCK, self._body())
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join()
+        try:
+            if self.store.read_json(LOCK).get("owner") == self.owner:
+                self.store.rm(LOCK)
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self) -> "Lock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+# -- state --------------------------------------------------------------------------------
+
+def load_state(store: Store) -> dict[str, Any]:
+    try:
+        return store.read_json(STATE)
+    except FileNotFoundError:
+        return {"version": 1, "generations": [], "pending": None, "exact_buckets": None,
+                "segments": {"exact": []}, "tokenizer_sha256": None}
+
+
+def _seen(state: dict[str, Any]) -> set[tuple[str, str]]:
+    seen = {(f["uri"], f["fingerprint"]) for g in state["generations"] for f in g["files"]}
+    if state.get("pending"):
+        seen |= {(f["uri"], f["fingerprint"]) for f in state["pending"]["files"]}
+    return seen
+
+
+def _file_json(f: InputFile) -> dict[str, Any]:
+    return {"uri": f.uri, "rel": f.rel, "format": f.format, "compression": f.compression,
+            "bytes": f.bytes, "fingerprint": f.fingerprint}
+
+
+def _manifest(root: Store, state: dict[str, Any], gen: int, gen_ds: dict[str, Any],
+              gen_stats: dict[str, Any]) -> dict[str, Any]:
+    try:
+        prev = root.read_json("dataset.json")
+    except FileNotFoundError:
+        prev = None
+    gens = list(prev["generations"]) if prev else []
+    prefix = gen_dir(gen)
+    shards = list(prev["shards"]) if prev else []
+    for sh in gen_ds["shards"]:
+        e = dict(sh, generation=gen)
+        for k in ("parquet", "megatron"):
+            if k in e:
+                e[k] = f"{prefix}/{e[k]}"
+        shards.append(e)
+    gens.append({"generation": gen, "path": prefix, "documents": gen_ds["documents"], "tokens": gen_ds["tokens"],
+                 "run_id": gen_ds["run_id"], "created_s": gen_ds["created_s"],
+                 "read": gen_stats["read"], "duplicates": gen_stats["duplicates"]})
+    return {
+        "format_version": gen_ds["format_version"],
+        "version": gen,
+        "generations": gens,
+        "documents": sum(g["documents"] for g in gens),
+        "tokens": sum(g["tokens"] for g in gens),
+        "dtype": gen_ds["dtype"],
+        "megatron_dtype": gen_ds["megatron_dtype"],
+        "formats": gen_ds["formats"],
+        "tokenizer": dict(gen_ds["tokenizer"], path=f"{prefix}/{gen_ds['tokenizer']['path']}"),
+        "shards": [dict(s, index=i) for i, s in enumerate(shards)],
+    }
+
+
+def _publish(root: Store, state: dict[str, Any], lock: Lock) -> dict[str, Any]:
+    pend = state["pending"]
+    n = pend["generation"]
+    gstore = Store(join(root.uri, gen_dir(n)))
+    gen_ds, gen_stats = gstore.read_json("dataset.json"), gstore.read_json("stats.json")
+    try:
+        cur = root.read_json("dataset.json")
+    except FileNotFoundError:
+        cur = None
+    if cur is None or cur.get("version") != n:    # not published yet (or died before the pointer)
+        manifest = _manifest(root, state, n, gen_ds, gen_stats)
+        lock.renew()
+        root.write_json(f"_state/manifests/dataset-v{n:05d}.json", manifest)
+        root.write_json("dataset.json", manifest)
+    else:
+        manifest = cur
+    state["generations"].append({"generation": n, "files": pend["files"], "run_id": gen_ds["run_id"]})
+    state["segments"]["exact"].append(f"_state/exact/gen-{n:05d}")
+    state["pending"] = None
+    root.write_json(STATE, state)
+    return manifest
+
+
+def refresh(spec: "Spec | str | Path | dict[str, Any]", *, progress: bool = False,
+            executor_options: dict[str, Any] | None = None, lock_ttl_s: float = 600,
+            **overrides: Any) -> RefreshResult:
+    """Process the inputs not seen before as a new generation and publish it.
+
+    >>> preproc.refresh("jobs/web.yaml")          # doctest: +SKIP
+    RefreshResult(generation=3, new_files=12, ...)
+    """
+    s = load_spec(spec, **overrides)
+    if not s.output:
+        raise ConfigError("output: refresh needs an output (the dataset root)")
+    root = Store(s.output)
+    if root.exists("plan.json"):
+        raise ConfigError(f"{root.url()}: holds a plain run (plan.json at its root); refresh needs a dataset "
+                          "root of its own")
+    files = list_inputs(s)        # before the lock: a spec error must not take it
+    with Lock(root, lock_ttl_s) as lock:
+        state = load_state(root)
+        published = None
+        if state.get("pending"):
+            log.info("finishing generation %d left by an earlier refresh", state["pending"]["generation"])
+            published = _run_pending(root, state, s, lock, progress, executor_options)
+        seen = _seen(state)
+        new = [f for f in files if (f.uri, f.fingerprint) not in seen]
+        if not new:
+            ds = published or (root.read_json("dataset.json") if root.exists("dataset.json") else None)
+            msg = ("nothing new: " if published is None else f"finished generation {state['generations'][-1]['generation']}; nothing else new: ") \
+                + f"all {len(files)} input file(s) already processed"
+            gen = state["generations"][-1]["generation"] if published is not None else None
+            return RefreshResult(s.output, gen, 0, msg, ds)
+        n = (state["generations"][-1]["generation"] if state["generations"] else 0) + 1
+        if state["exact_buckets"] is None:
+            # Fixed for the dataset's life: earlier index segments are partitioned this way.
+            state["exact_buckets"] = s.dedup.exact.buckets or max(16, s.shards or 0)
+        state["pending"] = {"generation": n, "files": [_file_json(f) for f in new], "started_s": time.time()}
+        root.write_json(STATE, state)
+        manifest = _run_pending(root, state, s, lock, progress, executor_options, files=new)
+        g = state["generations"][-1]
+        return RefreshResult(s.output, n, len(new), f"generation {n}: {len(new)} new file(s), "
+                             f"{manifest['generations'][-1]['documents']:,} documents added", manifest,
+                             Store(join(root.uri, gen_dir(g["generation"]))).read_json("stats.json"))
+
+
+def _gen_spec(s: Spec, root: Store, n: int, buckets: int) -> Spec:
+    d = s.to_json()
+    d["output"] = join(root.uri, gen_dir(n))
+    d["dedup"]["exact"]["buckets"] = buckets
+    return load_spec(d)
+
+
+def _run_pending(root: Store, state: dict[str, Any], s: Spec, lock: Lock, progress: bool,
+                 executor_options: dict[str, Any] | None, files: list[InputFile] | None = None) -> dict[str, Any]:
+    pend = state["pending"]
+    n = pend["generation"]
+    gspec = _gen_spec(s, root, n, state["exact_buckets"])
+    gstore = Store(gspec.output)
+    if gstore.exists("plan.json"):
+        plan = Plan.load(gspec.output)
+    else:
+        if files is None:
+            files = [InputFile(**{k: f[k] for k in ("uri", "rel", "format", "compression", "bytes", "fingerprint")})
+                     for f in pend["files"]]
+        info = {"root": root.uri, "generation": n, "exact_segments": list(state["segments"]["exact"]),
+                "exact_segment_out": f"_state/exact/gen-{n:05d}"}
+        plan = prepare(gspec, files=files, refresh=info)
+    sha = plan.tokenizer.get("sha256")
+    if state.get("tokenizer_sha256") and sha != state["tokenizer_sha256"]:
+        raise ConfigError(f"tokenize.tokenizer: differs from the one earlier generations used "
+                          f"(sha256 {state['tokenizer_sha256'][:12]}...); a dataset has one tokenizer")
+    state["tokenizer_sha256"] = sha
+    lock.renew()
+    execute(plan, gspec, progress=progress, executor_options=executor_options, on_stage=lambda _: lock.renew())
+    return _publish(root, state, lock)

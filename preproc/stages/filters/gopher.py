@@ -1,0 +1,244 @@
+"""Gopher (MassiveText) quality and repetition rules.
+
+Rae et al. 2021, "Scaling Language Models: Methods, Analysis & Insights from Training
+Gopher", arXiv:2112.11446, appendix A (the quality filters of MassiveText) and Table A1
+(the repetition thresholds). FineWeb (Penedo et al. 2024) re-uses both with these thresholds
+(datatrove's ``GopherQualityFilter`` / ``GopherRepetitionFilter``).
+
+Words are whitespace-separated tokens; a token made only of punctuation or symbols (``-``,
+``—``, ``@,@``) is not a word, and leading/trailing punctuation does not count towards a
+word's length (as with the NLTK tokens of the reference implementation). Lines are the text
+between newlines; blank lines are skipped by the line rules.
+"""
+
+from __future__ import annotations
+
+import string
+from typing import Dict
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field, field_validator, model_validator
+
+from ...steps import register
+from ._base import ScopedFilter, ScopeOptions, ratio
+from ._dups import LineStats, ngram_fractions
+from ._text import TextView, first_reason, in_scope
+
+# Gopher app. A: the eight English stop words of the stop-word filter.
+STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
+
+# Bullet characters at the start of a (stripped) line, or a Markdown-style "- " / "* ".
+_BULLET = (r"^(?:[\x{2022}\x{2023}\x{2043}\x{2219}\x{25AA}\x{25AB}\x{25A0}\x{25A1}"
+           r"\x{25CF}\x{25CB}\x{25E6}\x{25B8}\x{25BA}\x{27A2}\x{27A4}]|[-*+](?:\s|$))")
+# Punctuation trimmed off the ends of a word before measuring it (ASCII punctuation and the
+# common typographic and CJK marks); a token that is nothing else is not a word.
+EDGE_PUNCT = (string.punctuation + "\u2018\u2019\u201a\u201c\u201d\u201e\u00ab\u00bb\u2039\u203a"
+              "\u2010\u2011\u2012\u2013\u2014\u2015\u2026\u00b7\u2022\u00a1\u00bf\u2032\u2033"
+              "\u00a7\u00b6\u2020\u2021\u00b0\u300c\u300d\u300e\u300f\u3010\u3011\u3008\u3009"
+              "\u300a\u300b\u3014\u3015\uff08\uff09\uff3b\uff3d\uff5b\uff5d\u3001\u3002"
+              "\uff0c\uff0e\uff01\uff1f\uff1a\uff1b\u30fb")
+
+
+def word_features(view: TextView) -> dict[str, np.ndarray]:
+    """Per-distinct-word features (computed once per batch on the dictionary)."""
+    def build(d):
+        core = pc.utf8_trim(d, EDGE_PUNCT)
+        core_chars = pc.utf8_length(core).to_numpy(zero_copy_only=False).astype(np.int64)
+        return {
+            "is_word": core_chars > 0,
+            "core_chars": core_chars,
+            "has_alpha": pc.match_substring_regex(d, r"\pL").to_numpy(zero_copy_only=False),
+            "lower_core": pc.utf8_lower(core),
+            "hashes": pc.count_substring(d, "#").to_numpy(zero_copy_only=False),
+            "ellipses": (pc.count_substring(d, "...").to_numpy(zero_copy_only=False)
+                         + pc.count_substring(d, "\u2026").to_numpy(zero_copy_only=False)),
+        }
+    return view.dict_feature("gopher_words", build)  # type: ignore[return-value]
+
+
+class GopherQualityOptions(ScopeOptions):
+    # The word rules (word count, mean word length, stop words) are tuned on English, a
+    # language with spaces between words and these stop words: they apply to documents
+    # langid labels with one of these languages (null = every document). The other rules
+    # (symbols, bullets, ellipses, alphabetic words) apply to every language, so junk that
+    # is in no language is still caught. Without langid every rule applies to everything.
+    word_rules_languages: tuple[str, ...] | None = ("en",)
+    # Gopher app. A: drop documents with fewer than 50 or more than 100,000 words.
+    min_words: int | None = Field(default=50, ge=0)
+    max_words: int | None = Field(default=100_000, ge=1)
+    # Gopher app. A: drop documents whose mean word length is outside 3..10 characters.
+    min_mean_word_length: float | None = Field(default=3.0, ge=0)
+    max_mean_word_length: float | None = Field(default=10.0, gt=0)
+    # Gopher app. A: drop documents with a symbol-to-word ratio above 0.1 for the hash
+    # symbol or for the ellipsis.
+    max_hash_word_ratio: float | None = Field(default=0.1, ge=0)
+    max_ellipsis_word_ratio: float | None = Field(default=0.1, ge=0)
+    # Gopher app. A: drop documents with more than 90% of lines starting with a bullet.
+    max_bullet_lines_ratio: float | None = Field(default=0.9, ge=0, le=1)
+    # Gopher app. A: ... or more than 30% of lines ending with an ellipsis.
+    max_ellipsis_lines_ratio: float | None = Field(default=0.3, ge=0, le=1)
+    # Gopher app. A: at least 80% of the words must contain an alphabetic character.
+    min_alpha_words_ratio: float | None = Field(default=0.8, ge=0, le=1)
+    # Gopher app. A: the "stop word" filter, at least two of eight common English words
+    # (counted as occurrences, case-insensitively; datatrove counts occurrences too).
+    min_stop_words: int | None = Field(default=2, ge=0)
+    stop_words: tuple[str, ...] = STOP_WORDS
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        for lo, hi in (("min_words", "max_words"), ("min_mean_word_length", "max_mean_word_length")):
+            a, b = getattr(self, lo), getattr(self, hi)
+            if a is not None and b is not None and a > b:
+                raise ValueError(f"{lo} ({a}) is above {hi} ({b})")
+        return self
+
+
+@register
+class GopherQualityV1(ScopedFilter):
+    """Gopher's document quality rules (word count, word length, symbols, bullets,
+    ellipses, alphabetic words, stop words; the word rules only for ``word_rules_languages``).
+    Reasons, in the order checked:
+    ``min_words``, ``max_words``, ``mean_word_length``, ``hash_ratio``, ``ellipsis_ratio``,
+    ``bullet_lines``, ``ellipsis_lines``, ``alpha_words``, ``stop_words``."""
+
+    name = "gopher_quality_v1"
+    family = "gopher_quality"
+    order = 40
+    default_on = True
+    Options = GopherQualityOptions
+    REASONS = ("min_words", "max_words", "mean_word_length", "hash_ratio", "ellipsis_ratio",
+               "bullet_lines", "ellipsis_lines", "alpha_words", "stop_words")
+
+    def evaluate(self, view: TextView, scope: np.ndarray, batch: pa.RecordBatch) -> np.ndarray:
+        o: GopherQualityOptions = self.options  # type: ignore[assignment]
+        ws = in_scope(batch, (), o.word_rules_languages)   # where the word rules apply
+        f = word_features(view)
+        wid = view.word_id
+        n_words = view.per_doc_sum(f["is_word"][wid])
+        mean_len = ratio(view.per_doc_sum(f["core_chars"][wid]), n_words)
+        checks: list = [
+            (1, None if o.min_words is None else ws & (n_words < o.min_words)),
+            (2, None if o.max_words is None else ws & (n_words > o.max_words)),
+        ]
+        if o.min_mean_word_length is not None:
+            checks.append((3, ws & (mean_len < o.min_mean_word_length)))
+        if o.max_mean_word_length is not None:
+            checks.append((3, ws & (mean_len > o.max_mean_word_length)))
+        if o.max_hash_word_ratio is not None:
+            checks.append((4, ratio(view.per_doc_sum(f["hashes"][wid]), n_words)
+                           > o.max_hash_word_ratio))
+        if o.max_ellipsis_word_ratio is not None:
+            checks.append((5, ratio(view.per_doc_sum(f["ellipses"][wid]), n_words)
+                           > o.max_ellipsis_word_ratio))
+        if o.max_bullet_lines_ratio is not None or o.max_ellipsis_lines_ratio is not None:
+            lines = view.stripped_lines
+            nonblank = view.line_words > 0
+            n_lines = view.per_doc_line_sum(nonblank)
+            if o.max_bullet_lines_ratio is not None:
+                bullet = pc.match_substring_regex(lines, _BULLET).to_numpy(zero_copy_only=False)
+                checks.append((6, ratio(view.per_doc_line_sum(bullet & nonblank), n_lines)
+                               > o.max_bullet_lines_ratio))
+            if o.max_ellipsis_lines_ratio is not None:
+                ell = (pc.ends_with(lines, "...").to_numpy(zero_copy_only=False)
+                       | pc.ends_with(lines, "\u2026").to_numpy(zero_copy_only=False))
+                checks.append((7, ratio(view.per_doc_line_sum(ell & nonblank), n_lines)
+                               > o.max_ellipsis_lines_ratio))
+        if o.min_alpha_words_ratio is not None:
+            alpha = ratio(view.per_doc_sum(f["has_alpha"][wid]), n_words)
+            checks.append((8, (n_words > 0) & (alpha < o.min_alpha_words_ratio)))
+        if o.min_stop_words is not None and o.min_stop_words > 0:
+            key = "stop:" + "\x00".join(o.stop_words)
+            stop = pc.utf8_lower(pa.array(list(o.stop_words), type=f["lower_core"].type))
+            is_stop = view.dict_feature(key, lambda d: pc.is_in(
+                f["lower_core"], value_set=stop).to_numpy(zero_copy_only=False))
+            checks.append((9, ws & (view.per_doc_sum(is_stop[wid]) < o.min_stop_words)))
+        return first_reason(view.n_docs, checks)
+
+
+_TOP_NGRAMS = {2: 0.20, 3: 0.18, 4: 0.16}
+_DUP_NGRAMS = {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
+
+
+class GopherRepetitionOptions(ScopeOptions):
+    # Gopher Table A1: duplicate line fraction 0.30, duplicate paragraph fraction 0.30.
+    max_dup_line_frac: float | None = Field(default=0.30, ge=0, le=1)
+    max_dup_para_frac: float | None = Field(default=0.30, ge=0, le=1)
+    # Gopher Table A1: duplicate line / paragraph character fraction 0.20.
+    max_dup_line_char_frac: float | None = Field(default=0.20, ge=0, le=1)
+    max_dup_para_char_frac: float | None = Field(default=0.20, ge=0, le=1)
+    # Gopher Table A1: top 2-, 3-, 4-gram character fraction 0.20, 0.18, 0.16.
+    max_top_ngram_char_frac: Dict[int, float] = Field(default_factory=lambda: dict(_TOP_NGRAMS))
+    # Gopher Table A1: duplicate 5..10-gram character fraction 0.15, 0.14, ..., 0.10.
+    max_dup_ngram_char_frac: Dict[int, float] = Field(default_factory=lambda: dict(_DUP_NGRAMS))
+
+    @field_validator("max_top_ngram_char_frac", "max_dup_ngram_char_frac")
+    @classmethod
+    def _ngrams(cls, v: Dict[int, float]):
+        for n, th in v.items():
+            if not 2 <= n <= 32:
+                raise ValueError(f"n-gram size {n} must be between 2 and 32")
+            if not 0 <= th <= 1:
+                raise ValueError(f"threshold {th} for {n}-grams must be between 0 and 1")
+        return dict(sorted(v.items()))
+
+
+@register
+class GopherRepetitionV1(ScopedFilter):
+    """Gopher's repetition rules: duplicate lines and paragraphs (by count and by
+    characters), characters in the most frequent 2-4-grams and in repeated 5-10-grams.
+
+    A duplicate line/paragraph is one whose word sequence already occurred earlier in the
+    document (the first occurrence is not a duplicate); fractions by count are over
+    non-blank lines/paragraphs, by characters over the document's characters. n-gram
+    fractions are over the document's characters too (see
+    :func:`~preproc.stages.filters._dups.ngram_fractions`; overlapping repeats are counted
+    once, as the paper asks). Reasons, in the order checked: ``dup_para_frac``,
+    ``dup_para_char_frac``, ``dup_line_frac``, ``dup_line_char_frac``, ``top_<n>_gram``,
+    ``dup_<n>_gram``.
+    """
+
+    name = "gopher_repetition_v1"
+    family = "gopher_repetition"
+    order = 45
+    default_on = True
+    Options = GopherRepetitionOptions
+
+    def __init__(self, options):
+        super().__init__(options)
+        o: GopherRepetitionOptions = options
+        self.REASONS = (("dup_para_frac", "dup_para_char_frac", "dup_line_frac",
+                         "dup_line_char_frac")
+                        + tuple(f"top_{n}_gram" for n in o.max_top_ngram_char_frac)
+                        + tuple(f"dup_{n}_gram" for n in o.max_dup_ngram_char_frac))
+
+    def evaluate(self, view: TextView, scope: np.ndarray, batch: pa.RecordBatch) -> np.ndarray:
+        o: GopherRepetitionOptions = self.options  # type: ignore[assignment]
+        doc_chars = view.doc_chars
+        ls = view.memo("line_stats", lambda: LineStats(view))
+        checks: list = []
+        if o.max_dup_para_frac is not None or o.max_dup_para_char_frac is not None:
+            paras, rep_paras, rep_para_chars = ls.paragraphs()
+            if o.max_dup_para_frac is not None:
+                checks.append((1, ratio(rep_paras, paras) > o.max_dup_para_frac))
+            if o.max_dup_para_char_frac is not None:
+                checks.append((2, ratio(rep_para_chars, doc_chars) > o.max_dup_para_char_frac))
+        if o.max_dup_line_frac is not None:
+            checks.append((3, ratio(ls.repeated_lines, ls.nonblank_lines) > o.max_dup_line_frac))
+        if o.max_dup_line_char_frac is not None:
+            checks.append((4, ratio(ls.repeated_line_chars, doc_chars) > o.max_dup_line_char_frac))
+        codes = first_reason(view.n_docs, checks)
+        # The n-gram pass is the expensive part: only for documents still in the running.
+        top, dup = o.max_top_ngram_char_frac, o.max_dup_ngram_char_frac
+        top_frac, dup_frac = ngram_fractions(view, scope & (codes == 0), top, dup)
+        code = 5
+        ngram_checks = []
+        for n, th in top.items():
+            ngram_checks.append((code, top_frac[n] > th))
+            code += 1
+        for n, th in dup.items():
+            ngram_checks.append((code, dup_frac[n] > th))
+            code += 1
+        later = first_reason(view.n_docs, ngram_checks)
+        return np.where(codes == 0, later, codes)

@@ -1,0 +1,771 @@
+"""Near-duplicate removal: MinHash LSH across all shards, as fan-out stages.
+
+``dedup.near`` turns it on (``true`` for the defaults, or a mapping, see
+:class:`NearOptions`)::
+
+    dedup:
+      exact: true
+      near: {threshold: 0.8}          # or: true  (14 bands x 8 rows, no verification)
+
+The stages, in order (``N`` shards, ``B`` = ``dedup.near.buckets``, default ``N``); all
+intermediates live under ``near/<canonical config>/`` (e.g. ``near/minhash-5g-14b8r-s1``),
+so changing a knob never reuses stale results:
+
+=================  =======  ==================================================================
+stage              fan-out  reads → writes
+=================  =======  ==================================================================
+near_signatures    N        ``clean/part-i`` minus the exact-dedup drops → ``keys/part-i``:
+                            one 64-bit key per band per document, one row group per bucket
+near_pairs         B        bucket ``j`` of every shard's keys → documents sharing a key:
+                            without verification, edges contracted to stars
+                            (``cc/00/part-j``); with it, candidate pairs (``cand/part-j``)
+near_shingles      N        (verify) candidate partners in shard ``i`` → their shingle sets,
+                            one row group per shard of the other document (``shingles/``)
+near_verify        N        (verify) pairs whose first document is in shard ``i``: exact
+                            Jaccard of the shingle sets; pairs >= threshold → ``cc/00/``
+near_cc_00..R-1    B        connected components, one large-star or small-star step per
+                            round (:mod:`preproc.components`) → ``cc/<k+1>/``; once the
+                            graph has converged the remaining rounds only read a marker
+near_clusters      B        the final stars → one keeper per cluster → ``members/part-j``
+near_drops         N        members in shard ``i`` → ``near_drops/drops/part-i.parquet``
+                            (what tokenize drops) and, with ``keep_clusters``,
+                            ``clusters/part-i.parquet``
+=================  =======  ==================================================================
+
+A document is a node ``shard << 32 | row``: its row in ``clean/part-i.parquet``, so the
+smallest node is the first in input order. Every stage's output is a pure function of
+the plan and the data, and the components end in a unique state (a star around each
+cluster's smallest node), so drop lists and token files are byte-identical whatever the
+number of workers or buckets. Near dedup sees only the documents exact dedup kept; each
+document it removes is counted once, in the ``near_drops`` marker of its shard.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..components import local_components, node_partition, star_clusters, star_step, unique_edges
+from ..errors import ConfigError
+from ..minhash import MinHasher, MinHashParams, jaccard, lsh_params, shingle_hashes, shingle_sets, unit_hashes
+from .drops import read_drops, write_drops
+
+if TYPE_CHECKING:
+    from ..config import Spec
+    from ..plan import Plan, StagePlan
+    from ..storage import Store
+
+__all__ = ["NearOptions", "NearConfig", "near_config", "stages", "RUNNERS", "DROP_STAGES",
+           "read_clusters", "summary"]
+
+U64 = np.uint64
+ROW_MASK = U64(0xFFFFFFFF)
+# Upper bound of dedup.near.max_rounds: round stages are registered by name up front.
+MAX_ROUNDS = 64
+# With verification, a band group of up to this many documents yields all its pairs;
+# a larger one (thousands of pages with the same template) a star and a chain, so the
+# candidates grow linearly with the group.
+ALL_PAIRS_MAX_GROUP = 32
+SIGNATURES, PAIRS, SHINGLES, VERIFY = "near_signatures", "near_pairs", "near_shingles", "near_verify"
+CLUSTERS, DROPS = "near_clusters", "near_drops"
+DROP_STAGES = (DROPS,)
+
+
+def round_name(k: int) -> str:
+    return f"near_cc_{k:02d}"
+
+
+# -- configuration -------------------------------------------------------------------------
+
+class NearOptions(BaseModel):
+    """``dedup.near``: what a user may set. Defaults: word 5-grams, 14 bands x 8 rows
+    (112 permutations, threshold ~0.72), seed 1, no verification, keep the first."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    # Shingles: runs of ``ngram`` words (``word``) or characters (``char``: languages
+    # written without spaces); text lower-cased, punctuation and whitespace folded.
+    shingle: Literal["word", "char"] = "word"
+    ngram: int = Field(default=5, ge=1, le=64)
+    # LSH: ``bands x rows`` permutations. Set both, or a ``threshold`` to choose them
+    # (within ``num_perm`` permutations), or neither for 14 x 8.
+    bands: int | None = Field(default=None, ge=1, le=512)
+    rows: int | None = Field(default=None, ge=1, le=64)
+    threshold: float | None = Field(default=None, gt=0.0, le=1.0)
+    num_perm: int = Field(default=112, ge=1, le=1024)
+    seed: int = Field(default=1, ge=0, lt=2**63)
+    # Check each candidate pair's exact Jaccard against ``threshold`` before it counts
+    # (default: on when a threshold is given).
+    verify: bool | None = None
+    # Which document of a cluster stays: the first in input order, or the longest.
+    keep: Literal["first", "longest"] = "first"
+    # Write the clusters (members and kept document) to near/<config>/clusters/.
+    keep_clusters: bool = False
+    # Fan-out of the pair, component and cluster stages (default: the number of shards).
+    buckets: int | None = Field(default=None, ge=1)
+    # Planned component rounds; the rounds after convergence cost a marker read.
+    max_rounds: int = Field(default=20, ge=1, le=MAX_ROUNDS)
+    # Documents per signature batch (memory per worker grows with it).
+    batch_size: int = Field(default=1024, ge=1)
+
+    def problem(self) -> tuple[str, str] | None:
+        """``(key, message)`` of the first inconsistency between options, if any."""
+        if (self.bands is None) != (self.rows is None):
+            missing = "rows" if self.rows is None else "bands"
+            return missing, "set both bands and rows (or neither, to use threshold or 14 x 8)"
+        if self.bands is not None and self.rows is not None and self.bands * self.rows > 4096:
+            return "bands", f"bands x rows must be at most 4096 permutations (got {self.bands * self.rows})"
+        if self.verify and self.threshold is None:
+            return "verify", "needs dedup.near.threshold (the Jaccard a pair must reach)"
+        return None
+
+
+def parse_options(value: bool | dict[str, Any]) -> NearOptions:
+    """Validate ``dedup.near``; errors are one line naming ``dedup.near.<key>``."""
+    if isinstance(value, bool):
+        return NearOptions(enabled=value)
+    if not isinstance(value, dict):
+        raise ConfigError("dedup.near: must be true, false or a mapping of options")
+    try:
+        opts = NearOptions.model_validate(value)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown key; allowed: {', '.join(NearOptions.model_fields)}"
+        elif err["type"] != "value_error" and "input" in err:
+            msg = f"{msg} (got {err['input']!r:.80})"
+        raise ConfigError(f"dedup.near{'.' + loc if loc else ''}: {msg}") from None
+    bad = opts.problem()
+    if bad:
+        raise ConfigError(f"dedup.near.{bad[0]}: {bad[1]}")
+    return opts
+
+
+@dataclass(frozen=True)
+class NearConfig:
+    """``dedup.near`` resolved: the bands and rows chosen, verification decided."""
+
+    minhash: MinHashParams
+    threshold: float | None
+    verify: bool
+    keep: str
+    keep_clusters: bool
+    buckets: int | None
+    max_rounds: int
+    batch_size: int
+
+    @property
+    def canonical(self) -> str:
+        """``minhash-5g-14b8r-s1``, plus ``-v0.8`` when verifying at 0.8 and ``-longest``
+        when keeping the longest document: every knob that changes a result."""
+        s = self.minhash.canonical
+        if self.verify:
+            s += f"-v{self.threshold:g}"
+        if self.keep != "first":
+            s += f"-{self.keep}"
+        return s
+
+    @property
+    def root(self) -> str:
+        return f"near/{self.canonical}"
+
+
+@functools.lru_cache(maxsize=64)
+def _resolve(raw: str) -> NearConfig | None:
+    o = parse_options(json.loads(raw))
+    if not o.enabled:
+        return None
+    verify = o.verify if o.verify is not None else o.threshold is not None
+    if o.bands is not None:
+        bands, rows = o.bands, o.rows
+    elif o.threshold is not None:
+        bands, rows = lsh_params(o.threshold, o.num_perm, verify=verify)
+    else:
+        bands, rows = 14, 8
+    mh = MinHashParams(ngram=o.ngram, unit=o.shingle, bands=bands, rows=rows, seed=o.seed)
+    return NearConfig(minhash=mh, threshold=o.threshold, verify=verify, keep=o.keep,
+                      keep_clusters=o.keep_clusters, buckets=o.buckets, max_rounds=o.max_rounds,
+                      batch_size=o.batch_size)
+
+
+def near_config(spec: "Spec") -> NearConfig | None:
+    """The resolved near-dedup config of a spec (``None`` when off)."""
+    raw = spec.dedup.near
+    if raw is False:
+        return None
+    return _resolve(json.dumps(raw, sort_keys=True))
+
+
+def stages(spec: "Spec", num_shards: int) -> list["StagePlan"]:
+    """The near-dedup stages of a plan, in order, with their fan-out."""
+    from ..plan import StagePlan
+
+    cfg = near_config(spec)
+    if cfg is None:
+        return []
+    b = cfg.buckets or num_shards
+    out = [StagePlan(SIGNATURES, num_shards), StagePlan(PAIRS, b)]
+    if cfg.verify:
+        out += [StagePlan(SHINGLES, num_shards), StagePlan(VERIFY, num_shards)]
+    out += [StagePlan(round_name(k), b) for k in range(cfg.max_rounds)]
+    out += [StagePlan(CLUSTERS, b), StagePlan(DROPS, num_shards)]
+    return out
+
+
+def _cfg(plan: "Plan") -> NearConfig:
+    cfg = near_config(plan.spec)
+    if cfg is None:  # pragma: no cover - the stages are only planned when on
+        raise ConfigError("dedup.near is off in this plan")
+    return cfg
+
+
+def _buckets(plan: "Plan") -> int:
+    return plan.stage(PAIRS).fan_out
+
+
+def _part(i: int) -> str:
+    return f"part-{i:05d}.parquet"
+
+
+# -- partitioned Parquet files -------------------------------------------------------------
+# A file per producing index, sorted by its first column (the consumer's index), one row
+# group per value: consumer j reads only its row group of every producer's file.
+
+def _write_parts(store: "Store", rel: str, table: pa.Table, metadata: dict[str, str] | None = None) -> None:
+    if metadata:
+        table = table.replace_schema_metadata({k.encode(): v.encode() for k, v in metadata.items()})
+    with store.open_atomic(rel) as f:
+        with pq.ParquetWriter(f, table.schema, compression="zstd") as w:
+            col = table.column(0).to_numpy()
+            cuts = np.flatnonzero(np.diff(col)) + 1
+            for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(col)]):
+                if hi > lo:
+                    w.write_table(table.slice(lo, hi - lo))
+
+
+def _read_part(store: "Store", rel: str, part: int, columns: list[str]) -> pa.Table | None:
+    with store.open(rel) as f:
+        pf = pq.ParquetFile(f)
+        first = pf.schema_arrow.names[0]
+        groups = []
+        for g in range(pf.num_row_groups):
+            st = pf.metadata.row_group(g).column(0).statistics
+            if st is None or not st.has_min_max or st.min <= part <= st.max:
+                groups.append(g)
+        if not groups:
+            return None
+        t = pf.read_row_groups(groups, columns=[first, *[c for c in columns if c != first]])
+    t = t.filter(pc.equal(t.column(first), pa.scalar(part, t.schema.field(first).type)))
+    return t.select(columns) if t.num_rows else None
+
+
+def _read_parts(store: "Store", rels: list[str], part: int, columns: list[str],
+                types: list[pa.DataType]) -> dict[str, np.ndarray]:
+    tables = [t for rel in rels if (t := _read_part(store, rel, part, columns)) is not None]
+    if not tables:
+        return {c: np.empty(0, dtype=ty.to_pandas_dtype()) for c, ty in zip(columns, types)}
+    t = pa.concat_tables(tables)
+    return {c: t.column(c).to_numpy() for c in columns}
+
+
+def _metadata(store: "Store", rel: str) -> dict[str, str]:
+    with store.open(rel) as f:
+        md = pq.ParquetFile(f).schema_arrow.metadata or {}
+    return {k.decode(): v.decode() for k, v in md.items()}
+
+
+# -- documents -----------------------------------------------------------------------------
+
+def _prio(cfg: NearConfig, text: pa.Array) -> np.ndarray:
+    """Smaller is kept first: 0 for ``first``; for ``longest``, fewer characters rank later."""
+    if cfg.keep == "longest":
+        chars = pc.utf8_length(text).to_numpy(zero_copy_only=False).astype(np.int64)
+        return (U64(2**32 - 1) - np.minimum(chars, 2**32 - 1).astype(U64)).astype(U64)
+    return np.zeros(len(text), dtype=U64)
+
+
+def _iter_rows(store: "Store", shard: int, rows: np.ndarray | None, batch_size: int):
+    """``(rows, text)`` batches of ``clean/part-i`` (only ``rows``, sorted, when given),
+    skipping the row groups that hold none of them."""
+    with store.open(f"clean/{_part(shard)}") as f:
+        pf = pq.ParquetFile(f)
+        starts = np.zeros(pf.num_row_groups + 1, dtype=np.int64)
+        for g in range(pf.num_row_groups):
+            starts[g + 1] = starts[g] + pf.metadata.row_group(g).num_rows
+        for g in range(pf.num_row_groups):
+            lo, hi = starts[g], starts[g + 1]
+            if rows is not None:
+                want = rows[np.searchsorted(rows, lo):np.searchsorted(rows, hi)]
+                if not len(want):
+                    continue
+            row0 = lo
+            for batch in pf.iter_batches(batch_size=batch_size, row_groups=[g], columns=["text"]):
+                n = batch.num_rows
+                r = np.arange(row0, row0 + n, dtype=np.int64)
+                text = batch.column(0)
+                row0 += n
+                if rows is not None:
+                    sel = np.isin(r, want, assume_unique=True)
+                    if not sel.any():
+                        continue
+                    r, text = r[sel], text.filter(pa.array(sel))
+                yield r, text
+
+
+def _unique_rows(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unique ``(x, y)`` rows, sorted."""
+    order = np.lexsort((y, x))
+    x, y = x[order], y[order]
+    if len(x) > 1:
+        new = np.r_[True, (x[1:] != x[:-1]) | (y[1:] != y[:-1])]
+        x, y = x[new], y[new]
+    return x, y
+
+
+def _node(shard: int | np.ndarray, row: np.ndarray) -> np.ndarray:
+    return (np.asarray(shard, dtype=U64) << U64(32)) | np.asarray(row, dtype=U64)
+
+
+# -- stage: signatures ---------------------------------------------------------------------
+
+KEYS_SCHEMA = pa.schema([("bucket", pa.uint32()), ("key", pa.uint64()), ("row", pa.uint32()),
+                         ("prio", pa.uint64())])
+
+
+def run_signatures(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
+    """MinHash band keys of the documents of shard ``index`` that exact dedup kept.
+
+    Text is read and hashed ``batch_size`` documents at a time; the keys of the shard
+    (``bands`` x 24 bytes per document, a few percent of its text) are held to write them
+    sorted into one row group per bucket, as ``clean/keys`` does for exact dedup.
+    """
+    cfg = _cfg(plan)
+    p = cfg.minhash
+    mh = MinHasher(p)
+    b = _buckets(plan)
+    exact = (read_drops(store, ["exact_dedup"], index) if "exact_dedup" in plan.stage_names
+             else np.empty(0, np.uint32)).astype(np.int64)
+    keys, rows, prios = [], [], []
+    docs = skipped = empty = shingles = text_bytes = 0
+    for r, text in _iter_rows(store, index, None, cfg.batch_size):
+        if len(exact):
+            keep = ~np.isin(r, exact, assume_unique=True)
+            skipped += int(len(r) - keep.sum())
+            r, text = r[keep], text.filter(pa.array(keep))
+        if not len(r):
+            continue
+        docs += len(r)
+        text_bytes += int(pc.sum(pc.binary_length(text)).as_py() or 0)
+        sh, per_doc = shingle_hashes(*unit_hashes(text, p.unit), p.ngram)
+        shingles += len(sh)
+        ok = per_doc > 0
+        empty += int((~ok).sum())
+        sig = mh.signatures(sh, per_doc)
+        keys.append(mh.band_keys(sig)[:, ok])
+        rows.append(r[ok])
+        prios.append(_prio(cfg, text)[ok])
+    key = np.concatenate(keys, axis=1).ravel() if keys else np.empty(0, U64)
+    row = np.tile(np.concatenate(rows), p.bands) if rows else np.empty(0, np.int64)
+    prio = np.tile(np.concatenate(prios), p.bands) if prios else np.empty(0, U64)
+    bucket = (key % U64(b)).astype(np.uint32)
+    order = np.lexsort((row, key, bucket))
+    table = pa.table({"bucket": bucket[order], "key": key[order], "row": row[order].astype(np.uint32),
+                      "prio": prio[order]}, schema=KEYS_SCHEMA)
+    _write_parts(store, f"{cfg.root}/keys/{_part(index)}", table)
+    return {"docs": docs, "skipped_exact": skipped, "no_shingles": empty, "shingles": shingles,
+            "band_keys": int(len(key)), "text_bytes": text_bytes}
+
+
+# -- stage: pairs --------------------------------------------------------------------------
+
+EDGE_SCHEMA = pa.schema([("part", pa.uint32()), ("src", pa.uint64()), ("dst", pa.uint64()),
+                         ("sprio", pa.uint64()), ("dprio", pa.uint64())])
+CAND_SCHEMA = pa.schema([("shard", pa.uint32()), ("role", pa.uint8()), ("a", pa.uint64()),
+                         ("b", pa.uint64())])
+
+
+def _write_edges(store: "Store", rel: str, x: np.ndarray, y: np.ndarray, xp: np.ndarray, yp: np.ndarray,
+                 parts: int, *, unconverged: int | None = None) -> int:
+    """Write undirected edges both ways, each direction in the partition of its source."""
+    src, dst, sp, dp = unique_edges(np.concatenate([x, y]), np.concatenate([y, x]),
+                                    np.concatenate([xp, yp]), np.concatenate([yp, xp]))
+    part = node_partition(src, parts)
+    order = np.argsort(part, kind="stable")    # stable: (src, dst) order kept in a part
+    table = pa.table({"part": part[order], "src": src[order], "dst": dst[order], "sprio": sp[order],
+                      "dprio": dp[order]}, schema=EDGE_SCHEMA)
+    md = {"unconverged": str(unconverged)} if unconverged is not None else None
+    _write_parts(store, rel, table, md)
+    return int(len(src)) // 2
+
+
+def _contract(a: np.ndarray, b: np.ndarray, ids: np.ndarray, prio: np.ndarray):
+    """Edges → a star per local component (node → smallest node), with the nodes' prio
+    looked up in the sorted unique ``ids``."""
+    nodes, roots = local_components(a, b)
+    keep = nodes != roots
+    nodes, roots = nodes[keep], roots[keep]
+    return nodes, roots, prio[np.searchsorted(ids, nodes)], prio[np.searchsorted(ids, roots)]
+
+
+def _band_groups(key: np.ndarray, node: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sort by (key, node); return the sorted nodes, each group's start and size (>= 2)."""
+    order = np.lexsort((node, key))
+    key, node = key[order], node[order]
+    if not len(key):
+        e = np.empty(0, np.int64)
+        return node, e, e
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    sizes = np.diff(np.r_[starts, len(key)])
+    multi = sizes >= 2
+    return node, starts[multi], sizes[multi]
+
+
+def _candidate_pairs(node: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All pairs of each small group; star + chain of each large one; ``a < b``, unique."""
+    small = sizes <= ALL_PAIRS_MAX_GROUP
+    a_parts, b_parts = [], []
+    # Positions in the sorted node array of the members of small groups.
+    s_starts, s_sizes = starts[small], sizes[small]
+    pos = np.repeat(s_starts, s_sizes) + (np.arange(int(s_sizes.sum())) - np.repeat(np.cumsum(s_sizes) - s_sizes, s_sizes))
+    end = np.repeat(s_starts + s_sizes, s_sizes)
+    for d in range(1, int(s_sizes.max(initial=1))):
+        ok = pos + d < end
+        a_parts.append(node[pos[ok]])
+        b_parts.append(node[pos[ok] + d])
+    l_starts, l_sizes = starts[~small], sizes[~small]
+    if len(l_starts):
+        lpos = np.repeat(l_starts, l_sizes) + (np.arange(int(l_sizes.sum())) - np.repeat(np.cumsum(l_sizes) - l_sizes, l_sizes))
+        first = np.repeat(l_starts, l_sizes)
+        nf = lpos != first
+        a_parts += [node[first[nf]], node[lpos[nf] - 1]]
+        b_parts += [node[lpos[nf]], node[lpos[nf]]]
+    if not a_parts:
+        e = np.empty(0, U64)
+        return e, e
+    a, b = np.concatenate(a_parts), np.concatenate(b_parts)
+    a, b = unique_edges(a, b)
+    return a, b
+
+
+def run_pairs(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
+    """Bucket ``index`` of every shard's keys: documents that share a band key.
+
+    A band key lives in exactly one bucket, so each bucket sees whole groups and the
+    candidates do not depend on the number of buckets.
+    """
+    cfg = _cfg(plan)
+    cols = ["key", "row", "prio"]
+    keys, nodes, prios = [], [], []
+    for i in range(plan.num_shards):
+        t = _read_part(store, f"{cfg.root}/keys/{_part(i)}", index, cols)
+        if t is None:
+            continue
+        keys.append(t.column("key").to_numpy())
+        nodes.append(_node(i, t.column("row").to_numpy()))
+        prios.append(t.column("prio").to_numpy())
+    key = np.concatenate(keys) if keys else np.empty(0, U64)
+    node = np.concatenate(nodes) if nodes else np.empty(0, U64)
+    prio = np.concatenate(prios) if prios else np.empty(0, U64)
+    snode, starts, sizes = _band_groups(key, node)
+    stats: dict[str, Any] = {"band_keys": int(len(key)), "groups": int(len(starts)),
+                             "grouped_docs": int(sizes.sum())}
+    if cfg.verify:
+        a, b = _candidate_pairs(snode, starts, sizes)
+        shard_a, shard_b = (a >> U64(32)).astype(np.uint32), (b >> U64(32)).astype(np.uint32)
+        shard = np.concatenate([shard_a, shard_b])
+        role = np.r_[np.zeros(len(a), np.uint8), np.ones(len(a), np.uint8)]
+        aa, bb = np.concatenate([a, a]), np.concatenate([b, b])
+        order = np.lexsort((bb, aa, role, shard))
+        table = pa.table({"shard": shard[order], "role": role[order], "a": aa[order], "b": bb[order]},
+                         schema=CAND_SCHEMA)
+        _write_parts(store, f"{cfg.root}/cand/{_part(index)}", table)
+        stats["candidates"] = int(len(a))
+        return stats
+    # Without verification every group is a cluster: a star from its smallest member,
+    # contracted with the bucket's other groups to one star per local component.
+    first = np.repeat(starts, sizes)
+    pos = first + (np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes))
+    nf = pos != first
+    a, b = snode[first[nf]], snode[pos[nf]]
+    ids, idx = np.unique(node, return_index=True)
+    x, y, xp, yp = _contract(a, b, ids, prio[idx])
+    stats["candidates"] = int(len(unique_edges(a, b)[0]))
+    stats["edges"] = _write_edges(store, f"{cfg.root}/cc/00/{_part(index)}", x, y, xp, yp, _buckets(plan))
+    return stats
+
+
+# -- stages: verification ------------------------------------------------------------------
+
+SHINGLES_SCHEMA = pa.schema([("shard", pa.uint32()), ("b", pa.uint64()), ("prio", pa.uint64()),
+                             ("shingles", pa.large_list(pa.uint32()))])
+
+
+def _sets_for_rows(cfg: NearConfig, store: "Store", shard: int, rows: np.ndarray):
+    """Shingle sets and prio of ``rows`` (sorted unique) of a shard, in that order."""
+    vals, lens, prios, got = [], [], [], []
+    for r, text in _iter_rows(store, shard, rows, cfg.batch_size):
+        v, off = shingle_sets(text, unit=cfg.minhash.unit, ngram=cfg.minhash.ngram)
+        vals.append(v)
+        lens.append(np.diff(off))
+        prios.append(_prio(cfg, text))
+        got.append(r)
+    if not got:
+        return np.empty(0, np.uint32), np.zeros(1, np.int64), np.empty(0, U64)
+    got_rows = np.concatenate(got)
+    if len(got_rows) != len(rows) or not np.array_equal(got_rows, rows):
+        raise RuntimeError(f"clean/{_part(shard)}: rows missing for near-dup verification")
+    ln = np.concatenate(lens)
+    off = np.zeros(len(ln) + 1, np.int64)
+    np.cumsum(ln, out=off[1:])
+    return np.concatenate(vals), off, np.concatenate(prios)
+
+
+def run_shingles(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
+    """Shingle sets of the documents of this shard that are the *second* of a candidate
+    pair, sent to the shard of the first (where the pair is verified)."""
+    cfg = _cfg(plan)
+    b_rels = [f"{cfg.root}/cand/{_part(j)}" for j in range(_buckets(plan))]
+    d = _read_parts(store, b_rels, index, ["role", "a", "b"], [pa.uint8(), pa.uint64(), pa.uint64()])
+    sel = d["role"] == 1
+    a, b = d["a"][sel], d["b"][sel]
+    # One copy of b's set per shard of its partners.
+    dest, b = _unique_rows((a >> U64(32)).astype(U64), b)
+    dest = dest.astype(np.uint32)
+    rows = np.unique((b & ROW_MASK).astype(np.int64))
+    vals, off, prio = _sets_for_rows(cfg, store, index, rows)
+    k = np.searchsorted(rows, (b & ROW_MASK).astype(np.int64))
+    lens = off[k + 1] - off[k]
+    first = np.cumsum(lens) - lens
+    pos = np.repeat(off[k] - first, lens) + np.arange(int(lens.sum()), dtype=np.int64)
+    offsets = np.zeros(len(k) + 1, np.int64)
+    np.cumsum(lens, out=offsets[1:])
+    lists = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(vals[pos], pa.uint32()))
+    table = pa.table({"shard": pa.array(dest, pa.uint32()), "b": pa.array(b, pa.uint64()),
+                      "prio": pa.array(prio[k], pa.uint64()), "shingles": lists}, schema=SHINGLES_SCHEMA)
+    _write_parts(store, f"{cfg.root}/shingles/{_part(index)}", table)
+    return {"partners": int(len(rows)), "sent": int(len(b)), "shingles_sent": int(lens.sum())}
+
+
+def run_verify(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
+    """Exact Jaccard of every candidate pair whose first document is in this shard."""
+    cfg = _cfg(plan)
+    assert cfg.threshold is not None
+    b_rels = [f"{cfg.root}/cand/{_part(j)}" for j in range(_buckets(plan))]
+    d = _read_parts(store, b_rels, index, ["role", "a", "b"], [pa.uint8(), pa.uint64(), pa.uint64()])
+    sel = d["role"] == 0
+    a, b = unique_edges(d["a"][sel], d["b"][sel])[:2] if sel.any() else (np.empty(0, U64), np.empty(0, U64))
+    # The partners' sets, from every shard's near_shingles output.
+    s_rels = [f"{cfg.root}/shingles/{_part(i)}" for i in range(plan.num_shards)]
+    tables = [t for rel in s_rels if (t := _read_part(store, rel, index, ["b", "prio", "shingles"])) is not None]
+    if tables:
+        st = pa.concat_tables(tables)
+        b_ids = st.column("b").to_numpy()
+        b_prio = st.column("prio").to_numpy()
+        lists = st.column("shingles").combine_chunks()
+        b_vals = lists.values.to_numpy()
+        b_off = lists.offsets.to_numpy().astype(np.int64)
+        order = np.argsort(b_ids)
+        b_ids, b_prio = b_ids[order], b_prio[order]
+        lens = (b_off[1:] - b_off[:-1])[order]
+        first = np.cumsum(lens) - lens
+        b_vals = b_vals[np.repeat(b_off[:-1][order] - first, lens) + np.arange(int(lens.sum()), dtype=np.int64)]
+        b_off = np.zeros(len(lens) + 1, np.int64)
+        np.cumsum(lens, out=b_off[1:])
+    else:
+        b_ids, b_prio, b_vals, b_off = np.empty(0, U64), np.empty(0, U64), np.empty(0, np.uint32), np.zeros(1, np.int64)
+    a_rows = np.unique((a & ROW_MASK).astype(np.int64))
+    a_vals, a_off, a_prio = _sets_for_rows(cfg, store, index, a_rows)
+    ai = np.searchsorted(a_rows, (a & ROW_MASK).astype(np.int64))
+    bi = np.searchsorted(b_ids, b)
+    if len(b) and not np.array_equal(b_ids[np.minimum(bi, len(b_ids) - 1)], b):
+        raise RuntimeError(f"near_verify {index}: shingle sets missing for some candidate partners")
+    # A pair whose sizes alone rule the threshold out needs no set comparison.
+    la, lb = a_off[ai + 1] - a_off[ai], b_off[bi + 1] - b_off[bi]
+    possible = np.minimum(la, lb) >= cfg.threshold * np.maximum(la, lb)
+    sim = np.zeros(len(a))
+    sim[possible] = jaccard(a_vals, a_off, ai[possible], b_vals, b_off, bi[possible])
+    ok = sim >= cfg.threshold
+    ids = np.concatenate([_node(index, a_rows), b_ids])
+    prio = np.concatenate([a_prio, b_prio])
+    order = np.argsort(ids)
+    x, y, xp, yp = _contract(a[ok], b[ok], ids[order], prio[order])
+    edges = _write_edges(store, f"{cfg.root}/cc/00/{_part(index)}", x, y, xp, yp, _buckets(plan))
+    return {"candidates": int(len(a)), "compared": int(possible.sum()), "verified": int(ok.sum()),
+            "dissimilar": int(len(a) - ok.sum()), "edges": edges}
+
+
+# -- stages: connected components ----------------------------------------------------------
+
+def _producers(plan: "Plan", cfg: NearConfig, source: str) -> list[str]:
+    n = (plan.stage(VERIFY).fan_out if cfg.verify else _buckets(plan)) if source == "cc/00" else _buckets(plan)
+    return [f"{cfg.root}/{source}/{_part(i)}" for i in range(n)]
+
+
+def _read_edges(store: "Store", rels: list[str], part: int):
+    cols = ["src", "dst", "sprio", "dprio"]
+    d = _read_parts(store, rels, part, cols, [pa.uint64()] * 4)
+    return unique_edges(d["src"], d["dst"], d["sprio"], d["dprio"])
+
+
+def run_round(k: int, plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
+    """Round ``k``: large-star (even) or small-star (odd) on this partition's nodes.
+
+    Round ``k`` reads ``cc/<k>`` and writes ``cc/<k+1>``. Each output file's footer holds
+    how many of its input nodes were not yet final; when the sum over round ``k-1``'s
+    files is 0, its input had converged (and its output equals it), so this round and
+    all later ones skip, pointing at that output.
+    """
+    cfg = _cfg(plan)
+    source = f"cc/{k:02d}"
+    rels = _producers(plan, cfg, source)
+    if k > 0:
+        prev = store.read_marker(round_name(k - 1), 0) or {}
+        if prev.get("state") == "skip":
+            return {"state": "skip", "source": prev["source"]}
+        if sum(int(_metadata(store, rel).get("unconverged", "1")) for rel in rels) == 0:
+            return {"state": "skip", "source": source}
+    src, dst, sp, dp = _read_edges(store, rels, index)
+    x, y, xp, yp, unconverged = star_step(src, dst, sp, dp, large=k % 2 == 0)
+    out = f"cc/{k + 1:02d}"
+    edges = _write_edges(store, f"{cfg.root}/{out}/{_part(index)}", x, y, xp, yp, _buckets(plan),
+                         unconverged=unconverged)
+    return {"state": "work", "source": out, "step": "large" if k % 2 == 0 else "small",
+            "edges_in": int(len(src)), "edges_out": edges, "unconverged": unconverged}
+
+
+def _round_runner(k: int):
+    def run(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
+        return run_round(k, plan, index, store)
+
+    run.__name__ = f"run_{round_name(k)}"
+    return run
+
+
+MEMBERS_SCHEMA = pa.schema([("shard", pa.uint32()), ("row", pa.uint32()), ("kept_shard", pa.uint32()),
+                            ("kept_row", pa.uint32())])
+
+
+def run_clusters(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
+    """The stars centred in this partition → members and their keeper, sent to the
+    member's shard."""
+    cfg = _cfg(plan)
+    last = store.read_marker(round_name(cfg.max_rounds - 1), 0) or {}
+    source = last.get("source", f"cc/{cfg.max_rounds:02d}")
+    src, dst, sp, dp = _read_edges(store, _producers(plan, cfg, source), index)
+    unconverged = star_step(src, dst, sp, dp, large=True)[4]
+    if unconverged:
+        raise ConfigError(f"dedup.near.max_rounds: the duplicate clusters did not converge in "
+                          f"{cfg.max_rounds} round(s) ({unconverged} documents left in partition {index}); "
+                          "raise it and rerun with --force")
+    members, keepers = star_clusters(src, dst, sp, dp)
+    shard = (members >> U64(32)).astype(np.uint32)
+    order = np.argsort(shard, kind="stable")
+    table = pa.table({"shard": shard[order], "row": (members[order] & ROW_MASK).astype(np.uint32),
+                      "kept_shard": (keepers[order] >> U64(32)).astype(np.uint32),
+                      "kept_row": (keepers[order] & ROW_MASK).astype(np.uint32)}, schema=MEMBERS_SCHEMA)
+    _write_parts(store, f"{cfg.root}/members/{_part(index)}", table)
+    kept = int(np.count_nonzero(members == keepers))
+    return {"clusters": kept, "members": int(len(members)), "removed": int(len(members) - kept),
+            "source": source}
+
+
+CLUSTERS_SCHEMA = pa.schema([("kept_shard", pa.uint32()), ("kept_row", pa.uint32()), ("shard", pa.uint32()),
+                             ("row", pa.uint32()), ("id", pa.string()), ("kept", pa.bool_())])
+
+
+def run_drops(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
+    """This shard's cluster members that are not their cluster's keeper → the drop list."""
+    cfg = _cfg(plan)
+    rels = [f"{cfg.root}/members/{_part(j)}" for j in range(plan.stage(CLUSTERS).fan_out)]
+    d = _read_parts(store, rels, index, ["row", "kept_shard", "kept_row"], [pa.uint32()] * 3)
+    order = np.argsort(d["row"], kind="stable")
+    row, ks, kr = d["row"][order], d["kept_shard"][order], d["kept_row"][order]
+    kept = (ks == index) & (kr == row)
+    drop = row[~kept]
+    write_drops(store, f"{DROPS}/drops/{_part(index)}", np.full(len(drop), index, np.uint32), drop)
+    if cfg.keep_clusters:
+        with store.open(f"clean/{_part(index)}") as f:
+            ids = pq.read_table(f, columns=["id"]).column("id")
+        table = pa.table({"kept_shard": ks, "kept_row": kr, "shard": np.full(len(row), index, np.uint32),
+                          "row": row, "id": ids.take(pa.array(row.astype(np.int64))).combine_chunks(),
+                          "kept": kept}, schema=CLUSTERS_SCHEMA)
+        with store.open_atomic(f"{cfg.root}/clusters/{_part(index)}") as f:
+            pq.write_table(table, f, compression="zstd")
+    return {"duplicates": int(len(drop)), "members": int(len(row)), "kept": int(kept.sum())}
+
+
+RUNNERS = {SIGNATURES: run_signatures, PAIRS: run_pairs, SHINGLES: run_shingles, VERIFY: run_verify,
+           **{round_name(k): _round_runner(k) for k in range(MAX_ROUNDS)},
+           CLUSTERS: run_clusters, DROPS: run_drops}
+
+
+# -- for users and finalize ----------------------------------------------------------------
+
+def read_clusters(output: str) -> pa.Table:
+    """The clusters of a run with ``dedup.near.keep_clusters``: one row per cluster with
+    ``kept_id`` and ``ids`` (all members, kept first, then in input order).
+
+    >>> read_clusters("out/").to_pylist()[0]      # doctest: +SKIP
+    {'kept_id': 'doc-17', 'ids': ['doc-17', 'doc-942'], 'size': 2}
+    """
+    from ..plan import Plan
+    from ..storage import Store
+
+    plan = Plan.load(output)
+    cfg = _cfg(plan)
+    store = plan.store() if hasattr(plan, "store") else Store(plan.output)
+    tables = []
+    for name in store.ls(f"{cfg.root}/clusters"):
+        if name.endswith(".parquet") and not name.startswith("."):
+            with store.open(f"{cfg.root}/clusters/{name}") as f:
+                tables.append(pq.read_table(f))
+    if not tables:
+        return pa.table({"kept_id": pa.array([], pa.string()), "ids": pa.array([], pa.list_(pa.string())),
+                         "size": pa.array([], pa.int64())})
+    t = pa.concat_tables(tables)
+    order = np.lexsort((t.column("row").to_numpy(), t.column("shard").to_numpy(),
+                        ~t.column("kept").to_numpy(), t.column("kept_row").to_numpy(),
+                        t.column("kept_shard").to_numpy()))
+    t = t.take(pa.array(order))
+    cluster = _node(t.column("kept_shard").to_numpy(), t.column("kept_row").to_numpy())
+    starts = np.flatnonzero(np.r_[True, cluster[1:] != cluster[:-1]]) if len(cluster) else np.empty(0, np.int64)
+    ids = t.column("id").combine_chunks()
+    offsets = np.r_[starts, len(cluster)].astype(np.int32)
+    return pa.table({"kept_id": ids.take(pa.array(starts)),
+                     "ids": pa.ListArray.from_arrays(pa.array(offsets), ids),
+                     "size": pa.array(np.diff(offsets).astype(np.int64))})
+
+
+def summary(plan: "Plan", store: "Store") -> dict[str, Any]:
+    """What ``stats.json`` reports under ``near``: config, candidates, clusters, rounds."""
+    cfg = _cfg(plan)
+
+    def total(stage: str, key: str) -> int:
+        return sum(int(m.get(key, 0)) for m in store.read_markers(stage).values())
+
+    out: dict[str, Any] = {
+        "config": cfg.canonical, "bands": cfg.minhash.bands, "rows": cfg.minhash.rows,
+        "threshold": cfg.threshold, "verify": cfg.verify, "keep": cfg.keep,
+        "documents": total(SIGNATURES, "docs"), "no_shingles": total(SIGNATURES, "no_shingles"),
+        "band_groups": total(PAIRS, "groups"),
+        "clusters": total(DROPS, "kept"), "duplicates": total(DROPS, "duplicates"),
+        "component_rounds": sum(1 for k in range(cfg.max_rounds)
+                                if (store.read_marker(round_name(k), 0) or {}).get("state") == "work"),
+    }
+    if cfg.verify:
+        out["candidate_pairs"] = total(VERIFY, "candidates")
+        out["verified_pairs"] = total(VERIFY, "verified")
+    if cfg.keep_clusters:
+        out["clusters_path"] = f"{cfg.root}/clusters"
+    return out

@@ -1,0 +1,143 @@
+"""``preproc status`` on a run that was killed half-way (and had a failing index), read
+only from the output, as from another machine (also through S3); ``--watch`` and ``--json``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import ROOT
+
+SHARDS = 8
+
+
+def _cli(*args, env=None, **kw):
+    e = dict(os.environ, PYTHONPATH=str(ROOT))
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "preproc", *map(str, args)], capture_output=True, text=True,
+                          env=e, **kw)
+
+
+def _spec(tmp_path: Path, demo_inputs: Path) -> Path:
+    spec = {"input": {"paths": [str(demo_inputs / "input" / "*")]}, "output": str(tmp_path / "out"),
+            "shards": SHARDS, "clean": {"defaults": False, "normalize": True, "length": {"min_chars": 50}},
+            "tokenize": {"tokenizer": str(demo_inputs / "tokenizer.json")},
+            "executor": {"retries": 0}}
+    p = tmp_path / "spec.yaml"
+    p.write_text(yaml.safe_dump(spec))
+    return p
+
+
+def _wait_for(pred, timeout=90.0):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if pred():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_status_of_a_killed_run_with_a_failed_index(tmp_path, demo_inputs, monkeypatch):
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(ROOT),
+               # Index 1 of clean fails every time (retries: 0), the rest go on.
+               PREPROC_FAILPOINTS="point=start,stage=clean,index=1,action=raise")
+    proc = subprocess.Popen([sys.executable, "-m", "preproc", "run", str(_spec(tmp_path, demo_inputs)),
+                             "--workers", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    done_dir = out / "clean" / "_done"
+    failed = out / "clean" / "_failed" / "00001.json"
+    assert _wait_for(lambda: (failed.exists() and done_dir.exists() and len(list(done_dir.glob("*.json"))) >= 3)
+                     or proc.poll() is not None)
+    os.killpg(proc.pid, signal.SIGKILL)   # the coordinator and its workers, like a lost node
+    proc.wait()
+    n_done = len(list(done_dir.glob("*.json")))
+    assert 3 <= n_done < SHARDS - 1, n_done   # really interrupted mid-stage
+
+    p = _cli("status", out, "--json")
+    assert p.returncode == 0, p.stderr
+    st = json.loads(p.stdout)
+    assert st["complete"] is False and st["current_stage"] == "clean"
+    stages = {s["stage"]: s for s in st["stages"]}
+    clean = stages["clean"]
+    assert (clean["done"], clean["total"]) == (n_done, SHARDS)
+    assert clean["state"] == "failing"
+    markers = [json.loads(f.read_text()) for f in sorted(done_dir.glob("*.json"))]
+    assert clean["docs"] == sum(m["docs"] for m in markers)
+    assert clean["docs_in"] == sum(m["read"] for m in markers)
+    assert clean["docs_per_s"] > 0 and clean["bytes_per_s"] > 0
+    assert clean["eta_s"] is not None and clean["eta_s"] > 0
+    assert st["eta_s"] == clean["eta_s"]
+    assert stages["tokenize"]["done"] == 0 and stages["tokenize"]["state"] == "pending"
+    # The failed index: its reason, its attempt, and the input files of its shard.
+    (f,) = clean["failures"]
+    assert f["index"] == 1 and "failpoint start fired" in f["error"] and f["attempt"] == 1
+    plan = json.loads((out / "plan.json").read_text())
+    uris = {x["uri"] for x in plan["shards"][1]["splits"]}
+    assert f["inputs"] and {i.split("[")[0] for i in f["inputs"]} == uris
+    assert clean["failed"] == {"1": f["error"]}
+
+    text = _cli("status", out)
+    assert text.returncode == 0, text.stderr
+    assert "not complete" in text.stdout
+    assert f"{n_done:>5}/{SHARDS:<5}" in text.stdout
+    assert "ETA" in text.stdout and "docs/s" in text.stdout
+    assert "index 1 (attempt 1): RuntimeError: failpoint start fired" in text.stdout
+    assert "inputs: " in text.stdout
+
+    # --watch --json: one JSON object per refresh until the run completes (it never will here).
+    w = subprocess.Popen([sys.executable, "-m", "preproc", "status", str(out), "--watch", "0.2", "--json"],
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE, text=True)
+    lines = [w.stdout.readline(), w.stdout.readline()]
+    w.kill()
+    w.wait()
+    assert all(json.loads(l)["stages"][0]["done"] == n_done for l in lines)
+
+    # Resume without the failpoint: the index succeeds, its failure record goes, status is complete.
+    p = _cli("run", _spec(tmp_path, demo_inputs), "--workers", "2")
+    assert p.returncode == 0, p.stderr
+    st = json.loads(_cli("status", out, "--json").stdout)
+    assert st["complete"] and st["state"] == "complete" and st["eta_s"] == 0.0
+    assert all(s["done"] == s["total"] and not s["failures"] for s in st["stages"])
+    p = _cli("status", out, "--watch", "0.1")      # a complete run: prints once and returns
+    assert p.returncode == 0 and "complete" in p.stdout
+
+    # From another machine that only reaches the bucket: the same status, and the report data.
+    _status_from_s3(out, st, monkeypatch)
+
+
+def _status_from_s3(out: Path, local: dict, monkeypatch) -> None:
+    moto_server = pytest.importorskip("moto.server")
+    srv = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    srv.start()
+    try:
+        host, port = srv.get_host_and_port()
+        for k, v in dict(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1",
+                         AWS_ENDPOINT_URL=f"http://{host}:{port}").items():
+            monkeypatch.setenv(k, v)
+        import boto3
+        import s3fs
+
+        boto3.client("s3").create_bucket(Bucket="runs")
+        s3fs.S3FileSystem(skip_instance_cache=True).put(str(out), "runs/web-v1", recursive=True)
+        from preproc.plan import Plan
+        from preproc.progress import run_status
+        from preproc.report import report_data
+
+        st = run_status("s3://runs/web-v1")
+        assert st["complete"] and st["run_id"] == local["run_id"]
+        assert [(s["stage"], s["done"], s["docs"], s["tokens"]) for s in st["stages"]] == \
+               [(s["stage"], s["done"], s["docs"], s["tokens"]) for s in local["stages"]]
+        plan = Plan.load("s3://runs/web-v1")
+        data = report_data(plan, plan.store())
+        assert data["stats"] == json.loads((out / "stats.json").read_text())
+    finally:
+        srv.stop()
