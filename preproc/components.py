@@ -157,6 +157,9 @@ def star_clusters(src: np.ndarray, dst: np.ndarray, sprio: np.ndarray,
     on_edge = np.repeat(centre, counts)
     grp_of_edge = np.repeat(np.cumsum(centre) - 1, counts)[on_edge]
     members = np.concatenate([u[c_idx], dst[on_edge]])
+    if len(members) == 0:          # edges here, but every star is centred elsewhere
+        e = np.empty(0, U64)
+        return e, e
     prio = np.concatenate([sprio[starts][c_idx], dprio[on_edge]])
     grp = np.concatenate([np.arange(len(c_idx)), grp_of_edge])
     order = np.lexsort((members, prio, grp))

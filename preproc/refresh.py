@@ -246,6 +246,8 @@ def _publish(root: Store, state: dict[str, Any], lock: Lock) -> dict[str, Any]:
         manifest = cur
     state["generations"].append({"generation": n, "files": pend["files"], "run_id": gen_ds["run_id"]})
     state["segments"]["exact"].append(f"_state/exact/gen-{n:05d}")
+    if state.get("near_canonical"):
+        state["segments"].setdefault("near", []).append(f"_state/near/gen-{n:05d}")
     state["pending"] = None
     root.write_json(STATE, state)
     return manifest
@@ -282,6 +284,7 @@ def refresh(spec: "Spec | str | Path | dict[str, Any]", *, progress: bool = Fals
             gen = state["generations"][-1]["generation"] if published is not None else None
             return RefreshResult(s.output, gen, 0, msg, ds)
         n = (state["generations"][-1]["generation"] if state["generations"] else 0) + 1
+        _near_state(s, state)
         if state["exact_buckets"] is None:
             # Fixed for the dataset's life: earlier index segments are partitioned this way.
             state["exact_buckets"] = s.dedup.exact.buckets or max(16, s.shards or 0)
@@ -294,18 +297,43 @@ def refresh(spec: "Spec | str | Path | dict[str, Any]", *, progress: bool = Fals
                              Store(join(root.uri, gen_dir(g["generation"]))).read_json("stats.json"))
 
 
-def _gen_spec(s: Spec, root: Store, n: int, buckets: int) -> Spec:
+def _gen_spec(s: Spec, root: Store, n: int, state: dict[str, Any]) -> Spec:
     d = s.to_json()
     d["output"] = join(root.uri, gen_dir(n))
-    d["dedup"]["exact"]["buckets"] = buckets
+    d["dedup"]["exact"]["buckets"] = state["exact_buckets"]
+    near = d["dedup"].get("near")
+    if near:
+        near = {"enabled": True} if near is True else dict(near)
+        near["buckets"] = state["near_buckets"]
+        d["dedup"]["near"] = near
     return load_spec(d)
+
+
+def _near_state(s: Spec, state: dict[str, Any]) -> None:
+    """Fix the near-dedup partitioning for the dataset's life and refuse a changed config
+    (earlier generations' band keys were made with it)."""
+    from .stages.near import near_config
+
+    cfg = near_config(s)
+    canon = cfg.canonical if cfg is not None else None
+    if state.get("near_canonical", canon) != canon and state["generations"]:
+        raise ConfigError(f"dedup.near: this dataset's generations were deduplicated with "
+                          f"{state.get('near_canonical') or 'no near dedup'}; a refresh must use the same "
+                          f"(now: {canon or 'off'})")
+    if cfg is not None and cfg.verify:
+        raise ConfigError("dedup.near.verify: refresh matches new documents against earlier generations by "
+                          "MinHash band keys, without the exact-Jaccard check; set dedup.near.verify: false "
+                          "(or choose bands and rows) for a refreshed dataset")
+    state["near_canonical"] = canon
+    if cfg is not None and state.get("near_buckets") is None:
+        state["near_buckets"] = cfg.buckets or max(16, s.shards or 0)
 
 
 def _run_pending(root: Store, state: dict[str, Any], s: Spec, lock: Lock, progress: bool,
                  executor_options: dict[str, Any] | None, files: list[InputFile] | None = None) -> dict[str, Any]:
     pend = state["pending"]
     n = pend["generation"]
-    gspec = _gen_spec(s, root, n, state["exact_buckets"])
+    gspec = _gen_spec(s, root, n, state)
     gstore = Store(gspec.output)
     if gstore.exists("plan.json"):
         plan = Plan.load(gspec.output)
@@ -314,7 +342,9 @@ def _run_pending(root: Store, state: dict[str, Any], s: Spec, lock: Lock, progre
             files = [InputFile(**{k: f[k] for k in ("uri", "rel", "format", "compression", "bytes", "fingerprint")})
                      for f in pend["files"]]
         info = {"root": root.uri, "generation": n, "exact_segments": list(state["segments"]["exact"]),
-                "exact_segment_out": f"_state/exact/gen-{n:05d}"}
+                "exact_segment_out": f"_state/exact/gen-{n:05d}",
+                "near_segments": list(state["segments"].get("near", [])),
+                "near_segment_out": f"_state/near/gen-{n:05d}" if state.get("near_canonical") else None}
         plan = prepare(gspec, files=files, refresh=info)
     sha = plan.tokenizer.get("sha256")
     if state.get("tokenizer_sha256") and sha != state["tokenizer_sha256"]:

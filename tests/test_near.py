@@ -338,3 +338,20 @@ def test_components_rounds_match_union_find():
     m, k, _ = components_by_rounds(a, b, pa_, pb_, parts=2)
     assert m.tolist() == [1, 2, 3, 4] and k.tolist() == [2, 2, 2, 2]
     assert node_partition(np.arange(10, dtype=np.uint64), 4).max() < 4
+
+
+def test_more_buckets_than_shards_and_partitions_without_a_star_centre(tmp_path, gpt2):
+    """Regression: a component partition holding edges but no star centre (many buckets,
+    one shard) must yield no clusters there, not fail."""
+    import json as _json
+    import preproc as _p
+
+    inp = tmp_path / "a.jsonl"
+    base = " ".join(f"w{j}" for j in range(300))
+    docs = [{"id": str(k), "text": base + f" tail{k}"} for k in range(6)] + \
+           [{"id": f"u{k}", "text": " ".join(f"u{k}x{j}" for j in range(300))} for k in range(20)]
+    inp.write_text("\n".join(_json.dumps(d) for d in docs) + "\n")
+    r = _p.run({"input": {"paths": [str(inp)]}, "clean": {"defaults": False},
+                "dedup": {"exact": True, "near": {"buckets": 16}}},
+               output=str(tmp_path / "o"), tokenizer=str(gpt2), workers=1)
+    assert r.stats["duplicates"]["near"] == 5 and r.stats["kept"] == 21

@@ -143,3 +143,26 @@ def test_refresh_refuses_a_plain_run_output(tmp_path, demo_inputs):
     preproc.run(spec, workers=2)
     with pytest.raises(preproc.ConfigError, match="plain run"):
         refresh(spec)
+
+
+def test_refresh_near_duplicates_of_earlier_generations(setup, corpus):
+    tmp, inp, spec, _ = setup
+    spec = dict(spec, dedup={"exact": True, "near": True})
+    r1 = refresh(spec, workers=2)
+    assert r1.generation == 1
+    bible = _records(corpus / "bible_kjv_en.jsonl.gz")
+    long_ones = [d for d in bible if len(d["text"]) > 4000][:25]
+    # Lightly edited copies (a new header and footer) of published documents, plus fresh ones.
+    edited = [{"id": f"edit-{k}", "text": f"Reprinted edition, page {k}.\n{d['text']}\nEnd of page {k}."}
+              for k, d in enumerate(long_ones)]
+    fresh = [{"id": f"fresh-{k}", "text": " ".join(f"word{k}x{j}" for j in range(200))} for k in range(5)]
+    (inp / "edits.jsonl").write_text("\n".join(json.dumps(x) for x in edited + fresh) + "\n")
+    r2 = refresh(spec, workers=2)
+    assert r2.generation == 2 and r2.stats["read"] == len(edited) + len(fresh)
+    assert r2.stats["duplicates"]["near"] == len(edited) and r2.stats["duplicates"]["exact"] == 0
+    ids = _all_ids(tmp / "ds")
+    assert not any(i.startswith("edit-") for i in ids) and sum(i.startswith("fresh-") for i in ids) == 5
+    # Changing the near-dedup config of an existing dataset is refused.
+    (inp / "more.jsonl").write_text(json.dumps({"id": "m", "text": "something else entirely " * 20}) + "\n")
+    with pytest.raises(preproc.ConfigError, match="dedup.near"):
+        refresh(dict(spec, dedup={"exact": True, "near": {"bands": 9, "rows": 13}}), workers=2)

@@ -374,7 +374,9 @@ def run_signatures(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
         sig = mh.signatures(sh, per_doc)
         keys.append(mh.band_keys(sig)[:, ok])
         rows.append(r[ok])
-        prios.append(_prio(cfg, text)[ok])
+        # In a refresh, priority 0 is reserved for documents of earlier generations (they
+        # are always the keepers: what is published stays); this generation's start at 1.
+        prios.append(_prio(cfg, text)[ok] + U64(1 if plan.refresh else 0))
     key = np.concatenate(keys, axis=1).ravel() if keys else np.empty(0, U64)
     row = np.tile(np.concatenate(rows), p.bands) if rows else np.empty(0, np.int64)
     prio = np.tile(np.concatenate(prios), p.bands) if prios else np.empty(0, U64)
@@ -458,6 +460,41 @@ def _candidate_pairs(node: np.ndarray, starts: np.ndarray, sizes: np.ndarray) ->
     return a, b
 
 
+EARLIER_SHARD = 0xFFFFFFFF      # stands for "a document of an earlier generation"
+SEGMENT_SCHEMA = pa.schema([("bucket", pa.uint32()), ("key", pa.uint64())])
+
+
+def _earlier_keys(plan: "Plan", bucket: int) -> np.ndarray | None:
+    """Band keys (bucket ``bucket``) of the documents earlier generations kept, or None."""
+    segs = (plan.refresh or {}).get("near_segments") or []
+    if not segs:
+        return None
+    from ..storage import Store
+
+    root = Store(plan.refresh["root"])
+    parts = []
+    for seg in segs:
+        for name in root.ls(seg):
+            if name.startswith("part-"):
+                t = _read_part(root, f"{seg}/{name}", bucket, ["key"])
+                if t is not None:
+                    parts.append(t.column("key").to_numpy())
+    return np.unique(np.concatenate(parts)) if parts else np.empty(0, U64)
+
+
+def _write_segment(plan: "Plan", store: "Store", index: int, dropped_rows: np.ndarray) -> None:
+    """This generation's kept documents' band keys, for the generations after it."""
+    from ..storage import Store
+
+    cfg = _cfg(plan)
+    with store.open(f"{cfg.root}/keys/{_part(index)}") as f:
+        t = pq.read_table(f, columns=["bucket", "key", "row"])
+    keep = ~np.isin(t.column("row").to_numpy(), dropped_rows)
+    seg = pa.table({"bucket": t.column("bucket").to_numpy()[keep], "key": t.column("key").to_numpy()[keep]},
+                   schema=SEGMENT_SCHEMA)
+    _write_parts(Store(plan.refresh["root"]), f"{plan.refresh['near_segment_out']}/{_part(index)}", seg)
+
+
 def run_pairs(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
     """Bucket ``index`` of every shard's keys: documents that share a band key.
 
@@ -477,6 +514,15 @@ def run_pairs(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
     key = np.concatenate(keys) if keys else np.empty(0, U64)
     node = np.concatenate(nodes) if nodes else np.empty(0, U64)
     prio = np.concatenate(prios) if prios else np.empty(0, U64)
+    earlier = _earlier_keys(plan, index)
+    if earlier is not None and len(key):
+        # A band key that an earlier generation's kept document has: join its group through
+        # a stand-in node of that generation (priority 0, a shard no index owns), so the
+        # group's keeper is the published document and every new member is dropped.
+        seen = np.unique(key[np.isin(key, earlier)])
+        key = np.concatenate([key, seen])
+        node = np.concatenate([node, _node(EARLIER_SHARD, seen & ROW_MASK)])
+        prio = np.concatenate([prio, np.zeros(len(seen), U64)])
     snode, starts, sizes = _band_groups(key, node)
     stats: dict[str, Any] = {"band_keys": int(len(key)), "groups": int(len(starts)),
                              "grouped_docs": int(sizes.sum())}
@@ -694,6 +740,8 @@ def run_drops(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
     kept = (ks == index) & (kr == row)
     drop = row[~kept]
     write_drops(store, f"{DROPS}/drops/{_part(index)}", np.full(len(drop), index, np.uint32), drop)
+    if plan.refresh and plan.refresh.get("near_segment_out"):
+        _write_segment(plan, store, index, drop)
     if cfg.keep_clusters:
         with store.open(f"clean/{_part(index)}") as f:
             ids = pq.read_table(f, columns=["id"]).column("id")
