@@ -73,7 +73,7 @@ class InputSpec(_Model):
     # Extra input fields carried through to the clean output (e.g. ``url``, ``date``).
     keep_fields: list[str] = []
     # A record whose text is larger than this (UTF-8 bytes) is rejected ``doc_too_large``.
-    max_doc_bytes: int | None = None
+    max_doc_bytes: int | None = 64 * 2**20
     # Invalid UTF-8 in JSONL: ``reject`` the record, or ``replace`` bad bytes with U+FFFD.
     invalid_utf8: Literal["reject", "replace"] = "reject"
 

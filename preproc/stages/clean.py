@@ -25,7 +25,7 @@ import xxhash
 
 from ..readers import ReadLog, read_split
 from ..report import CleanProfile
-from ..steps import CleanPipeline, build_steps
+from ..steps import CleanPipeline, CleanResult, build_steps
 
 if TYPE_CHECKING:
     from ..plan import Plan
@@ -86,7 +86,7 @@ def run(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
             try:
                 for batch in read_split(split, spec.input, log, spec.storage):
                     profile.observe_in(batch)
-                    res = pipe(batch)
+                    res = clean_isolating(pipe, batch, log, split)
                     for k, v in res.filtered.items():
                         filtered[k] = filtered.get(k, 0) + v
                     for k, v in res.counters.items():
@@ -164,3 +164,33 @@ def _write_keys(store: "Store", index: int, buckets: int, h1s: list, h2s: list) 
 def store_table(store: "Store", rel: str, table: pa.Table) -> None:
     with store.open_atomic(rel) as f:
         pq.write_table(table, f, compression="zstd")
+
+
+def clean_isolating(pipe: CleanPipeline, batch: pa.RecordBatch, log: ReadLog, split) -> CleanResult:
+    """Run the clean steps on ``batch``; if they raise, bisect the batch to find the
+    documents that make them raise and reject those (reason ``poison:<error>``), so one
+    pathological document costs itself, not its shard. Deterministic: the same documents
+    are rejected on every attempt and with any worker count."""
+    try:
+        return pipe(batch)
+    except Exception as e:  # noqa: BLE001 - any step failure on some document
+        if batch.num_rows <= 1:
+            if batch.num_rows == 1:
+                rid = batch.column("id")[0].as_py()
+                log.reject(split, f"id {rid}", f"poison:{type(e).__name__}", batch.column("text")[0].as_py() or "")
+                log.read -= 1        # it was counted as read when the reader accepted it
+            return CleanResult(batch.slice(0, 0), None)
+    half = batch.num_rows // 2
+    parts = [clean_isolating(pipe, batch.slice(0, half), log, split),
+             clean_isolating(pipe, batch.slice(half), log, split)]
+    kept = [p.kept for p in parts if p.kept.num_rows]
+    removed = [p.removed for p in parts if p.removed is not None]
+    merged = CleanResult(
+        pa.Table.from_batches(kept).combine_chunks().to_batches()[0] if kept else parts[0].kept,
+        pa.concat_tables(removed, promote_options="default") if removed else None)
+    for p in parts:
+        for k, v in p.filtered.items():
+            merged.filtered[k] = merged.filtered.get(k, 0) + v
+        for k, v in p.counters.items():
+            merged.counters[k] = merged.counters.get(k, 0) + v
+    return merged
