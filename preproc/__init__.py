@@ -11,8 +11,12 @@ What training code and scripts may import is exactly ``__all__`` (pinned by a te
 from ._version import __version__
 from .config import Spec, load_spec
 from .errors import ConfigError, PreprocError, StageFailed
+from . import loader
+from .hf import to_hf_dataset
+from .loader import TokenDataset
 from .megatron import IndexedDataset
 from .plan import Plan
+from .refresh import RefreshResult, refresh
 from .runner import RunResult, plan, run
 
 __all__ = [
@@ -24,7 +28,12 @@ __all__ = [
     "RunResult",
     "Spec",
     "StageFailed",
+    "RefreshResult",
+    "TokenDataset",
     "load_spec",
+    "loader",
     "plan",
+    "refresh",
     "run",
+    "to_hf_dataset",
 ]

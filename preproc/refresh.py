@@ -231,7 +231,7 @@ def _manifest(root: Store, state: dict[str, Any], gen: int, gen_ds: dict[str, An
 def _publish(root: Store, state: dict[str, Any], lock: Lock) -> dict[str, Any]:
     pend = state["pending"]
     n = pend["generation"]
-    gstore = Store(join(root.uri, gen_dir(n)))
+    gstore = Store(join(root.uri, gen_dir(n)), root.storage)
     gen_ds, gen_stats = gstore.read_json("dataset.json"), gstore.read_json("stats.json")
     try:
         cur = root.read_json("dataset.json")
@@ -264,7 +264,7 @@ def refresh(spec: "Spec | str | Path | dict[str, Any]", *, progress: bool = Fals
     s = load_spec(spec, **overrides)
     if not s.output:
         raise ConfigError("output: refresh needs an output (the dataset root)")
-    root = Store(s.output)
+    root = Store(s.output, s.storage)
     if root.exists("plan.json"):
         raise ConfigError(f"{root.url()}: holds a plain run (plan.json at its root); refresh needs a dataset "
                           "root of its own")
@@ -294,7 +294,7 @@ def refresh(spec: "Spec | str | Path | dict[str, Any]", *, progress: bool = Fals
         g = state["generations"][-1]
         return RefreshResult(s.output, n, len(new), f"generation {n}: {len(new)} new file(s), "
                              f"{manifest['generations'][-1]['documents']:,} documents added", manifest,
-                             Store(join(root.uri, gen_dir(g["generation"]))).read_json("stats.json"))
+                             Store(join(root.uri, gen_dir(g["generation"])), s.storage).read_json("stats.json"))
 
 
 def _gen_spec(s: Spec, root: Store, n: int, state: dict[str, Any]) -> Spec:
@@ -334,9 +334,9 @@ def _run_pending(root: Store, state: dict[str, Any], s: Spec, lock: Lock, progre
     pend = state["pending"]
     n = pend["generation"]
     gspec = _gen_spec(s, root, n, state)
-    gstore = Store(gspec.output)
+    gstore = Store(gspec.output, gspec.storage)
     if gstore.exists("plan.json"):
-        plan = Plan.load(gspec.output)
+        plan = Plan.load(gspec.output, gspec.storage)
     else:
         if files is None:
             files = [InputFile(**{k: f[k] for k in ("uri", "rel", "format", "compression", "bytes", "fingerprint")})

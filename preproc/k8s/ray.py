@@ -162,7 +162,8 @@ def render_rayjob(spec: Any, run_id: str | None = None) -> list[dict[str, Any]]:
         raise ConfigError("output: no output location; set `output:` in the spec or pass --output")
     o.worker_output(spec.output)      # pods must see the output (a PVC path or s3://)
     run_id = run_id or _spec_id(spec)
-    text = yaml.safe_dump(spec.to_json(), sort_keys=False, allow_unicode=True)
+    # Only what differs from the defaults: the object stays small and stable across versions.
+    text = yaml.safe_dump(spec.model_dump(mode="json", exclude_defaults=True), sort_keys=False, allow_unicode=True)
     runtime_env = yaml.safe_dump({"env_vars": {"PREPROC_SPEC": text, **worker_env(spec.storage)}},
                                  sort_keys=True, allow_unicode=True)
     submitter = _pod(o, spec, "ray-job-submitter", o.submitter)

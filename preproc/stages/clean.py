@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
 
+from ..partitions import write_partitioned
 from ..readers import ReadLog, read_split
 from ..report import CleanProfile
 from ..steps import CleanPipeline, CleanResult, build_steps
@@ -149,16 +150,8 @@ def _write_keys(store: "Store", index: int, buckets: int, h1s: list, h2s: list) 
     order = np.lexsort((row, h2, h1, bucket))
     table = pa.table({"bucket": bucket[order], "h1": h1[order], "h2": h2[order], "row": row[order]},
                      schema=KEYS_SCHEMA)
-    with store.open_atomic(f"clean/keys/{part(index)}.parquet") as f:
-        with pq.ParquetWriter(f, KEYS_SCHEMA, compression="zstd") as w:
-            # One row group per bucket: the exact-dedup index of bucket j reads only its own.
-            b = table.column("bucket").to_numpy()
-            cuts = np.flatnonzero(np.diff(b)) + 1
-            for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(b)]):
-                if hi > lo:
-                    w.write_table(table.slice(lo, hi - lo))
-            if len(b) == 0:
-                w.write_table(table)
+    # One row group per bucket: the exact-dedup index of bucket j reads only its own.
+    write_partitioned(store, f"clean/keys/{part(index)}.parquet", table)
 
 
 def store_table(store: "Store", rel: str, table: pa.Table) -> None:

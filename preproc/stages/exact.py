@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ..partitions import read_partition
 from .drops import write_drops
 
 if TYPE_CHECKING:
@@ -23,19 +24,11 @@ if TYPE_CHECKING:
 
 
 def read_bucket(store: "Store", shard: int, bucket: int) -> pa.Table:
-    with store.open(f"clean/keys/part-{shard:05d}.parquet") as f:
-        pf = pq.ParquetFile(f)
-        groups = []
-        for g in range(pf.num_row_groups):
-            st = pf.metadata.row_group(g).column(0).statistics
-            if st is not None and st.has_min_max and st.min <= bucket <= st.max:
-                groups.append(g)
-        if not groups:
-            return pa.table({"h1": pa.array([], pa.uint64()), "h2": pa.array([], pa.uint64()),
-                             "row": pa.array([], pa.uint32())})
-        t = pf.read_row_groups(groups, columns=["bucket", "h1", "h2", "row"])
-    mask = pc.equal(t.column("bucket"), pa.scalar(bucket, pa.uint32()))
-    return t.filter(mask).drop_columns(["bucket"])
+    t = read_partition(store, f"clean/keys/part-{shard:05d}.parquet", bucket, ["h1", "h2", "row"])
+    if t is None:
+        return pa.table({"h1": pa.array([], pa.uint64()), "h2": pa.array([], pa.uint64()),
+                         "row": pa.array([], pa.uint32())})
+    return t
 
 
 def _fsb(h1: np.ndarray, h2: np.ndarray) -> pa.Array:
@@ -51,7 +44,7 @@ def _prior_hashes(plan: "Plan", index: int) -> pa.Array | None:
     segs = (plan.refresh or {}).get("exact_segments") or []
     if not segs:
         return None
-    root = Store(plan.refresh["root"])
+    root = Store(plan.refresh["root"], plan.spec.storage)
     parts = []
     for seg in segs:
         rel = f"{seg}/bucket-{index:05d}.parquet"
@@ -96,7 +89,7 @@ def run(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
 
         # This generation's segment of the dataset's exact index: the hashes it keeps.
         out = pa.table({"h1": h1[~dup], "h2": h2[~dup]}, schema=INDEX_SCHEMA)
-        with Store(plan.refresh["root"]).open_atomic(
+        with Store(plan.refresh["root"], plan.spec.storage).open_atomic(
                 f"{plan.refresh['exact_segment_out']}/bucket-{index:05d}.parquet") as f:
             pq.write_table(out, f, compression="zstd")
     return stats

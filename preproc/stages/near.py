@@ -56,6 +56,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..components import local_components, node_partition, star_clusters, star_step, unique_edges
 from ..errors import ConfigError
 from ..minhash import MinHasher, MinHashParams, jaccard, lsh_params, shingle_hashes, shingle_sets, unit_hashes
+from ..partitions import read_partition, write_partitioned
 from .drops import read_drops, write_drops
 
 if TYPE_CHECKING:
@@ -242,32 +243,8 @@ def _part(i: int) -> str:
 # A file per producing index, sorted by its first column (the consumer's index), one row
 # group per value: consumer j reads only its row group of every producer's file.
 
-def _write_parts(store: "Store", rel: str, table: pa.Table, metadata: dict[str, str] | None = None) -> None:
-    if metadata:
-        table = table.replace_schema_metadata({k.encode(): v.encode() for k, v in metadata.items()})
-    with store.open_atomic(rel) as f:
-        with pq.ParquetWriter(f, table.schema, compression="zstd") as w:
-            col = table.column(0).to_numpy()
-            cuts = np.flatnonzero(np.diff(col)) + 1
-            for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(col)]):
-                if hi > lo:
-                    w.write_table(table.slice(lo, hi - lo))
-
-
-def _read_part(store: "Store", rel: str, part: int, columns: list[str]) -> pa.Table | None:
-    with store.open(rel) as f:
-        pf = pq.ParquetFile(f)
-        first = pf.schema_arrow.names[0]
-        groups = []
-        for g in range(pf.num_row_groups):
-            st = pf.metadata.row_group(g).column(0).statistics
-            if st is None or not st.has_min_max or st.min <= part <= st.max:
-                groups.append(g)
-        if not groups:
-            return None
-        t = pf.read_row_groups(groups, columns=[first, *[c for c in columns if c != first]])
-    t = t.filter(pc.equal(t.column(first), pa.scalar(part, t.schema.field(first).type)))
-    return t.select(columns) if t.num_rows else None
+_write_parts = write_partitioned
+_read_part = read_partition
 
 
 def _read_parts(store: "Store", rels: list[str], part: int, columns: list[str],
@@ -471,7 +448,7 @@ def _earlier_keys(plan: "Plan", bucket: int) -> np.ndarray | None:
         return None
     from ..storage import Store
 
-    root = Store(plan.refresh["root"])
+    root = Store(plan.refresh["root"], plan.spec.storage)
     parts = []
     for seg in segs:
         for name in root.ls(seg):
@@ -492,7 +469,7 @@ def _write_segment(plan: "Plan", store: "Store", index: int, dropped_rows: np.nd
     keep = ~np.isin(t.column("row").to_numpy(), dropped_rows)
     seg = pa.table({"bucket": t.column("bucket").to_numpy()[keep], "key": t.column("key").to_numpy()[keep]},
                    schema=SEGMENT_SCHEMA)
-    _write_parts(Store(plan.refresh["root"]), f"{plan.refresh['near_segment_out']}/{_part(index)}", seg)
+    _write_parts(Store(plan.refresh["root"], plan.spec.storage), f"{plan.refresh['near_segment_out']}/{_part(index)}", seg)
 
 
 def run_pairs(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
