@@ -49,7 +49,7 @@ import fsspec
 from fsspec.core import split_protocol, url_to_fs
 
 from .faults import context as fault_context, failpoint
-from .errors import ConfigError
+from .errors import ConfigError, PreprocError
 
 if TYPE_CHECKING:
     from .config import S3Spec, Spec, StorageSpec
@@ -414,7 +414,17 @@ def _preflight_error(e: BaseException, key: str, uri: str, s3: "S3Spec") -> Base
             return ConfigError(f"{key}: the AWS credentials in use were refused for {uri} ({code}{_at(s3)})")
         return ConfigError(f"{key}: access denied to {uri} ({code}{_at(s3)}); check the permissions "
                            f"of the credentials in use")
+    if isinstance(e, OSError):
+        # 5xx / throttling that outlasted the retries: the store is down, the spec is fine.
+        # Retryable (exit 1): the same command resumes from the markers once it is back.
+        detail = (getattr(e, "strerror", None) or str(e)).splitlines()[0][:200]
+        return StorageUnavailable(f"{key}: the object store is unavailable for {uri}{_at(s3)} ({detail}); "
+                                  f"nothing was lost: run the same command again when it is back")
     return e
+
+
+class StorageUnavailable(PreprocError):
+    """The object store keeps failing (5xx, throttling) after every retry."""
 
 
 # ---------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import http.client
 import logging
 import os
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -104,6 +105,17 @@ class FaultProxy:
                 with proxy._lock:
                     proxy.requests.append((self.command, self.path))
                     fault = proxy._match(self.command, self.path)
+                    flaky = proxy._flaky_kind()
+                if flaky == "drop":
+                    # A dropped connection: no response at all.
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                if flaky == "slow":
+                    time.sleep(proxy.slow_s)
+                elif flaky is not None:
+                    status, code = flaky
+                    fault = Fault(status, code, 1)
                 if fault is not None:
                     msg = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{fault.code}</Code>'
                            f"<Message>injected {fault.code}</Message><RequestId>t</RequestId></Error>").encode()
@@ -150,6 +162,31 @@ class FaultProxy:
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
         self._thread.start()
         self.endpoint_url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+
+    def flaky(self, every: int, kinds=("slowdown", "500", "drop", "slow"), slow_s: float = 0.5) -> None:
+        """Fail every ``every``-th request, rotating through ``kinds``: 503 SlowDown,
+        500 InternalError, a dropped connection, a slow (delayed) answer. ``every=0`` stops."""
+        with self._lock:
+            self.every, self.kinds, self.slow_s, self._n = every, tuple(kinds), slow_s, 0
+            self.injected = {k: 0 for k in self.kinds}
+
+    def down(self, is_down: bool = True) -> None:
+        """While down, every request is answered 503 (the store is unavailable)."""
+        with self._lock:
+            self.is_down = is_down
+
+    def _flaky_kind(self):
+        if getattr(self, "is_down", False):
+            return (503, "ServiceUnavailable")
+        every = getattr(self, "every", 0)
+        if not every:
+            return None
+        self._n += 1
+        if self._n % every:
+            return None
+        kind = self.kinds[(self._n // every) % len(self.kinds)]
+        self.injected[kind] += 1
+        return {"slowdown": (503, "SlowDown"), "500": (500, "InternalError")}.get(kind, kind)
 
     def _match(self, method: str, path: str) -> Fault | None:
         bucket = path.lstrip("/").split("/", 1)[0].split("?", 1)[0]
