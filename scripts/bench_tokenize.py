@@ -97,8 +97,10 @@ def main() -> int:
     work = tempfile.mkdtemp(prefix="bench-tok-")
     out = os.path.join(work, "out")
     # Prepare clean parts once (not timed): no clean steps, no dedup, so the stage sees the same texts.
+    # The HF backend: the comparison is with HF's own encode_batch_fast (the tiktoken backend,
+    # which `auto` picks for GPT-2, is compared in scripts/bench.py).
     preproc.run({"input": {"paths": [os.path.join(a.corpus, "*.jsonl.gz")]}, "clean": False,
-                 "dedup": {"exact": False}, "shards": 2 * a.workers},
+                 "dedup": {"exact": False}, "shards": 2 * a.workers, "tokenize": {"backend": "hf"}},
                 output=out, tokenizer=a.tokenizer, workers=a.workers)
 
     times: dict[str, list[float]] = {"raw encode_batch_fast": [], "stage-inproc": [], f"stage-local-{a.workers}": []}

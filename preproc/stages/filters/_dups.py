@@ -12,6 +12,7 @@ with a probability far below anything the thresholds can notice.
 
 from __future__ import annotations
 
+import weakref
 from typing import Mapping
 
 import numpy as np
@@ -103,8 +104,18 @@ class LineStats:
     here, and separate paragraphs.
     """
 
+    @property
+    def view(self) -> TextView:
+        v = self._view()
+        if v is None:  # pragma: no cover - only reachable through the view that owns us
+            raise RuntimeError("LineStats outlived its TextView")
+        return v
+
     def __init__(self, view: TextView):
-        self.view = view
+        # A weak reference: the view memoizes this object, and a strong one back would make
+        # a reference cycle that keeps a whole batch's arrays alive until the cyclic GC runs
+        # (measured: +150 MB of RSS per batch).
+        self._view = weakref.ref(view)
         lw = view.line_words
         self.nonblank = lw > 0
         self.line_hash = segment_hashes(view.word_hash, view.line_word_start, self.nonblank,
