@@ -75,7 +75,8 @@ def cmd_refresh(a: argparse.Namespace) -> int:
 
     t0 = time.time()
     r = refresh(a.spec, progress=True, executor_options=_executor_options(a),
-                lock_ttl_s=getattr(a, "lock_ttl", None) or 600, **_overrides(a))
+                lock_ttl_s=getattr(a, "lock_ttl", None) or 600,
+                compact_after=getattr(a, "compact_after", None) or 8, **_overrides(a))
     print(r.message)
     if r.stats is not None:
         print(_summary(_GenResult(r)))
@@ -266,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overrides(rf)
     rf.add_argument("--lock-ttl", type=float, metavar="SECONDS",
                     help="expiry of the dataset lock, renewed while running (default 600)")
+    rf.add_argument("--compact-after", type=int, metavar="N",
+                    help="merge the dedup index segments once N generations have their own (default 8)")
     _add_executor_flags(rf)
     rf.set_defaults(func=cmd_refresh)
 

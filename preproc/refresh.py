@@ -253,10 +253,60 @@ def _publish(root: Store, state: dict[str, Any], lock: Lock) -> dict[str, Any]:
     return manifest
 
 
+def compact(root: Store, state: dict[str, Any], n: int, lock: "Lock") -> None:
+    """Merge the dedup index segments of all generations into one per index (when they pile
+    up), bucket by bucket: memory is bounded by one bucket, never the whole index. The new
+    segment is written completely, then ``state.json`` points at it (one atomic step), then
+    the old segments are removed; a compaction that dies halfway leaves the old ones in use."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .partitions import read_partition
+
+    new_exact = f"_state/exact/compact-{n:05d}"
+    for j in range(state["exact_buckets"]):
+        parts = []
+        for seg in state["segments"]["exact"]:
+            with root.open(f"{seg}/bucket-{j:05d}.parquet") as f:
+                parts.append(pq.read_table(f))
+        t = pa.concat_tables(parts) if parts else pa.table({"h1": pa.array([], pa.uint64()), "h2": pa.array([], pa.uint64())})
+        with root.open_atomic(f"{new_exact}/bucket-{j:05d}.parquet") as f:
+            pq.write_table(t, f, compression="zstd")
+    new_near = None
+    if state.get("segments", {}).get("near"):
+        new_near = f"_state/near/compact-{n:05d}"
+        for j in range(state["near_buckets"]):
+            keys = []
+            for seg in state["segments"]["near"]:
+                for name in root.ls(seg):
+                    if name.startswith("bucket-") and name != f"bucket-{j:05d}.parquet":
+                        continue
+                    t = read_partition(root, f"{seg}/{name}", j, ["key"])
+                    if t is not None:
+                        keys.append(t.column("key").to_numpy())
+            key = np.unique(np.concatenate(keys)) if keys else np.empty(0, np.uint64)
+            t = pa.table({"bucket": np.full(len(key), j, np.uint32), "key": key})
+            with root.open_atomic(f"{new_near}/bucket-{j:05d}.parquet") as f:
+                pq.write_table(t, f, compression="zstd")
+        lock.renew()
+    old = list(state["segments"]["exact"]) + list(state["segments"].get("near", []))
+    state["segments"]["exact"] = [new_exact]
+    if new_near:
+        state["segments"]["near"] = [new_near]
+    root.write_json(STATE, state)
+    for seg in old:
+        root.rm(seg)
+    log.info("compacted %d index segments into generation %d's", len(old), n)
+
+
 def refresh(spec: "Spec | str | Path | dict[str, Any]", *, progress: bool = False,
             executor_options: dict[str, Any] | None = None, lock_ttl_s: float = 600,
-            **overrides: Any) -> RefreshResult:
+            compact_after: int = 8, **overrides: Any) -> RefreshResult:
     """Process the inputs not seen before as a new generation and publish it.
+
+    Once ``compact_after`` generations have their own dedup index segments, they are merged
+    into one first (:func:`compact`).
 
     >>> preproc.refresh("jobs/web.yaml")          # doctest: +SKIP
     RefreshResult(generation=3, new_files=12, ...)
@@ -284,6 +334,8 @@ def refresh(spec: "Spec | str | Path | dict[str, Any]", *, progress: bool = Fals
             gen = state["generations"][-1]["generation"] if published is not None else None
             return RefreshResult(s.output, gen, 0, msg, ds)
         n = (state["generations"][-1]["generation"] if state["generations"] else 0) + 1
+        if len(state["segments"]["exact"]) >= max(2, compact_after):
+            compact(root, state, n, lock)
         _near_state(s, state)
         if state["exact_buckets"] is None:
             # Fixed for the dataset's life: earlier index segments are partitioned this way.

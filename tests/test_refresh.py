@@ -166,3 +166,27 @@ def test_refresh_near_duplicates_of_earlier_generations(setup, corpus):
     (inp / "more.jsonl").write_text(json.dumps({"id": "m", "text": "something else entirely " * 20}) + "\n")
     with pytest.raises(preproc.ConfigError, match="dedup.near"):
         refresh(dict(spec, dedup={"exact": True, "near": {"bands": 9, "rows": 13}}), workers=2)
+
+
+def test_index_compaction_keeps_dedup_against_all_generations(setup, corpus):
+    tmp, inp, spec, _ = setup
+    spec = dict(spec, dedup={"exact": True, "near": True})
+    refresh(spec, workers=2, compact_after=2)                      # generation 1: bible
+    shutil.copy(corpus / "wikitext2_en.jsonl.gz", inp)
+    refresh(spec, workers=2, compact_after=2)                      # generation 2
+    state = json.loads((tmp / "ds" / "_state" / "state.json").read_text())
+    assert len(state["segments"]["exact"]) == 2
+    bible = _records(corpus / "bible_kjv_en.jsonl.gz")
+    wiki = _records(corpus / "wikitext2_en.jsonl.gz")
+    copies = [{"id": f"c{k}", "text": d["text"]} for k, d in enumerate(bible[:10] + wiki[:10])]
+    edited = [{"id": f"e{k}", "text": "Reprint.\n" + d["text"] + "\nEnd."} for k, d in
+              enumerate([d for d in bible if len(d["text"]) > 4000][:5])]
+    (inp / "copies.jsonl").write_text("\n".join(json.dumps(x) for x in copies + edited) + "\n")
+    r3 = refresh(spec, workers=2, compact_after=2)                 # compacts first, then generation 3
+    state = json.loads((tmp / "ds" / "_state" / "state.json").read_text())
+    assert state["segments"]["exact"][0].startswith("_state/exact/compact-")
+    # gen-3 segments were added after the compaction
+    assert len(state["segments"]["exact"]) == 2 and len(state["segments"]["near"]) == 2
+    assert not (tmp / "ds" / "_state" / "exact" / "gen-00001").exists()
+    assert r3.stats["duplicates"]["exact"] == 20 and r3.stats["duplicates"]["near"] == 5
+    assert r3.stats["kept"] == 0

@@ -452,7 +452,9 @@ def _earlier_keys(plan: "Plan", bucket: int) -> np.ndarray | None:
     parts = []
     for seg in segs:
         for name in root.ls(seg):
-            if name.startswith("part-"):
+            # A generation's segment: part-i files partitioned by bucket; a compacted one:
+            # one bucket-j file per bucket.
+            if name.startswith("part-") or name == f"bucket-{bucket:05d}.parquet":
                 t = _read_part(root, f"{seg}/{name}", bucket, ["key"])
                 if t is not None:
                     parts.append(t.column("key").to_numpy())
