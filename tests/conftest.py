@@ -64,3 +64,15 @@ def read_tree(out: Path, sub: str = "tokens") -> dict[str, bytes]:
     """name → bytes of every committed file under ``out/sub`` (for byte-identity checks)."""
     d = out / sub
     return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if not p.name.startswith(".")}
+
+
+def wait_for(pred, timeout: float = 90.0, poll_s: float = 0.01) -> bool:
+    """Poll ``pred`` until it is true or ``timeout`` seconds pass; return whether it became true."""
+    import time
+
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if pred():
+            return True
+        time.sleep(poll_s)
+    return False

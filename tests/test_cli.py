@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import ROOT, read_tree
+from .conftest import ROOT, wait_for, read_tree
 
 
 def cli(*args, env=None, check=False, **kw):
@@ -112,15 +112,6 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
-def _wait_for(pred, timeout=60.0):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return False
-
-
 def test_killed_worker_is_retried_and_killed_run_resumes_identically(tmp_path, demo_inputs):
     ref_dir = tmp_path / "ref"
     ref_dir.mkdir()
@@ -134,7 +125,7 @@ def test_killed_worker_is_retried_and_killed_run_resumes_identically(tmp_path, d
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([sys.executable, "-m", "preproc", "run", str(_spec(a, demo_inputs)), "--workers", "2"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert _wait_for(lambda: (a / "out" / "tokenize").exists() or proc.poll() is not None)
+    assert wait_for(lambda: (a / "out" / "tokenize").exists() or proc.poll() is not None)
     kids = _children(proc.pid)
     killed = False
     if kids and proc.poll() is None:
@@ -152,7 +143,7 @@ def test_killed_worker_is_retried_and_killed_run_resumes_identically(tmp_path, d
     proc = subprocess.Popen([sys.executable, "-m", "preproc", "run", str(_spec(b, demo_inputs)), "--workers", "1"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     done_dir = b / "out" / "clean" / "_done"
-    assert _wait_for(lambda: done_dir.exists() and len(list(done_dir.glob("*.json"))) >= 2 or proc.poll() is not None)
+    assert wait_for(lambda: done_dir.exists() and len(list(done_dir.glob("*.json"))) >= 2 or proc.poll() is not None)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     n_done = len(list(done_dir.glob("*.json")))

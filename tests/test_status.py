@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import ROOT
+from .conftest import ROOT, wait_for
 
 SHARDS = 8
 
@@ -36,15 +36,6 @@ def _spec(tmp_path: Path, demo_inputs: Path) -> Path:
     return p
 
 
-def _wait_for(pred, timeout=90.0):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return False
-
-
 def test_status_of_a_killed_run_with_a_failed_index(tmp_path, demo_inputs, monkeypatch):
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=str(ROOT),
@@ -55,7 +46,7 @@ def test_status_of_a_killed_run_with_a_failed_index(tmp_path, demo_inputs, monke
                             start_new_session=True)
     done_dir = out / "clean" / "_done"
     failed = out / "clean" / "_failed" / "00001.json"
-    assert _wait_for(lambda: (failed.exists() and done_dir.exists() and len(list(done_dir.glob("*.json"))) >= 3)
+    assert wait_for(lambda: (failed.exists() and done_dir.exists() and len(list(done_dir.glob("*.json"))) >= 3)
                      or proc.poll() is not None)
     os.killpg(proc.pid, signal.SIGKILL)   # the coordinator and its workers, like a lost node
     proc.wait()
