@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any, Sequence
 
-from .errors import EXIT_CONFIG, EXIT_OK, EXIT_RETRYABLE, ConfigError, PreprocError
+from .errors import EXIT_OK, EXIT_RETRYABLE, ConfigError, PreprocError
 
 log = logging.getLogger("preproc")
 

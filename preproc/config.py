@@ -28,10 +28,10 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -55,6 +55,17 @@ def parse_size(value: int | str) -> int:
     return int(float(m.group(1)) * _UNITS[unit])
 
 
+def _positive_size(v: Any) -> int:
+    n = parse_size(v)
+    if n < 1:
+        raise ValueError("must be a positive size")
+    return n
+
+
+# A byte count written as 268435456 or "256MiB" (YAML users write units).
+Size = Annotated[int, BeforeValidator(_positive_size)]
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -73,14 +84,9 @@ class InputSpec(_Model):
     # Extra input fields carried through to the clean output (e.g. ``url``, ``date``).
     keep_fields: list[str] = []
     # A record whose text is larger than this (UTF-8 bytes) is rejected ``doc_too_large``.
-    max_doc_bytes: int | None = 64 * 2**20
+    max_doc_bytes: Size | None = 64 * 2**20
     # Invalid UTF-8 in JSONL: ``reject`` the record, or ``replace`` bad bytes with U+FFFD.
     invalid_utf8: Literal["reject", "replace"] = "reject"
-
-    @field_validator("max_doc_bytes", mode="before")
-    @classmethod
-    def _size(cls, v: Any) -> Any:
-        return None if v is None else parse_size(v)
 
 
 class ExactDedupSpec(_Model):
@@ -122,15 +128,7 @@ class TokenizeSpec(_Model):
     batch_size: int = Field(default=2048, ge=1)
     # ... and at most about this much text per call (a huge document goes alone): bounds
     # the worker's memory by the batch, not the shard.
-    batch_bytes: int = 8 * 2**20
-
-    @field_validator("batch_bytes", mode="before")
-    @classmethod
-    def _bb(cls, v: Any) -> Any:
-        n = parse_size(v)
-        if n < 1:
-            raise ValueError("must be a positive size")
-        return n
+    batch_bytes: Size = 8 * 2**20
     # true: text that spells a special token ("<|endoftext|>") gets plain-text ids, so a
     # document can never forge a document boundary. false: HF's default matching.
     encode_special_tokens: bool = True
@@ -251,7 +249,7 @@ class Spec(_Model):
     input: InputSpec
     output: str | None = None
     shards: int | None = Field(default=None, ge=1)
-    target_shard_bytes: int = 128 * 2**20
+    target_shard_bytes: Size = 128 * 2**20
     # ``false`` passes text through unchanged; otherwise each key names a clean step
     # (``normalize``, ``length``, and the quality filters), ``false`` switches it off.
     clean: Union[bool, dict[str, Any]] = True
@@ -260,14 +258,6 @@ class Spec(_Model):
     executor: ExecutorSpec = ExecutorSpec()
     storage: StorageSpec = StorageSpec()
     metrics: MetricsSpec = MetricsSpec()
-
-    @field_validator("target_shard_bytes", mode="before")
-    @classmethod
-    def _tsb(cls, v: Any) -> Any:
-        n = parse_size(v)
-        if n < 1:
-            raise ValueError("must be a positive size")
-        return n
 
     @model_validator(mode="after")
     def _check_clean(self) -> "Spec":

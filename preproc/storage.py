@@ -33,7 +33,6 @@ uses ``$PREPROC_S3`` (see :func:`worker_env`) or the standard ``AWS_ENDPOINT_URL
 from __future__ import annotations
 
 import functools
-import hashlib
 import io
 import json
 import logging

@@ -1,6 +1,5 @@
 import json
 
-import yaml
 
 import preproc
 from preproc.demo import demo_spec, run_demo

@@ -329,25 +329,22 @@ class _StageRun:
                     backoff_s = min(backoff_s * 2, 30)
                 else:
                     raise _api_error(e, f"watching Job {self.ex.namespace}/{self.name}") from None
-                job, rv = self._reread(job)
-                if job["metadata"].get("uid") != uid:
-                    return self._vanished(job)
-                if self.observe(job):
-                    return job
-                continue
             except (HTTPError, OSError) as e:
                 log.warning("lost the watch of Job %s (%s); reconnecting in %.0f s", self.name, e, backoff_s)
                 time.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, 30)
-                job, rv = self._reread(job)
-                if job["metadata"].get("uid") != uid:
-                    return self._vanished(job)
-                if self.observe(job):
-                    return job
+            else:
+                # The watch ended on its server-side timeout: look at the pods, watch again.
+                last_pod_check = time.monotonic()
+                self.check_pods(job)
                 continue
-            # The watch ended on its server-side timeout: look at the pods, watch again.
-            last_pod_check = time.monotonic()
-            self.check_pods(job)
+            # The watch broke: re-read the Job (it may have finished or gone meanwhile) and
+            # watch again from its current resourceVersion.
+            job, rv = self._reread(job)
+            if job["metadata"].get("uid") != uid:
+                return self._vanished(job)
+            if self.observe(job):
+                return job
 
     def _reread(self, job: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
         fresh = self.ex._get_job(self.name)

@@ -28,9 +28,9 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..config import parse_size
+from ..config import Size
 from ..errors import ConfigError, StageFailed
 from .local import Progress
 
@@ -46,17 +46,12 @@ class RayOptions(BaseModel):
 
     address: str | None = None
     num_cpus: float = Field(default=1.0, gt=0)
-    memory: int | None = None
+    memory: Size | None = None
     runtime_env: dict[str, Any] = {}
     # Local Ray only: how many CPUs to give it (default: this machine's cores).
     local_cpus: int | None = Field(default=None, ge=1)
     # Rendering a RayJob (preproc manifests --executor ray); validated there.
     kuberay: dict[str, Any] = {}
-
-    @field_validator("memory", mode="before")
-    @classmethod
-    def _mem(cls, v: Any) -> Any:
-        return None if v is None else parse_size(v)
 
 
 def ray_options(spec: "Spec", address: str | None = None) -> RayOptions:

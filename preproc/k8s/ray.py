@@ -30,10 +30,9 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError
 
-from .._version import __version__
 from ..errors import ConfigError
 from ..storage import worker_env
-from .options import KubernetesOptions, Resources, _Model
+from .options import KubernetesOptions, Resources
 from .render import common_labels, job_name
 
 __all__ = ["KubeRayOptions", "render_rayjob", "render_raycluster"]

@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from ..plan import Plan
     from ..storage import Store
 
-DEDUP_STAGES = ("exact_dedup",)
 
 
 def drop_stages(plan: "Plan") -> list[str]:

@@ -17,6 +17,13 @@ from ._text import TextView, derive_view, in_scope, view_of
 CODE_SOURCES = ("code/*",)
 
 
+def check_languages(v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """A ``languages`` option: null (every language) or a non-empty list."""
+    if v is not None and not v:
+        raise ValueError("must be null (every language) or a non-empty list")
+    return v
+
+
 class ScopeOptions(StepOptions):
     # Rows whose `source` matches one of these globs pass the step untouched.
     skip_sources: tuple[str, ...] = Field(default=CODE_SOURCES)
@@ -27,9 +34,7 @@ class ScopeOptions(StepOptions):
     @field_validator("languages")
     @classmethod
     def _langs(cls, v):
-        if v is not None and not v:
-            raise ValueError("must be null (every language) or a non-empty list")
-        return v
+        return check_languages(v)
 
 
 class ScopedFilter(Filter):

@@ -31,7 +31,7 @@ from pydantic import Field, field_validator
 
 from ...errors import ConfigError
 from ...steps import Filter, StepOptions, register
-from ._base import CODE_SOURCES
+from ._base import CODE_SOURCES, check_languages
 from ._text import _offsets, as_string_array, in_scope
 
 # The label of documents with no text to identify (ISO 639-2 "undetermined"), score 0.
@@ -163,9 +163,7 @@ class LangIdOptions(StepOptions):
     @field_validator("languages")
     @classmethod
     def _langs(cls, v):
-        if v is not None and not v:
-            raise ValueError("must be null (every language) or a non-empty list")
-        return v
+        return check_languages(v)
 
 
 @register
