@@ -90,7 +90,14 @@ def build(tokenizer_json: str) -> tuple[Any, str | None]:
         if tid is None or tid <= last:
             return None, "token ids do not follow the merge order"
         last = tid
-    special = {t["content"]: t["id"] for t in d.get("added_tokens", []) if t["content"] not in vocab}
+    if any(not t.get("special") for t in d.get("added_tokens", [])):
+        # HF splits these out of the text even when special tokens are encoded as text;
+        # tiktoken has no such class of token.
+        return None, "the tokenizer has added tokens that are not special"
+    # Added tokens HF matches before the model: those outside the vocabulary, and the ones
+    # marked special even when the vocabulary also has them (GPT-2's <|endoftext|>).
+    special = {t["content"]: t["id"] for t in d.get("added_tokens", [])
+               if t["content"] not in vocab or t.get("special")}
     try:
         enc = tiktoken.Encoding(name="preproc-hf", pat_str=pattern, mergeable_ranks=ranks, special_tokens=special)
     except Exception as e:  # noqa: BLE001 - a regex tiktoken cannot compile
@@ -101,9 +108,16 @@ def build(tokenizer_json: str) -> tuple[Any, str | None]:
 def encode_batch(enc, texts: list[str], *, encode_special_tokens: bool) -> list[list[int]]:
     """Ids as HF would give them: with ``encode_special_tokens`` special strings in text are
     plain text (``encode_ordinary``); without it they map to their special ids."""
+    threads = _threads()
+    if threads <= 1:
+        # tiktoken's *_batch functions hand every text to a thread pool even for one thread;
+        # calling the encoder directly is ~20% faster (one worker per core is the common case).
+        if encode_special_tokens:
+            return [enc.encode_ordinary(t) for t in texts]
+        return [enc.encode(t, allowed_special="all") for t in texts]
     if encode_special_tokens:
-        return enc.encode_ordinary_batch(texts, num_threads=_threads())
-    return enc.encode_batch(texts, allowed_special="all", num_threads=_threads())
+        return enc.encode_ordinary_batch(texts, num_threads=threads)
+    return enc.encode_batch(texts, allowed_special="all", num_threads=threads)
 
 
 def _threads() -> int:

@@ -205,3 +205,22 @@ def test_forcing_tiktoken_on_an_incompatible_tokenizer_is_a_config_error(tmp_pat
     with pytest.raises(preproc.ConfigError, match="tokenize.backend: tiktoken cannot reproduce"):
         preproc.run({"input": {"paths": [str(inp)]}, "tokenize": {"backend": "tiktoken"}},
                     output=str(tmp_path / "o"), tokenizer=str(deepseek), workers=1)
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+@pytest.mark.parametrize("special", [True, False])
+def test_tiktoken_batches_equal_hf_with_one_and_many_threads(monkeypatch, corpus, gpt2, threads, special):
+    """One thread takes the direct path, more the tiktoken thread pool: both give HF's ids,
+    with special strings as text (the default) or as their special ids."""
+    from preproc import tiktoken_backend
+
+    monkeypatch.setenv("RAYON_NUM_THREADS", threads)
+    texts = list(_corpus_docs(corpus, ["wikitext2_en.jsonl.gz", "wikipedia_7lang.jsonl.gz"]).values())[:300] + tiktoken_backend.PROBES
+    enc, why = tiktoken_backend.build(gpt2.read_text())
+    assert why is None
+    ref = Tokenizer.from_file(str(gpt2))
+    ref.encode_special_tokens = special
+    want = [e.ids for e in ref.encode_batch_fast(texts, add_special_tokens=False)]
+    got = tiktoken_backend.encode_batch(enc, texts, encode_special_tokens=special)
+    assert got == want
+    assert any(50256 in ids for ids in got) != special   # the probe spelling <|endoftext|>
