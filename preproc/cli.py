@@ -27,6 +27,8 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", metavar="URI", help="output location (local, PVC path, s3://...)")
     p.add_argument("--executor", choices=["local", "k8s", "ray"], help="where stages run (default: the spec's, else local)")
     p.add_argument("--workers", type=int, metavar="N", help="local worker processes (default: cores)")
+    p.add_argument("--threads-per-worker", type=int, metavar="N",
+                   help="threads of each local worker (default: cores / workers)")
     p.add_argument("--shards", type=int, metavar="N", help="number of shards")
     p.add_argument("--tokenizer", metavar="PATH", help="tokenizer.json path or URI")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -37,7 +39,7 @@ def _overrides(a: argparse.Namespace) -> dict[str, Any]:
     import yaml
 
     o: dict[str, Any] = {"input": a.input, "output": a.output, "executor": a.executor, "workers": a.workers,
-                         "shards": a.shards, "tokenizer": a.tokenizer}
+                         "threads_per_worker": a.threads_per_worker, "shards": a.shards, "tokenizer": a.tokenizer}
     for kv in a.set:
         if "=" not in kv:
             raise ConfigError(f"--set {kv!r}: expected KEY=VALUE")
@@ -138,6 +140,11 @@ def cmd_worker(a: argparse.Namespace) -> int:
     from .stages import run_index
 
     signals.install()
+    if os.environ.get("RAYON_NUM_THREADS", "").isdigit():
+        # A pod's CPU share (set by the manifests) bounds Arrow's pool too, not the node's cores.
+        import pyarrow as pa
+
+        pa.set_cpu_count(max(1, int(os.environ["RAYON_NUM_THREADS"])))
     index = a.index
     if index is None:
         env = os.environ.get("JOB_COMPLETION_INDEX")

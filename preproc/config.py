@@ -148,6 +148,10 @@ class ExecutorSpec(_Model):
     kind: Literal["local", "k8s", "ray"] = "local"
     # Local processes (default: the machine's cores).
     workers: int | None = Field(default=None, ge=1)
+    # Threads of each local worker's pools (Rust tokenizer, tiktoken, Arrow); default: cores
+    # divided among the workers, at least 1. Set 1 to make one worker one core, as a
+    # Kubernetes worker with ``cpu: 1`` is.
+    threads_per_worker: int | None = Field(default=None, ge=1)
     # Retries of one index before the stage fails (all executors).
     retries: int = Field(default=2, ge=0)
     # Executor-specific options (k8s: namespace, image, ...; ray: address, num_cpus, ...),
@@ -281,8 +285,8 @@ def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str
             raw["output"] = str(value)
         elif key == "shards":
             raw["shards"] = value
-        elif key == "workers":
-            raw.setdefault("executor", {})["workers"] = value
+        elif key in ("workers", "threads_per_worker"):
+            raw.setdefault("executor", {})[key] = value
         elif key == "executor":
             raw.setdefault("executor", {})["kind"] = value
         elif key == "tokenizer":

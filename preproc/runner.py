@@ -98,8 +98,17 @@ def run(spec: "Spec | str | Path | dict[str, Any]", *, force: bool = False, prog
     >>> result.tokens                                                  # doctest: +SKIP
     """
     s = load_spec(spec, **overrides)
-    p = prepare(s, force=force)
-    return execute(p, s, progress=progress, executor_options=executor_options)
+    ex = get_executor(s, progress=progress, **(executor_options or {}))
+    try:
+        # Local workers start (and import) while the coordinator plans; with the run's S3
+        # settings, as in execute().
+        if hasattr(ex, "prestart"):
+            with exported(s.storage):
+                ex.prestart()
+        p = prepare(s, force=force)
+        return execute(p, s, progress=progress, executor=ex)
+    finally:
+        ex.close()
 
 
 def execute(p: Plan, s: Spec, *, progress: bool = False, executor_options: dict[str, Any] | None = None,

@@ -20,7 +20,7 @@ def get_executor(spec: "Spec", **opts: Any) -> Executor:
         from .local import LocalExecutor
 
         return LocalExecutor(workers=spec.executor.workers, retries=spec.executor.retries,
-                             progress=opts.get("progress", True))
+                             threads=spec.executor.threads_per_worker, progress=opts.get("progress", True))
     if kind == "k8s":
         try:
             from .k8s import KubernetesExecutor

@@ -2,8 +2,9 @@
 
 Workers are started with ``spawn`` (never ``fork``: the Rust tokenizer pool and Arrow's
 threads do not survive a fork, and we must not change the host program's start method).
-Each worker gets ``RAYON_NUM_THREADS = cores // workers`` so that tokenizer threads do not
-oversubscribe the cores. A worker killed by the OS (OOM, SIGKILL) breaks the pool; the
+Each worker's thread pools (``RAYON_NUM_THREADS`` for the Rust tokenizers and tiktoken,
+Arrow's CPU pool) get ``executor.threads_per_worker`` threads, by default ``cores // workers``,
+so that threads do not oversubscribe the cores. A worker killed by the OS (OOM, SIGKILL) breaks the pool; the
 pool is rebuilt and the unfinished indices are retried, counting against their retries.
 """
 
@@ -25,12 +26,28 @@ if TYPE_CHECKING:
 log = logging.getLogger("preproc")
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, explicit: bool) -> None:
     from .. import signals
 
     signals.install()
-    os.environ.setdefault("RAYON_NUM_THREADS", str(threads))
+    if explicit:
+        os.environ["RAYON_NUM_THREADS"] = str(threads)
+    else:   # the environment's setting, if any, wins over our division of the cores
+        threads = int(os.environ.setdefault("RAYON_NUM_THREADS", str(threads)))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    import pyarrow as pa
+
+    pa.set_cpu_count(max(1, threads))
+
+
+def _warm() -> None:
+    import pyarrow.parquet  # noqa: F401
+    import tokenizers  # noqa: F401
+
+    from ..stages import STAGE_RUNNERS, _runners
+
+    if not STAGE_RUNNERS:   # imports every stage module (clean's filters, tokenize, near)
+        STAGE_RUNNERS.update(_runners())
 
 
 def _run_one(output: str, stage: str, index: int) -> dict[str, Any]:
@@ -49,18 +66,27 @@ _plan_cache: dict[str, Any] = {}
 class LocalExecutor:
     name = "local"
 
-    def __init__(self, *, workers: int | None = None, retries: int = 2, progress: bool = True):
+    def __init__(self, *, workers: int | None = None, retries: int = 2, progress: bool = True,
+                 threads: int | None = None):
         self.workers = workers or os.cpu_count() or 1
+        self.explicit_threads = threads is not None
+        self.threads = threads or max(1, (os.cpu_count() or 1) // self.workers)
         self.retries = retries
         self.progress = progress
         self._pool: ProcessPoolExecutor | None = None
 
     def _get_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            threads = max(1, (os.cpu_count() or 1) // self.workers)
             self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
-                                             initializer=_init_worker, initargs=(threads,))
+                                             initializer=_init_worker, initargs=(self.threads, self.explicit_threads))
         return self._pool
+
+    def prestart(self) -> None:
+        """Start the workers now (without waiting): their interpreters and imports overlap
+        the coordinator's planning instead of delaying the first stage."""
+        pool = self._get_pool()
+        for _ in range(self.workers):
+            pool.submit(_warm)
 
     def close(self) -> None:
         if self._pool is not None:
