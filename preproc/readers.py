@@ -94,8 +94,9 @@ class ReadLog:
 class _Batcher:
     """Accumulates good records into Arrow batches with a fixed schema."""
 
-    def __init__(self, keep_fields: list[str]):
+    def __init__(self, keep_fields: list[str], max_bytes: int = BATCH_BYTES):
         self.keep_fields = keep_fields
+        self.max_bytes = max_bytes
         self._reset()
 
     def _reset(self) -> None:
@@ -114,7 +115,7 @@ class _Batcher:
         self.nbytes += len(text)
 
     def full(self) -> bool:
-        return len(self.ids) >= BATCH_ROWS or self.nbytes >= BATCH_BYTES
+        return len(self.ids) >= BATCH_ROWS or self.nbytes >= self.max_bytes
 
     def flush(self) -> pa.RecordBatch | None:
         if not self.ids:
@@ -136,13 +137,17 @@ def _as_str(v: Any) -> str | None:
 
 
 def read_split(split: InputSplit, spec: InputSpec, log: ReadLog,
-               storage: Any = None) -> Iterator[pa.RecordBatch]:
+               storage: Any = None, *, batch_bytes: int | None = None) -> Iterator[pa.RecordBatch]:
     """Yield batches of good documents from ``split``; record everything else in ``log``.
-    ``storage``: the spec's storage settings (see :func:`preproc.storage.open_fs`)."""
+    ``storage``: the spec's storage settings (see :func:`preproc.storage.open_fs`);
+    ``batch_bytes``: text per JSONL batch (default BATCH_BYTES; small for a quick sample)."""
     reader: Callable[..., Iterator[pa.RecordBatch]] = {
         "jsonl": _read_jsonl, "parquet": _read_parquet, "arrow": _read_arrow, "text": _read_text,
     }[split.format]
     fs, path = open_fs(split.uri, storage)
+    if batch_bytes and split.format == "jsonl":
+        yield from _read_jsonl(fs, path, split, spec, log, batch_bytes=batch_bytes)
+        return
     yield from reader(fs, path, split, spec, log)
 
 
@@ -251,7 +256,8 @@ def _lines(chunks: Iterator[bytes], base: int, end: int | None, split: InputSpli
         yield pos, buf
 
 
-def _read_jsonl(fs, path: str, split: InputSplit, spec: InputSpec, log: ReadLog) -> Iterator[pa.RecordBatch]:
+def _read_jsonl(fs, path: str, split: InputSplit, spec: InputSpec, log: ReadLog,
+                batch_bytes: int = BATCH_BYTES) -> Iterator[pa.RecordBatch]:
     with fs.open(path, "rb") as f:
         head = f.read(4)
         chunks: Iterator[bytes]
@@ -287,15 +293,16 @@ def _read_jsonl(fs, path: str, split: InputSplit, spec: InputSpec, log: ReadLog)
                 chunks = _raw_chunks(f, max(start - 1, 0), end)
         skip = start > 0
         base = max(start - 1, 0) if skip else start
-        yield from _parse_lines(_lines(chunks, base, end, split, log, skip_first_partial=skip), split, spec, log)
+        yield from _parse_lines(_lines(chunks, base, end, split, log, skip_first_partial=skip), split, spec, log,
+                                batch_bytes)
 
 
 _REASONS_BY_TYPE = {type(None): "null_text"}
 
 
 def _parse_lines(lines: Iterator[tuple[int, bytes]], split: InputSplit, spec: InputSpec,
-                 log: ReadLog) -> Iterator[pa.RecordBatch]:
-    batcher = _Batcher(spec.keep_fields)
+                 log: ReadLog, batch_bytes: int = BATCH_BYTES) -> Iterator[pa.RecordBatch]:
+    batcher = _Batcher(spec.keep_fields, batch_bytes)
     tf, idf, sf = spec.text_field, spec.id_field, spec.source_field
     replace = spec.invalid_utf8 == "replace"
     max_bytes = spec.max_doc_bytes

