@@ -40,6 +40,7 @@ import gzip
 import json
 import os
 import platform
+import random
 import shutil
 import subprocess
 import sys
@@ -64,13 +65,18 @@ EOS = "<|endoftext|>"
 
 def make_input(corpus: Path, dest: Path, *, shards: int, repeat_mb: float | None,
                limit_mb: float | None) -> dict:
-    """The corpus as ``shards`` JSONL files of about equal text bytes; returns its size."""
+    """The corpus as ``shards`` JSONL files of about equal text bytes; returns its size.
+
+    Documents are in a fixed pseudo-random order (every file gets the same mix of sources,
+    as in a crawl, instead of one file of code and one of bibles), and each document's
+    copies follow it: what exact dedup keeps is spread over every file and shard."""
     docs = []
     for p in sorted(corpus.glob("*.jsonl.gz")):
         with gzip.open(p, "rt", encoding="utf-8") as f:
             for line in f:
                 d = json.loads(line)
                 docs.append({"id": d["id"], "text": d["text"], "source": d.get("source", p.name)})
+    random.Random(0).shuffle(docs)
     if limit_mb:
         out, acc = [], 0
         for d in docs:
@@ -82,8 +88,8 @@ def make_input(corpus: Path, dest: Path, *, shards: int, repeat_mb: float | None
     base_bytes = sum(len(d["text"].encode("utf-8")) for d in docs)
     copies = max(1, int(-(-repeat_mb * 1e6 // base_bytes))) if repeat_mb else 1
     lines = []
-    for k in range(copies):
-        for d in docs:
+    for d in docs:
+        for k in range(copies):
             d2 = dict(d, id=f"{d['id']}#{k}") if copies > 1 else d
             lines.append((json.dumps(d2, ensure_ascii=False) + "\n").encode("utf-8"))
     total = sum(len(x) for x in lines)
