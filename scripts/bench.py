@@ -314,8 +314,28 @@ def child_datatrove_e2e(a: dict) -> dict:
     return {"seconds": wall, "stage_wall_time_s": stage_s, "tokens": tokens or None}
 
 
+def child_clean_ceiling(a: dict) -> dict:
+    """The machine's own scaling for our heaviest stage's work: the default clean steps over
+    the same in-memory batches (2 MB each) in 1 process, then shared by W forked processes;
+    no I/O, no stages, no scheduling. Alternating rounds, best of each."""
+    import bench_clean
+
+    batches = bench_clean.batches_of(bench_clean.load_corpus(Path(a["corpus"])), 2 * 2**20)
+    procs = bench_clean.ProcessClean(batches, a["workers"])
+    try:
+        bench_clean.run_clean(batches[:1])                     # warm up: imports, models
+        one, many = [], []
+        for _ in range(a["rounds"]):
+            one.append(bench_clean.run_clean(batches)[0])
+            many.append(procs.run())
+    finally:
+        procs.close()
+    return {"one_s": min(one), "many_s": min(many), "rounds": {"one": one, "many": many}}
+
+
 CHILDREN = {"ours_e2e": child_ours_e2e, "ours_tokenize": child_ours_tokenize,
-            "datatrove_tokenize": child_datatrove_tokenize, "datatrove_e2e": child_datatrove_e2e}
+            "datatrove_tokenize": child_datatrove_tokenize, "datatrove_e2e": child_datatrove_e2e,
+            "clean_ceiling": child_clean_ceiling}
 
 
 # -- in-process measurements -----------------------------------------------------------------
@@ -426,8 +446,9 @@ class Table:
 def _short(name: str) -> str:
     return {"raw encode_batch_fast": "raw-hf", "datatrove DocumentTokenizer": "dt", "datasketch": "dsk",
             "datatrove MinhashDedupSignature": "dt", "datatrove 4 MinHash stages": "dt",
-            "datatrove pipeline": "dt", "ours, 1 worker": "1w", "pyarrow read_table(clean Parquet)": "pq"
-            }.get(name, name[:8])
+            "datatrove pipeline": "dt", "ours, 1 worker x 1 thread": "1w", "pyarrow read_table(clean Parquet)": "pq",
+            f"ours, 1 worker x {os.cpu_count()} threads": f"1w{os.cpu_count()}t",
+            "clean steps in memory, 1 process": "1proc"}.get(name, name[:8])
 
 
 # -- main ------------------------------------------------------------------------------------
@@ -473,6 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     inp = work / "input"
     size = make_input(Path(a.corpus), inp, shards=shards, repeat_mb=a.repeat_mb, limit_mb=8 if a.quick else None)
     MB, DOCS = size["text_mb"], size["docs"]
+    BASE_MB, BASE_DOCS = round(MB / size["copies"], 2), DOCS // size["copies"]
     peer_mb = 4 if a.quick else a.peer_mb
     if peer_mb and peer_mb < MB:
         sub = work / "input-peer"
@@ -536,6 +558,16 @@ def main(argv: list[str] | None = None) -> int:
         tab.add("scaling", f"ours, {W} workers (default threads)", e2e, mb=MB, docs=DOCS,
                 ratio_to=f"ours, 1 worker x {os.cpu_count()} threads")
         results["scaling_detail"] = {str(w): v for w, v in runs.items()}
+        step(f"scaling ceiling: the clean steps in memory, 1 vs {W} processes")
+        cc = run_child("clean_ceiling", {"corpus": str(a.corpus), "workers": W, "rounds": 2}, a.timeout)
+        if "error" in cc:
+            tab.add("scaling", "clean steps in memory (ceiling)", cc, mb=BASE_MB, docs=BASE_DOCS)
+        else:
+            tab.add("scaling", "clean steps in memory, 1 process", cc["one_s"], mb=BASE_MB, docs=BASE_DOCS,
+                    note="no I/O, no stages: what the machine gives")
+            tab.add("scaling", f"clean steps in memory, {W} processes", cc["many_s"], mb=BASE_MB, docs=BASE_DOCS,
+                    ratio_to="clean steps in memory, 1 process")
+        results["clean_ceiling"] = cc
 
     # -- read ----------------------------------------------------------------------------
     if "read" in only and e2e and "error" not in e2e:
