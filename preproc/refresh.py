@@ -11,6 +11,10 @@ Layout under the dataset root (the spec's ``output``)::
     _state/manifests/dataset-v00002.json   each published manifest, kept
     _state/exact/gen-00001/bucket-00000.parquet   exact-hash index of kept documents,
                                   partitioned into the same buckets as the exact-dedup stage
+    _state/near/gen-00001/part-00000.parquet      MinHash band keys of kept documents (with
+                                  ``dedup.near``), partitioned into the near_pairs buckets;
+                                  verifying, each row also names its document (generation,
+                                  shard, row), whose text stays in generations/<n>/clean/
     _state/lock.json              the refresh lock (conditional create, with an expiry)
 
 A generation's ``exact_dedup`` bucket ``j`` reads bucket ``j`` of every earlier segment
@@ -20,6 +24,13 @@ then ``dataset.json`` (one atomic object), then ``state.json``: a training job t
 ``dataset.json`` always sees a consistent set of generations, and a refresh that dies
 halfway leaves the previous manifest in place; the next refresh finishes the pending
 generation first.
+
+Near duplicates of earlier generations: a new document that shares a band key with one an
+earlier generation kept is a candidate. Without verification that is enough to drop it.
+With it (the default), ``near_shingles`` reads the earlier document's shingle set from its
+generation's ``clean/`` part (kept for the dataset's life; the segments name generation,
+shard and row) and ``near_verify`` drops the new one only if their Jaccard reaches the
+threshold; the published document always stays.
 """
 
 from __future__ import annotations
@@ -244,7 +255,8 @@ def _publish(root: Store, state: dict[str, Any], lock: Lock) -> dict[str, Any]:
         root.write_json("dataset.json", manifest)
     else:
         manifest = cur
-    state["generations"].append({"generation": n, "files": pend["files"], "run_id": gen_ds["run_id"]})
+    state["generations"].append({"generation": n, "files": pend["files"], "run_id": gen_ds["run_id"],
+                                 "shards": len(gstore.read_json("plan.json")["shards"])})
     state["segments"]["exact"].append(f"_state/exact/gen-{n:05d}")
     if state.get("near_canonical"):
         state["segments"].setdefault("near", []).append(f"_state/near/gen-{n:05d}")
@@ -253,16 +265,15 @@ def _publish(root: Store, state: dict[str, Any], lock: Lock) -> dict[str, Any]:
     return manifest
 
 
-def compact(root: Store, state: dict[str, Any], n: int, lock: "Lock") -> None:
+def compact(root: Store, state: dict[str, Any], n: int, lock: "Lock", *, near_verified: bool = False) -> None:
     """Merge the dedup index segments of all generations into one per index (when they pile
     up), bucket by bucket: memory is bounded by one bucket, never the whole index. The new
     segment is written completely, then ``state.json`` points at it (one atomic step), then
-    the old segments are removed; a compaction that dies halfway leaves the old ones in use."""
-    import numpy as np
+    the old segments are removed; a compaction that dies halfway leaves the old ones in use.
+    ``near_verified``: the near segments name their documents (verified near dedup), and the
+    merged one keeps those names."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from .partitions import read_partition
 
     new_exact = f"_state/exact/compact-{n:05d}"
     for j in range(state["exact_buckets"]):
@@ -275,18 +286,11 @@ def compact(root: Store, state: dict[str, Any], n: int, lock: "Lock") -> None:
             pq.write_table(t, f, compression="zstd")
     new_near = None
     if state.get("segments", {}).get("near"):
+        from .stages.near import compact_segments
+
         new_near = f"_state/near/compact-{n:05d}"
         for j in range(state["near_buckets"]):
-            keys = []
-            for seg in state["segments"]["near"]:
-                for name in root.ls(seg):
-                    if name.startswith("bucket-") and name != f"bucket-{j:05d}.parquet":
-                        continue
-                    t = read_partition(root, f"{seg}/{name}", j, ["key"])
-                    if t is not None:
-                        keys.append(t.column("key").to_numpy())
-            key = np.unique(np.concatenate(keys)) if keys else np.empty(0, np.uint64)
-            t = pa.table({"bucket": np.full(len(key), j, np.uint32), "key": key})
+            t = compact_segments(root, state["segments"]["near"], j, verified=near_verified)
             with root.open_atomic(f"{new_near}/bucket-{j:05d}.parquet") as f:
                 pq.write_table(t, f, compression="zstd")
         lock.renew()
@@ -334,9 +338,9 @@ def refresh(spec: "Spec | str | Path | dict[str, Any]", *, progress: bool = Fals
             gen = state["generations"][-1]["generation"] if published is not None else None
             return RefreshResult(s.output, gen, 0, msg, ds)
         n = (state["generations"][-1]["generation"] if state["generations"] else 0) + 1
+        near = _near_state(s, state)    # before compacting: a refused config changes nothing
         if len(state["segments"]["exact"]) >= max(2, compact_after):
-            compact(root, state, n, lock)
-        _near_state(s, state)
+            compact(root, state, n, lock, near_verified=near is not None and near.verify)
         if state["exact_buckets"] is None:
             # Fixed for the dataset's life: earlier index segments are partitioned this way.
             state["exact_buckets"] = s.dedup.exact.buckets or max(16, s.shards or 0)
@@ -361,24 +365,43 @@ def _gen_spec(s: Spec, root: Store, n: int, state: dict[str, Any]) -> Spec:
     return load_spec(d)
 
 
-def _near_state(s: Spec, state: dict[str, Any]) -> None:
+def _near_state(s: Spec, state: dict[str, Any]):
     """Fix the near-dedup partitioning for the dataset's life and refuse a changed config
-    (earlier generations' band keys were made with it)."""
+    (earlier generations' band keys were made with it); the resolved config, or None."""
     from .stages.near import near_config
 
     cfg = near_config(s)
     canon = cfg.canonical if cfg is not None else None
     if state.get("near_canonical", canon) != canon and state["generations"]:
+        was = state.get("near_canonical")
+        hint = ""
+        if was and cfg is not None and cfg.verify and "-v" not in was:
+            # Most likely `near: true` from before verification became its default: name the
+            # options that give the dataset's config back, when bands and rows suffice.
+            from .stages.near import _resolve
+
+            raw = s.dedup.near if isinstance(s.dedup.near, dict) else {}
+            bands, rows = (int(x) for x in was.split("-")[2].removesuffix("r").split("b"))
+            opts = {k: v for k, v in raw.items() if k not in ("threshold", "verify", "num_perm")}
+            opts.update(bands=bands, rows=rows)
+            try:
+                same = _resolve(json.dumps(opts, sort_keys=True)).canonical == was
+            except (ConfigError, ValueError):
+                same = False
+            if same:
+                hint = f"; to go on with it, set dedup.near: {json.dumps(opts)} (no verification)"
         raise ConfigError(f"dedup.near: this dataset's generations were deduplicated with "
-                          f"{state.get('near_canonical') or 'no near dedup'}; a refresh must use the same "
-                          f"(now: {canon or 'off'})")
-    if cfg is not None and cfg.verify:
-        raise ConfigError("dedup.near.verify: refresh matches new documents against earlier generations by "
-                          "MinHash band keys, without the exact-Jaccard check; set dedup.near.verify: false "
-                          "(or choose bands and rows) for a refreshed dataset")
+                          f"{was or 'no near dedup'}; a refresh must use the same "
+                          f"(now: {canon or 'off'}){hint}")
     state["near_canonical"] = canon
     if cfg is not None and state.get("near_buckets") is None:
         state["near_buckets"] = cfg.buckets or max(16, s.shards or 0)
+    return cfg
+
+
+def _gen_shards(root: Store, n: int, s: Spec) -> int:
+    """The shard count of a published generation (state written before it was recorded)."""
+    return len(Store(join(root.uri, gen_dir(n)), s.storage).read_json("plan.json")["shards"])
 
 
 def _run_pending(root: Store, state: dict[str, Any], s: Spec, lock: Lock, progress: bool,
@@ -397,6 +420,12 @@ def _run_pending(root: Store, state: dict[str, Any], s: Spec, lock: Lock, progre
                 "exact_segment_out": f"_state/exact/gen-{n:05d}",
                 "near_segments": list(state["segments"].get("near", [])),
                 "near_segment_out": f"_state/near/gen-{n:05d}" if state.get("near_canonical") else None}
+        if state.get("near_canonical") and state["segments"].get("near"):
+            # Verified near dedup reads earlier documents from their generations' clean/
+            # parts: which generations, and how many shards each (to number them).
+            info["near_earlier"] = [{"generation": g["generation"], "path": gen_dir(g["generation"]),
+                                     "shards": g.get("shards") or _gen_shards(root, g["generation"], s)}
+                                    for g in state["generations"]]
         plan = prepare(gspec, files=files, refresh=info)
     sha = plan.tokenizer.get("sha256")
     if state.get("tokenizer_sha256") and sha != state["tokenizer_sha256"]:

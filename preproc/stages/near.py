@@ -5,10 +5,19 @@
 
     dedup:
       exact: true
-      near: {threshold: 0.8}          # or: true  (14 bands x 8 rows, no verification)
+      near: true                      # = {threshold: 0.8}: 16 bands x 6 rows, verified
+      # near: {bands: 14, rows: 8}    # datatrove's 14 x 8, every candidate a duplicate
+
+By default a pair of documents counts as near duplicates only when the exact Jaccard of
+their word 5-gram sets reaches 0.8: the band keys only propose candidates (bands and
+rows chosen by :func:`~preproc.minhash.lsh_params` to find a pair at the threshold with
+probability >= 0.99), and ``near_shingles`` + ``near_verify`` check each one. On
+``../shared/data/neardup`` that removes with precision 1.000 and recall 0.997, where the
+unverified 14 x 8 (datatrove's defaults) gives 0.754 / 0.986. ``verify: false`` (or
+``bands`` and ``rows`` without a ``threshold``) skips the check.
 
 The stages, in order (``N`` shards, ``B`` = ``dedup.near.buckets``, default ``N``); all
-intermediates live under ``near/<canonical config>/`` (e.g. ``near/minhash-5g-14b8r-s1``),
+intermediates live under ``near/<canonical config>/`` (e.g. ``near/minhash-5g-16b6r-s1-v0.8``),
 so changing a knob never reuses stale results:
 
 =================  =======  ==================================================================
@@ -38,6 +47,14 @@ the plan and the data, and the components end in a unique state (a star around e
 cluster's smallest node), so drop lists and token files are byte-identical whatever the
 number of workers or buckets. Near dedup sees only the documents exact dedup kept; each
 document it removes is counted once, in the ``near_drops`` marker of its shard.
+
+In an incremental refresh (:mod:`preproc.refresh`) each generation leaves the band keys of
+the documents it kept under ``_state/near/``; ``near_pairs`` of a later generation joins
+its band groups with them. Without verification a shared key is enough (a stand-in node
+per key). With it, the segments also name each earlier document (generation, shard,
+row), it becomes a node of the candidate graph (:data:`EARLIER` set, priority 0: the
+published document is always the keeper), ``near_shingles`` reads its shingle set from
+that generation's ``clean/`` part, and only a verified pair drops the new document.
 """
 
 from __future__ import annotations
@@ -69,6 +86,8 @@ __all__ = ["NearOptions", "NearConfig", "near_config", "stages", "RUNNERS", "DRO
 
 U64 = np.uint64
 ROW_MASK = U64(0xFFFFFFFF)
+# The Jaccard threshold of ``dedup.near: true`` (and of any config that verifies without one).
+DEFAULT_THRESHOLD = 0.8
 # Upper bound of dedup.near.max_rounds: round stages are registered by name up front.
 MAX_ROUNDS = 64
 # With verification, a band group of up to this many documents yields all its pairs;
@@ -87,8 +106,18 @@ def round_name(k: int) -> str:
 # -- configuration -------------------------------------------------------------------------
 
 class NearOptions(BaseModel):
-    """``dedup.near``: what a user may set. Defaults: word 5-grams, 14 bands x 8 rows
-    (112 permutations, threshold ~0.72), seed 1, no verification, keep the first."""
+    """``dedup.near``: what a user may set. Defaults: word 5-grams, Jaccard threshold 0.8
+    with every candidate pair verified (16 bands x 6 rows of the 112 permutations), seed 1,
+    keep the first. How a few mappings resolve (:func:`near_config`):
+
+    ==============================  =====================================
+    ``true`` / ``{}``               16 x 6, verified at 0.8 (``-v0.8``)
+    ``{threshold: 0.7}``            bands x rows for 0.7, verified
+    ``{bands: 14, rows: 8}``        14 x 8, every candidate a duplicate
+    ``{verify: false}``             14 x 8, every candidate a duplicate
+    ``{threshold: 0.8, verify: false}``  the balanced S-curve at 0.8
+    ==============================  =====================================
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -97,15 +126,17 @@ class NearOptions(BaseModel):
     # written without spaces); text lower-cased, punctuation and whitespace folded.
     shingle: Literal["word", "char"] = "word"
     ngram: int = Field(default=5, ge=1, le=64)
-    # LSH: ``bands x rows`` permutations. Set both, or a ``threshold`` to choose them
-    # (within ``num_perm`` permutations), or neither for 14 x 8.
+    # LSH: ``bands x rows`` permutations. Set both, or leave them to be chosen for the
+    # threshold within ``num_perm`` permutations (unverified without a threshold: 14 x 8).
     bands: int | None = Field(default=None, ge=1, le=512)
     rows: int | None = Field(default=None, ge=1, le=64)
+    # The Jaccard of word (or char) n-gram sets from which two documents are duplicates
+    # (default 0.8 when verifying).
     threshold: float | None = Field(default=None, gt=0.0, le=1.0)
     num_perm: int = Field(default=112, ge=1, le=1024)
     seed: int = Field(default=1, ge=0, lt=2**63)
-    # Check each candidate pair's exact Jaccard against ``threshold`` before it counts
-    # (default: on when a threshold is given).
+    # Check each candidate pair's exact Jaccard against ``threshold`` before it counts.
+    # Default: on, unless ``bands`` and ``rows`` are set without a ``threshold``.
     verify: bool | None = None
     # Which document of a cluster stays: the first in input order, or the longest.
     keep: Literal["first", "longest"] = "first"
@@ -122,11 +153,9 @@ class NearOptions(BaseModel):
         """``(key, message)`` of the first inconsistency between options, if any."""
         if (self.bands is None) != (self.rows is None):
             missing = "rows" if self.rows is None else "bands"
-            return missing, "set both bands and rows (or neither, to use threshold or 14 x 8)"
+            return missing, "set both bands and rows (or neither, to choose them from the threshold)"
         if self.bands is not None and self.rows is not None and self.bands * self.rows > 4096:
             return "bands", f"bands x rows must be at most 4096 permutations (got {self.bands * self.rows})"
-        if self.verify and self.threshold is None:
-            return "verify", "needs dedup.near.threshold (the Jaccard a pair must reach)"
         return None
 
 
@@ -187,15 +216,18 @@ def _resolve(raw: str) -> NearConfig | None:
     o = parse_options(json.loads(raw))
     if not o.enabled:
         return None
-    verify = o.verify if o.verify is not None else o.threshold is not None
+    # Bands and rows without a threshold are an LSH-only config (as datatrove's 14 x 8);
+    # everything else verifies, at 0.8 unless told otherwise.
+    verify = o.verify if o.verify is not None else not (o.bands is not None and o.threshold is None)
+    threshold = o.threshold if o.threshold is not None else (DEFAULT_THRESHOLD if verify else None)
     if o.bands is not None:
         bands, rows = o.bands, o.rows
-    elif o.threshold is not None:
-        bands, rows = lsh_params(o.threshold, o.num_perm, verify=verify)
-    else:
+    elif threshold is not None:
+        bands, rows = lsh_params(threshold, o.num_perm, verify=verify)
+    else:                       # verify: false alone: the unverified classic
         bands, rows = 14, 8
     mh = MinHashParams(ngram=o.ngram, unit=o.shingle, bands=bands, rows=rows, seed=o.seed)
-    return NearConfig(minhash=mh, threshold=o.threshold, verify=verify, keep=o.keep,
+    return NearConfig(minhash=mh, threshold=threshold, verify=verify, keep=o.keep,
                       keep_clusters=o.keep_clusters, buckets=o.buckets, max_rounds=o.max_rounds,
                       batch_size=o.batch_size)
 
@@ -272,10 +304,10 @@ def _prio(cfg: NearConfig, text: pa.Array) -> np.ndarray:
     return np.zeros(len(text), dtype=U64)
 
 
-def _iter_rows(store: "Store", shard: int, rows: np.ndarray | None, batch_size: int):
-    """``(rows, text)`` batches of ``clean/part-i`` (only ``rows``, sorted, when given),
-    skipping the row groups that hold none of them."""
-    with store.open(f"clean/{_part(shard)}") as f:
+def _iter_rows(store: "Store", shard: int | str, rows: np.ndarray | None, batch_size: int):
+    """``(rows, text)`` batches of ``clean/part-i`` (or of the part file ``shard`` names;
+    only ``rows``, sorted, when given), skipping the row groups that hold none of them."""
+    with store.open(shard if isinstance(shard, str) else f"clean/{_part(shard)}") as f:
         pf = pq.ParquetFile(f)
         starts = np.zeros(pf.num_row_groups + 1, dtype=np.int64)
         for g in range(pf.num_row_groups):
@@ -437,8 +469,24 @@ def _candidate_pairs(node: np.ndarray, starts: np.ndarray, sizes: np.ndarray) ->
     return a, b
 
 
-EARLIER_SHARD = 0xFFFFFFFF      # stands for "a document of an earlier generation"
+EARLIER_SHARD = 0xFFFFFFFF      # unverified refresh: stands for "a document of an earlier generation"
 SEGMENT_SCHEMA = pa.schema([("bucket", pa.uint32()), ("key", pa.uint64())])
+# With verification a segment row also names the earlier document: its generation and
+# ``shard << 32 | row`` in that generation's clean/ parts.
+VERIFIED_SEGMENT_SCHEMA = pa.schema([("bucket", pa.uint32()), ("key", pa.uint64()), ("gen", pa.uint32()),
+                                     ("doc", pa.uint64())])
+# Verified refresh: the node of an earlier generation's document is this bit, then its
+# shard numbered across all earlier generations (``near_earlier`` in the plan), then its
+# row. It sorts after every node of the running generation, so in a candidate pair it is
+# always the second, and with priority 0 it is always its cluster's keeper.
+EARLIER = U64(1 << 63)
+
+
+def _segment_files(root: "Store", seg: str, bucket: int) -> list[str]:
+    """The files of segment ``seg`` that may hold bucket ``bucket``: a generation's
+    segment is part-i files partitioned by bucket; a compacted one a bucket-j file each."""
+    return [f"{seg}/{name}" for name in sorted(root.ls(seg))
+            if name.startswith("part-") or name == f"bucket-{bucket:05d}.parquet"]
 
 
 def _earlier_keys(plan: "Plan", bucket: int) -> np.ndarray | None:
@@ -451,27 +499,109 @@ def _earlier_keys(plan: "Plan", bucket: int) -> np.ndarray | None:
     root = Store(plan.refresh["root"], plan.spec.storage)
     parts = []
     for seg in segs:
-        for name in root.ls(seg):
-            # A generation's segment: part-i files partitioned by bucket; a compacted one:
-            # one bucket-j file per bucket.
-            if name.startswith("part-") or name == f"bucket-{bucket:05d}.parquet":
-                t = _read_part(root, f"{seg}/{name}", bucket, ["key"])
-                if t is not None:
-                    parts.append(t.column("key").to_numpy())
+        for rel in _segment_files(root, seg, bucket):
+            t = _read_part(root, rel, bucket, ["key"])
+            if t is not None:
+                parts.append(t.column("key").to_numpy())
     return np.unique(np.concatenate(parts)) if parts else np.empty(0, U64)
 
 
+def _earlier_generations(plan: "Plan") -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """``(generations, first global shard, shards, paths)`` of the earlier generations,
+    sorted, from ``plan.refresh["near_earlier"]``: how an earlier node names a part."""
+    rows = sorted((plan.refresh or {}).get("near_earlier") or [], key=lambda g: g["generation"])
+    gens = np.array([g["generation"] for g in rows], np.int64)
+    shards = np.array([g["shards"] for g in rows], np.int64)
+    base = np.cumsum(shards) - shards
+    if len(shards) and int(shards.sum()) >= 2**31:   # pragma: no cover - 2 billion shards
+        raise RuntimeError("near dedup: too many shards in earlier generations to number them")
+    return gens, base, shards, [g["path"] for g in rows]
+
+
+def _earlier_docs(plan: "Plan", bucket: int, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(key, node)`` of the documents earlier generations kept that have one of ``keys``
+    (bucket ``bucket``), unique; the nodes as :data:`EARLIER` numbers them."""
+    segs = (plan.refresh or {}).get("near_segments") or []
+    e = np.empty(0, U64)
+    if not segs or not len(keys):
+        return e, e
+    from ..storage import Store
+
+    root = Store(plan.refresh["root"], plan.spec.storage)
+    want = np.unique(keys)
+    ks, gs, ds = [], [], []
+    for seg in segs:
+        for rel in _segment_files(root, seg, bucket):
+            t = _read_part(root, rel, bucket, ["key", "gen", "doc"])
+            if t is None:
+                continue
+            k = t.column("key").to_numpy()
+            sel = np.isin(k, want)
+            ks.append(k[sel])
+            gs.append(t.column("gen").to_numpy()[sel].astype(np.int64))
+            ds.append(t.column("doc").to_numpy()[sel])
+    if not ks or not sum(len(k) for k in ks):
+        return e, e
+    key, gen, doc = np.concatenate(ks), np.concatenate(gs), np.concatenate(ds)
+    gens, base, _, _ = _earlier_generations(plan)
+    gi = np.searchsorted(gens, gen)
+    if not len(gens) or (gi >= len(gens)).any() or (gens[np.minimum(gi, len(gens) - 1)] != gen).any():
+        raise RuntimeError(f"near_pairs {bucket}: a near-dedup segment names a generation the plan does not list "
+                           f"(plan: {gens.tolist()}, segment: {np.unique(gen).tolist()})")
+    gshard = base[gi].astype(U64) + (doc >> U64(32))
+    node = EARLIER | (gshard << U64(32)) | (doc & ROW_MASK)
+    return _unique_rows(key, node)
+
+
+def _earlier_part(plan: "Plan", gshard: int) -> tuple[str, int]:
+    """The clean/ part (relative to the dataset root) of an earlier global shard."""
+    gens, base, _, paths = _earlier_generations(plan)
+    g = int(np.searchsorted(base, gshard, side="right")) - 1
+    shard = gshard - int(base[g])
+    return f"{paths[g]}/clean/{_part(shard)}", shard
+
+
 def _write_segment(plan: "Plan", store: "Store", index: int, dropped_rows: np.ndarray) -> None:
-    """This generation's kept documents' band keys, for the generations after it."""
+    """This generation's kept documents' band keys (and, verifying, who they are), for the
+    generations after it."""
     from ..storage import Store
 
     cfg = _cfg(plan)
     with store.open(f"{cfg.root}/keys/{_part(index)}") as f:
         t = pq.read_table(f, columns=["bucket", "key", "row"])
-    keep = ~np.isin(t.column("row").to_numpy(), dropped_rows)
-    seg = pa.table({"bucket": t.column("bucket").to_numpy()[keep], "key": t.column("key").to_numpy()[keep]},
-                   schema=SEGMENT_SCHEMA)
+    row = t.column("row").to_numpy()
+    keep = ~np.isin(row, dropped_rows)
+    cols = {"bucket": t.column("bucket").to_numpy()[keep], "key": t.column("key").to_numpy()[keep]}
+    if cfg.verify:
+        cols["gen"] = np.full(int(keep.sum()), int(plan.refresh["generation"]), np.uint32)
+        cols["doc"] = _node(index, row[keep])
+    seg = pa.table(cols, schema=VERIFIED_SEGMENT_SCHEMA if cfg.verify else SEGMENT_SCHEMA)
     _write_parts(Store(plan.refresh["root"], plan.spec.storage), f"{plan.refresh['near_segment_out']}/{_part(index)}", seg)
+
+
+def compact_segments(root: "Store", segs: list[str], bucket: int, *, verified: bool) -> pa.Table:
+    """Bucket ``bucket`` of the near-dedup segments ``segs`` merged into one table (unique
+    rows, sorted): what :func:`preproc.refresh.compact` writes as ``bucket-j``. With
+    ``verified`` the rows keep the earlier documents' identities (``gen``, ``doc``)."""
+    cols = ["key", "gen", "doc"] if verified else ["key"]
+    tables = []
+    for seg in segs:
+        for rel in _segment_files(root, seg, bucket):
+            t = _read_part(root, rel, bucket, cols)
+            if t is not None:
+                tables.append(t)
+    if verified:
+        t = pa.concat_tables(tables) if tables else VERIFIED_SEGMENT_SCHEMA.empty_table().select(cols)
+        key, gen, doc = (t.column(c).to_numpy() for c in cols)
+        order = np.lexsort((doc, gen, key))
+        key, gen, doc = key[order], gen[order], doc[order]
+        if len(key) > 1:
+            new = np.r_[True, (key[1:] != key[:-1]) | (gen[1:] != gen[:-1]) | (doc[1:] != doc[:-1])]
+            key, gen, doc = key[new], gen[new], doc[new]
+        return pa.table({"bucket": np.full(len(key), bucket, np.uint32), "key": key, "gen": gen.astype(np.uint32),
+                         "doc": doc}, schema=VERIFIED_SEGMENT_SCHEMA)
+    key = np.unique(np.concatenate([t.column("key").to_numpy() for t in tables])) if tables else np.empty(0, U64)
+    return pa.table({"bucket": np.full(len(key), bucket, np.uint32), "key": key}, schema=SEGMENT_SCHEMA)
 
 
 def run_pairs(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
@@ -493,7 +623,15 @@ def run_pairs(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
     key = np.concatenate(keys) if keys else np.empty(0, U64)
     node = np.concatenate(nodes) if nodes else np.empty(0, U64)
     prio = np.concatenate(prios) if prios else np.empty(0, U64)
-    earlier = _earlier_keys(plan, index)
+    earlier = None if cfg.verify else _earlier_keys(plan, index)
+    n_earlier = 0
+    if cfg.verify:
+        # The earlier generations' kept documents with one of these keys join the groups as
+        # themselves: each pair with one of them is verified like any other.
+        e_key, e_node = _earlier_docs(plan, index, key)
+        n_earlier = len(e_key)
+        key, node = np.concatenate([key, e_key]), np.concatenate([node, e_node])
+        prio = np.concatenate([prio, np.zeros(n_earlier, U64)])
     if earlier is not None and len(key):
         # A band key that an earlier generation's kept document has: join its group through
         # a stand-in node of that generation (priority 0, a shard no index owns), so the
@@ -507,7 +645,15 @@ def run_pairs(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
                              "grouped_docs": int(sizes.sum())}
     if cfg.verify:
         a, b = _candidate_pairs(snode, starts, sizes)
+        # Two earlier documents both stay whatever their similarity: no pair to check.
+        # (Earlier nodes sort last, so ``a`` is one only when ``b`` is one too.)
+        mine = (a & EARLIER) == 0
+        a, b = a[mine], b[mine]
         shard_a, shard_b = (a >> U64(32)).astype(np.uint32), (b >> U64(32)).astype(np.uint32)
+        # An earlier document's set is read by the near_shingles index its global shard
+        # maps to: each earlier part is opened by one index.
+        old_b = (b & EARLIER) != 0
+        shard_b[old_b] = (((b[old_b] >> U64(32)) & U64(0x7FFFFFFF)) % U64(plan.num_shards)).astype(np.uint32)
         shard = np.concatenate([shard_a, shard_b])
         role = np.r_[np.zeros(len(a), np.uint8), np.ones(len(a), np.uint8)]
         aa, bb = np.concatenate([a, a]), np.concatenate([b, b])
@@ -516,6 +662,9 @@ def run_pairs(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
                          schema=CAND_SCHEMA)
         _write_parts(store, f"{cfg.root}/cand/{_part(index)}", table)
         stats["candidates"] = int(len(a))
+        if plan.refresh:
+            stats["earlier_docs"] = n_earlier
+            stats["earlier_candidates"] = int(old_b.sum())
         return stats
     # Without verification every group is a cluster: a star from its smallest member,
     # contracted with the bucket's other groups to one star per local component.
@@ -536,20 +685,30 @@ SHINGLES_SCHEMA = pa.schema([("shard", pa.uint32()), ("b", pa.uint64()), ("prio"
                              ("shingles", pa.large_list(pa.uint32()))])
 
 
-def _sets_for_rows(cfg: NearConfig, store: "Store", shard: int, rows: np.ndarray):
-    """Shingle sets and prio of ``rows`` (sorted unique) of a shard, in that order."""
+def _sets_for_rows(cfg: NearConfig, store: "Store", shard: int | str, rows: np.ndarray, *,
+                   prio_offset: int = 0):
+    """Shingle sets and prio of ``rows`` (sorted unique) of a shard (or part file), in that
+    order. ``prio_offset``: 1 in a refresh (see :func:`run_signatures`)."""
     vals, lens, prios, got = [], [], [], []
-    for r, text in _iter_rows(store, shard, rows, cfg.batch_size):
-        v, off = shingle_sets(text, unit=cfg.minhash.unit, ngram=cfg.minhash.ngram)
-        vals.append(v)
-        lens.append(np.diff(off))
-        prios.append(_prio(cfg, text))
-        got.append(r)
+    where = shard if isinstance(shard, str) else f"clean/{_part(shard)}"
+    if not len(rows):
+        return np.empty(0, np.uint32), np.zeros(1, np.int64), np.empty(0, U64)
+    try:
+        for r, text in _iter_rows(store, shard, rows, cfg.batch_size):
+            v, off = shingle_sets(text, unit=cfg.minhash.unit, ngram=cfg.minhash.ngram)
+            vals.append(v)
+            lens.append(np.diff(off))
+            prios.append(_prio(cfg, text) + U64(prio_offset))
+            got.append(r)
+    except FileNotFoundError:
+        raise RuntimeError(f"{store.url(where)}: missing; near-dup verification reads the documents of "
+                           "candidate pairs from it (a refreshed dataset needs its generations' clean/ "
+                           "parts)") from None
     if not got:
         return np.empty(0, np.uint32), np.zeros(1, np.int64), np.empty(0, U64)
     got_rows = np.concatenate(got)
     if len(got_rows) != len(rows) or not np.array_equal(got_rows, rows):
-        raise RuntimeError(f"clean/{_part(shard)}: rows missing for near-dup verification")
+        raise RuntimeError(f"{where}: rows missing for near-dup verification")
     ln = np.concatenate(lens)
     off = np.zeros(len(ln) + 1, np.int64)
     np.cumsum(ln, out=off[1:])
@@ -558,7 +717,9 @@ def _sets_for_rows(cfg: NearConfig, store: "Store", shard: int, rows: np.ndarray
 
 def run_shingles(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
     """Shingle sets of the documents of this shard that are the *second* of a candidate
-    pair, sent to the shard of the first (where the pair is verified)."""
+    pair, sent to the shard of the first (where the pair is verified). In a refresh, also
+    those of the earlier generations' documents whose global shard maps to this index,
+    read from that generation's ``clean/`` part."""
     cfg = _cfg(plan)
     b_rels = [f"{cfg.root}/cand/{_part(j)}" for j in range(_buckets(plan))]
     d = _read_parts(store, b_rels, index, ["role", "a", "b"], [pa.uint8(), pa.uint64(), pa.uint64()])
@@ -567,9 +728,31 @@ def run_shingles(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
     # One copy of b's set per shard of its partners.
     dest, b = _unique_rows((a >> U64(32)).astype(U64), b)
     dest = dest.astype(np.uint32)
-    rows = np.unique((b & ROW_MASK).astype(np.int64))
-    vals, off, prio = _sets_for_rows(cfg, store, index, rows)
-    k = np.searchsorted(rows, (b & ROW_MASK).astype(np.int64))
+    old = (b & EARLIER) != 0
+    # Every set needed, as (sorted node ids, values, offsets, prio): this shard's first,
+    # then each earlier part (their nodes sort after this generation's, by global shard).
+    rows = np.unique((b[~old] & ROW_MASK).astype(np.int64))
+    sets = [(_node(index, rows), *_sets_for_rows(cfg, store, index, rows, prio_offset=1 if plan.refresh else 0))]
+    earlier_parts = 0
+    if old.any():
+        from ..storage import Store
+
+        root = Store(plan.refresh["root"], plan.spec.storage)
+        ob = np.unique(b[old])
+        gshard = ((ob >> U64(32)) & U64(0x7FFFFFFF)).astype(np.int64)
+        for g in np.unique(gshard).tolist():
+            nodes = ob[gshard == g]
+            rel, _ = _earlier_part(plan, g)
+            vals, off, _prio_e = _sets_for_rows(cfg, root, rel, (nodes & ROW_MASK).astype(np.int64))
+            sets.append((nodes, vals, off, np.zeros(len(nodes), U64)))     # published: priority 0
+            earlier_parts += 1
+    ids = np.concatenate([x[0] for x in sets])
+    prio = np.concatenate([x[3] for x in sets])
+    vals = np.concatenate([x[1] for x in sets])
+    lens = np.concatenate([np.diff(x[2]) for x in sets])
+    off = np.zeros(len(lens) + 1, np.int64)
+    np.cumsum(lens, out=off[1:])
+    k = np.searchsorted(ids, b)
     lens = off[k + 1] - off[k]
     first = np.cumsum(lens) - lens
     pos = np.repeat(off[k] - first, lens) + np.arange(int(lens.sum()), dtype=np.int64)
@@ -579,7 +762,11 @@ def run_shingles(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
     table = pa.table({"shard": pa.array(dest, pa.uint32()), "b": pa.array(b, pa.uint64()),
                       "prio": pa.array(prio[k], pa.uint64()), "shingles": lists}, schema=SHINGLES_SCHEMA)
     _write_parts(store, f"{cfg.root}/shingles/{_part(index)}", table)
-    return {"partners": int(len(rows)), "sent": int(len(b)), "shingles_sent": int(lens.sum())}
+    stats = {"partners": int(len(ids)), "sent": int(len(b)), "shingles_sent": int(lens.sum())}
+    if plan.refresh:
+        stats["earlier_partners"] = int(len(ids) - len(rows))
+        stats["earlier_parts"] = earlier_parts
+    return stats
 
 
 def run_verify(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
@@ -610,7 +797,7 @@ def run_verify(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
     else:
         b_ids, b_prio, b_vals, b_off = np.empty(0, U64), np.empty(0, U64), np.empty(0, np.uint32), np.zeros(1, np.int64)
     a_rows = np.unique((a & ROW_MASK).astype(np.int64))
-    a_vals, a_off, a_prio = _sets_for_rows(cfg, store, index, a_rows)
+    a_vals, a_off, a_prio = _sets_for_rows(cfg, store, index, a_rows, prio_offset=1 if plan.refresh else 0)
     ai = np.searchsorted(a_rows, (a & ROW_MASK).astype(np.int64))
     bi = np.searchsorted(b_ids, b)
     if len(b) and not np.array_equal(b_ids[np.minimum(bi, len(b_ids) - 1)], b):
@@ -626,8 +813,14 @@ def run_verify(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
     order = np.argsort(ids)
     x, y, xp, yp = _contract(a[ok], b[ok], ids[order], prio[order])
     edges = _write_edges(store, f"{cfg.root}/cc/00/{_part(index)}", x, y, xp, yp, _buckets(plan))
-    return {"candidates": int(len(a)), "compared": int(possible.sum()), "verified": int(ok.sum()),
-            "dissimilar": int(len(a) - ok.sum()), "edges": edges}
+    stats = {"candidates": int(len(a)), "compared": int(possible.sum()), "verified": int(ok.sum()),
+             "dissimilar": int(len(a) - ok.sum()), "edges": edges}
+    if plan.refresh:
+        # Pairs with a document an earlier generation published (it stays; this one goes).
+        old = (b & EARLIER) != 0
+        stats["earlier_candidates"] = int(old.sum())
+        stats["earlier_verified"] = int((old & ok).sum())
+    return stats
 
 
 # -- stages: connected components ----------------------------------------------------------
@@ -741,7 +934,9 @@ RUNNERS = {SIGNATURES: run_signatures, PAIRS: run_pairs, SHINGLES: run_shingles,
 
 def read_clusters(output: str) -> pa.Table:
     """The clusters of a run with ``dedup.near.keep_clusters``: one row per cluster with
-    ``kept_id`` and ``ids`` (all members, kept first, then in input order).
+    ``kept_id`` and ``ids`` (all members, kept first, then in input order). In a refresh
+    generation, a cluster whose keeper an earlier generation published has ``kept_id``
+    None and only this generation's (dropped) members in ``ids``.
 
     >>> read_clusters("out/").to_pylist()[0]      # doctest: +SKIP
     {'kept_id': 'doc-17', 'ids': ['doc-17', 'doc-942'], 'size': 2}
@@ -769,7 +964,9 @@ def read_clusters(output: str) -> pa.Table:
     starts = np.flatnonzero(np.r_[True, cluster[1:] != cluster[:-1]]) if len(cluster) else np.empty(0, np.int64)
     ids = t.column("id").combine_chunks()
     offsets = np.r_[starts, len(cluster)].astype(np.int32)
-    return pa.table({"kept_id": ids.take(pa.array(starts)),
+    kept_here = pa.array(t.column("kept").to_numpy()[starts] if len(starts) else np.empty(0, bool))
+    kept_id = pc.if_else(kept_here, ids.take(pa.array(starts)), pa.nulls(len(starts), pa.string()))
+    return pa.table({"kept_id": kept_id,
                      "ids": pa.ListArray.from_arrays(pa.array(offsets), ids),
                      "size": pa.array(np.diff(offsets).astype(np.int64))})
 
@@ -793,6 +990,9 @@ def summary(plan: "Plan", store: "Store") -> dict[str, Any]:
     if cfg.verify:
         out["candidate_pairs"] = total(VERIFY, "candidates")
         out["verified_pairs"] = total(VERIFY, "verified")
+        if plan.refresh:
+            out["earlier_candidate_pairs"] = total(VERIFY, "earlier_candidates")
+            out["earlier_verified_pairs"] = total(VERIFY, "earlier_verified")
     if cfg.keep_clusters:
         out["clusters_path"] = f"{cfg.root}/clusters"
     return out
