@@ -284,13 +284,9 @@ class CleanProfile:
         if self.sample and info.get("sha256"):
             special_text = plan.spec.tokenize.encode_special_tokens
             try:
-                from . import tokenizer as _tok
+                from .tokenizer import Encoder
 
-                if hasattr(_tok, "Encoder"):
-                    tok = _tok.Encoder(store, info, encode_special_tokens=special_text).ids
-                else:  # pragma: no cover - older tokenizer module
-                    hf = _tok.load_run_tokenizer(store, info, encode_special_tokens=special_text)
-                    tok = (lambda texts: [e.ids for e in hf.encode_batch_fast(texts, add_special_tokens=False)])
+                tok = Encoder(store, info, encode_special_tokens=special_text).ids
             except Exception:  # noqa: BLE001
                 log.debug("no tokenizer for the length sample", exc_info=True)
         special = (info.get("bos_id") is not None) + (info.get("eos_id") is not None)

@@ -104,7 +104,7 @@ def run(spec: "Spec | str | Path | dict[str, Any]", *, force: bool = False, prog
         # settings, as in execute().
         if hasattr(ex, "prestart"):
             with exported(s.storage):
-                ex.prestart()
+                ex.prestart(s)
         p = prepare(s, force=force)
         return execute(p, s, progress=progress, executor=ex)
     finally:

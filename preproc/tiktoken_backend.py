@@ -75,12 +75,18 @@ def build(tokenizer_json: str) -> tuple[Any, str | None]:
             pattern = ps[0]["pattern"]["Regex"]
     if pattern is None:
         return None, "the pre-tokenizer is not a single regex split"
-    dec = _byte_decoder()
     vocab: dict[str, int] = model.get("vocab", {})
-    try:
-        ranks = {bytes(dec[c] for c in tok): i for tok, i in vocab.items()}
-    except KeyError:
-        return None, "the vocabulary is not over the byte-level alphabet"
+    # Each byte-level character back to its byte, as a latin-1 character: str.translate
+    # then encode("latin-1") turns a token into its bytes in C (5x faster than per char).
+    table: dict[int, int | str] = {c: "\uffff" for c in range(256)}   # not in the alphabet
+    table.update({ord(c): b for c, b in _byte_decoder().items()})
+    ranks = {}
+    for tok, i in vocab.items():
+        t = tok.translate(table)
+        try:
+            ranks[t.encode("latin-1")] = i
+        except UnicodeEncodeError:   # a character outside the byte-level alphabet
+            return None, "the vocabulary is not over the byte-level alphabet"
     if len(ranks) != len(vocab) or any(bytes([b]) not in ranks for b in range(256)):
         return None, "the vocabulary does not hold every byte once"
     last = -1

@@ -17,7 +17,7 @@ from .config import TokenizeSpec
 from .errors import ConfigError
 from .storage import Store, read_bytes
 
-__all__ = ["inspect_tokenizer", "load_run_tokenizer", "choose_backend", "Encoder"]
+__all__ = ["inspect_tokenizer", "load_run_tokenizer", "choose_backend", "Encoder", "preload"]
 
 _EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<｜end▁of▁sentence｜>", "<|end_of_text|>", "<eos>",
                    "<|im_end|>", "[SEP]")
@@ -46,6 +46,16 @@ def _resolve(tok: Tokenizer, want: bool | str, candidates: tuple[str, ...], what
                       f"(tokenize.{what}: '<token>') or set tokenize.{what}: false")
 
 
+def _parse(data: bytes) -> Tokenizer:
+    """The tokenizer in ``data``, parsed once per process for planning (inspect, then the
+    backend proof)."""
+    key = "plan|" + hashlib.sha256(data).hexdigest()
+    tok = _CACHE.get(key)
+    if tok is None:
+        tok = _CACHE[key] = Tokenizer.from_str(data.decode("utf-8"))
+    return tok
+
+
 def inspect_tokenizer(cfg: TokenizeSpec, storage_options: dict[str, Any] | None = None) -> tuple[dict[str, Any], bytes]:
     """Read and check the spec's tokenizer; return its plan entry and its bytes."""
     if not cfg.tokenizer:
@@ -57,7 +67,7 @@ def inspect_tokenizer(cfg: TokenizeSpec, storage_options: dict[str, Any] | None 
     except IsADirectoryError:
         raise ConfigError(f"tokenize.tokenizer: {cfg.tokenizer} is a folder; name its tokenizer.json") from None
     try:
-        tok = Tokenizer.from_str(data.decode("utf-8"))
+        tok = _parse(data)
     except Exception as e:  # tokenizers raises plain Exception subclasses
         raise ConfigError(f"tokenize.tokenizer: {cfg.tokenizer} is not a readable tokenizer.json: "
                           f"{str(e).splitlines()[0][:200]}") from None
@@ -80,7 +90,8 @@ def inspect_tokenizer(cfg: TokenizeSpec, storage_options: dict[str, Any] | None 
 
 def load_run_tokenizer(store: Store, info: dict[str, Any], *, encode_special_tokens: bool) -> Tokenizer:
     """The run's tokenizer (``OUTPUT/tokenizer.json``), checked against the plan's sha256."""
-    key = f"{store.uri}|{info['sha256']}|{encode_special_tokens}"
+    # Keyed by content: a tokenizer preloaded from the spec's path (see preload) is the same one.
+    key = f"hf|{info['sha256']}|{encode_special_tokens}"
     tok = _CACHE.get(key)
     if tok is None:
         try:
@@ -96,6 +107,25 @@ def load_run_tokenizer(store: Store, info: dict[str, Any], *, encode_special_tok
         tok.encode_special_tokens = encode_special_tokens
         _CACHE[key] = tok
     return tok
+
+
+def preload(uri: str, storage: Any = None, *, encode_special_tokens: bool) -> None:
+    """Parse the tokenizer at ``uri`` (and its tiktoken twin, where one can be built) into
+    this process's cache, keyed by content: a worker started while the coordinator plans
+    has it ready for its first task. Best effort: any failure is left to the real load."""
+    try:
+        data = read_bytes(uri, storage)
+        sha = hashlib.sha256(data).hexdigest()
+        tok = Tokenizer.from_str(data.decode("utf-8"))
+    except Exception:  # noqa: BLE001 - the run reports a bad tokenizer, with context
+        return
+    tok.encode_special_tokens = encode_special_tokens
+    _CACHE[f"hf|{sha}|{encode_special_tokens}"] = tok
+    from . import tiktoken_backend
+
+    enc, _ = tiktoken_backend.build(data.decode("utf-8"))
+    if enc is not None:
+        _CACHE[f"tk|{sha}"] = enc
 
 
 SAMPLE_BYTES = 256 * 1024
@@ -132,7 +162,7 @@ def choose_backend(plan, tok_bytes: bytes, storage_options=None) -> None:
 
     enc, why = tiktoken_backend.build(tok_bytes.decode("utf-8"))
     if enc is not None:
-        hf = Tokenizer.from_str(tok_bytes.decode("utf-8"))
+        hf = _parse(tok_bytes)
         why = tiktoken_backend.equivalent(enc, hf, _sample_texts(plan, storage_options),
                                           encode_special_tokens=cfg.encode_special_tokens)
     if why is None:
