@@ -17,6 +17,7 @@ from .config import Spec, load_spec
 from .errors import ConfigError
 from .executors import get_executor
 from .plan import Plan, make_plan
+from .stages import run_index, trivial
 from .storage import Store, exported, preflight
 from .tokenizer import choose_backend, inspect_tokenizer
 
@@ -129,6 +130,12 @@ def execute(p: Plan, s: Spec, *, progress: bool = False, executor_options: dict[
                     continue
                 if on_stage is not None:
                     on_stage(st.name)
+                if trivial(p, st.name, store):
+                    for i in todo:
+                        run_index(p, st.name, i, store)
+                    log.info("stage %s: nothing left to compute; %d marker(s) written by the coordinator",
+                             st.name, len(todo))
+                    continue
                 ex.run_stage(p, st.name, todo)
     finally:
         if executor is None:

@@ -390,3 +390,33 @@ def test_more_buckets_than_shards_and_partitions_without_a_star_centre(tmp_path,
                 "dedup": {"exact": True, "near": near}},
                output=str(tmp_path / "o"), tokenizer=str(gpt2), workers=1)
     assert r.stats["duplicates"]["near"] == 5 and r.stats["kept"] == 21
+
+
+def test_rounds_after_convergence_run_in_the_coordinator(tmp_path, small, monkeypatch):
+    """Component rounds after convergence only write markers: the runner writes them in the
+    coordinator (no pool round-trip; on Kubernetes no Job and pods per round). Rounds that
+    compute are dispatched to the executor as before."""
+    from preproc.executors.local import LocalExecutor
+
+    dispatched: list[str] = []
+    run_stage = LocalExecutor.run_stage
+
+    def recording(self, plan, stage, indices):
+        dispatched.append(stage)
+        return run_stage(self, plan, stage, indices)
+
+    monkeypatch.setattr(LocalExecutor, "run_stage", recording)
+    out = tmp_path / "o"
+    r = _run(out, True, workers=2, inputs=[small])
+    assert r.stats["duplicates"]["near"] > 0
+    plan = json.loads((out / "plan.json").read_text())
+    rounds = [s["name"] for s in plan["stages"] if s["name"].startswith("near_cc_")]
+    store = Store(str(out))
+    states = {n: {m["state"] for m in store.read_markers(n).values()} for n in rounds}
+    assert all(len(store.read_markers(n)) == plan["stages"][[s["name"] for s in plan["stages"]].index(n)]["fan_out"]
+               for n in rounds)
+    work = [n for n in rounds if states[n] == {"work"}]
+    skip = [n for n in rounds if states[n] == {"skip"}]
+    assert work and skip and rounds == work + skip
+    assert [n for n in dispatched if n.startswith("near_cc_")] == work
+    assert {"near_clusters", "near_drops", "tokenize"} <= set(dispatched)

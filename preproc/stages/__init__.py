@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from ..config import Spec
     from ..plan import Plan, StagePlan
 
-__all__ = ["pipeline_stages", "run_index", "STAGE_RUNNERS"]
+__all__ = ["pipeline_stages", "run_index", "trivial", "STAGE_RUNNERS"]
 
 log = logging.getLogger("preproc")
 
@@ -69,6 +69,19 @@ def pipeline_stages(spec: "Spec", num_shards: int) -> list["StagePlan"]:
     stages.append(StagePlan("tokenize", num_shards))
     stages.append(StagePlan("finalize", 1))
     return stages
+
+
+def trivial(plan: "Plan", stage: str, store: Store) -> bool:
+    """True when every index of ``stage`` would only write a marker (e.g. a near-dedup
+    component round after convergence): the runner then runs them in the coordinator,
+    where they cost a few file reads, instead of a pool round-trip locally, a Job and its
+    pods on Kubernetes, or Ray tasks. Same function, same markers: only the place differs."""
+    if not stage.startswith("near_cc_"):
+        return False
+    from .near import TRIVIAL
+
+    check = TRIVIAL.get(stage)
+    return check is not None and check(plan, store)
 
 
 def run_index(plan: "Plan", stage: str, index: int, store: Store | None = None) -> dict[str, Any]:

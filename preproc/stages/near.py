@@ -34,7 +34,8 @@ near_verify        N        (verify) pairs whose first document is in shard ``i`
                             Jaccard of the shingle sets; pairs >= threshold → ``cc/00/``
 near_cc_00..R-1    B        connected components, one large-star or small-star step per
                             round (:mod:`preproc.components`) → ``cc/<k+1>/``; once the
-                            graph has converged the remaining rounds only read a marker
+                            graph has converged the remaining rounds only write a marker,
+                            and the runner does that in the coordinator (``TRIVIAL``)
 near_clusters      B        the final stars → one keeper per cluster → ``members/part-j``
 near_drops         N        members in shard ``i`` → ``near_drops/drops/part-i.parquet``
                             (what tokenize drops) and, with ``keep_clusters``,
@@ -81,7 +82,7 @@ if TYPE_CHECKING:
     from ..plan import Plan, StagePlan
     from ..storage import Store
 
-__all__ = ["NearOptions", "NearConfig", "near_config", "stages", "RUNNERS", "DROP_STAGES",
+__all__ = ["NearOptions", "NearConfig", "near_config", "stages", "RUNNERS", "TRIVIAL", "DROP_STAGES",
            "read_clusters", "summary"]
 
 U64 = np.uint64
@@ -846,20 +847,39 @@ def run_round(k: int, plan: "Plan", index: int, store: "Store") -> dict[str, Any
     """
     cfg = _cfg(plan)
     source = f"cc/{k:02d}"
-    rels = _producers(plan, cfg, source)
-    if k > 0:
-        prev = store.read_marker(round_name(k - 1), 0) or {}
-        if prev.get("state") == "skip":
-            return {"state": "skip", "source": prev["source"]}
-        if sum(int(_metadata(store, rel).get("unconverged", "1")) for rel in rels) == 0:
-            return {"state": "skip", "source": source}
-    src, dst, sp, dp = _read_edges(store, rels, index)
+    done = converged_source(plan, k, store)
+    if done is not None:
+        return {"state": "skip", "source": done}
+    src, dst, sp, dp = _read_edges(store, _producers(plan, cfg, source), index)
     x, y, xp, yp, unconverged = star_step(src, dst, sp, dp, large=k % 2 == 0)
     out = f"cc/{k + 1:02d}"
     edges = _write_edges(store, f"{cfg.root}/{out}/{_part(index)}", x, y, xp, yp, _buckets(plan),
                          unconverged=unconverged)
     return {"state": "work", "source": out, "step": "large" if k % 2 == 0 else "small",
             "edges_in": int(len(src)), "edges_out": edges, "unconverged": unconverged}
+
+
+def converged_source(plan: "Plan", k: int, store: "Store") -> str | None:
+    """When the graph had converged before round ``k`` (an earlier round skipped, or round
+    ``k-1``'s outputs hold no unconverged node), the ``cc/`` folder round ``k`` and all
+    later ones point at; else None. Reads only markers and Parquet footers."""
+    if k == 0:
+        return None
+    prev = store.read_marker(round_name(k - 1), 0) or {}
+    if prev.get("state") == "skip":
+        return prev["source"]
+    source = f"cc/{k:02d}"
+    rels = _producers(plan, _cfg(plan), source)
+    if sum(int(_metadata(store, rel).get("unconverged", "1")) for rel in rels) == 0:
+        return source
+    return None
+
+
+def _round_trivial(k: int):
+    def trivial(plan: "Plan", store: "Store") -> bool:
+        return converged_source(plan, k, store) is not None
+
+    return trivial
 
 
 def _round_runner(k: int):
@@ -928,6 +948,9 @@ def run_drops(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
 RUNNERS = {SIGNATURES: run_signatures, PAIRS: run_pairs, SHINGLES: run_shingles, VERIFY: run_verify,
            **{round_name(k): _round_runner(k) for k in range(MAX_ROUNDS)},
            CLUSTERS: run_clusters, DROPS: run_drops}
+# Stages whose every index is, given what the store holds, only a marker: the runner runs
+# them in the coordinator instead of dispatching them (see preproc.stages.trivial).
+TRIVIAL = {round_name(k): _round_trivial(k) for k in range(1, MAX_ROUNDS)}
 
 
 # -- for users and finalize ----------------------------------------------------------------
