@@ -312,8 +312,19 @@ def test_rbac_and_api_errors_are_one_line_config_errors(tmp_path, demo_inputs, c
         KubernetesExecutor(spec, kubeconfig=str(tmp_path / "missing-kubeconfig"))
 
 
+@pytest.fixture
+def sigint_handled():
+    """Ctrl-C raises KeyboardInterrupt, as in a terminal. A command started in the background
+    by a non-interactive shell (`bash .ci/run &`) has SIGINT ignored, and then
+    ``_thread.interrupt_main()`` does nothing."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("delete", [True, False])
-def test_ctrl_c_deletes_the_running_job_unless_told_to_keep_it(tmp_path, demo_inputs, cluster, delete):
+def test_ctrl_c_deletes_the_running_job_unless_told_to_keep_it(tmp_path, demo_inputs, cluster, delete,
+                                                             sigint_handled):
     import _thread
 
     ex, plan, stage, indices = first_stage(cluster, demo_inputs, tmp_path / "out", parallelism=1,
