@@ -130,6 +130,12 @@ class Plan:
         """The run's output, reached with the run's storage settings."""
         return Store(self.output, self.spec.storage)
 
+    def refresh_root(self) -> Store:
+        """A refresh generation's dataset root (``_state/`` and the earlier generations)."""
+        if not self.refresh:
+            raise ConfigError("this plan is not a refresh generation")
+        return Store(self.refresh["root"], self.spec.storage)
+
     def summary(self) -> str:
         lines = [f"run {self.run_id}  output {self.output}",
                  f"inputs: {len({x.uri for s in self.shards for x in s.splits})} file(s), "

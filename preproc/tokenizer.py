@@ -49,11 +49,7 @@ def _resolve(tok: Tokenizer, want: bool | str, candidates: tuple[str, ...], what
 def _parse(data: bytes) -> Tokenizer:
     """The tokenizer in ``data``, parsed once per process for planning (inspect, then the
     backend proof)."""
-    key = "plan|" + hashlib.sha256(data).hexdigest()
-    tok = _CACHE.get(key)
-    if tok is None:
-        tok = _CACHE[key] = Tokenizer.from_str(data.decode("utf-8"))
-    return tok
+    return _cached("plan|" + hashlib.sha256(data).hexdigest(), lambda: Tokenizer.from_str(data.decode("utf-8")))
 
 
 def inspect_tokenizer(cfg: TokenizeSpec, storage_options: dict[str, Any] | None = None) -> tuple[dict[str, Any], bytes]:
@@ -88,12 +84,27 @@ def inspect_tokenizer(cfg: TokenizeSpec, storage_options: dict[str, Any] | None 
     return info, data
 
 
+def _cached(key: str, make):
+    """This process's tokenizer cache: ``make()`` once per key. Keys carry the content's
+    sha256, so a tokenizer loaded from any path or copy with that content is the same one."""
+    got = _CACHE.get(key)
+    if got is None:
+        got = _CACHE[key] = make()
+    return got
+
+
+def _hf_tokenizer(data: bytes, encode_special_tokens: bool) -> Tokenizer:
+    tok = Tokenizer.from_str(data.decode("utf-8"))
+    # With this set, a document that spells "<|endoftext|>" gets plain-text ids, not the
+    # special id: document text must never forge document boundaries.
+    tok.encode_special_tokens = encode_special_tokens
+    return tok
+
+
 def load_run_tokenizer(store: Store, info: dict[str, Any], *, encode_special_tokens: bool) -> Tokenizer:
     """The run's tokenizer (``OUTPUT/tokenizer.json``), checked against the plan's sha256."""
-    # Keyed by content: a tokenizer preloaded from the spec's path (see preload) is the same one.
-    key = f"hf|{info['sha256']}|{encode_special_tokens}"
-    tok = _CACHE.get(key)
-    if tok is None:
+
+    def load() -> Tokenizer:
         try:
             with store.open(info["path"]) as f:
                 data = f.read()
@@ -101,28 +112,23 @@ def load_run_tokenizer(store: Store, info: dict[str, Any], *, encode_special_tok
             raise ConfigError(f"{store.url(info['path'])}: the run's tokenizer is missing") from None
         if hashlib.sha256(data).hexdigest() != info["sha256"]:
             raise ConfigError(f"{store.url(info['path'])}: tokenizer changed since planning (sha256 differs)")
-        tok = Tokenizer.from_str(data.decode("utf-8"))
-        # With this set, a document that spells "<|endoftext|>" gets plain-text ids, not the
-        # special id: document text must never forge document boundaries.
-        tok.encode_special_tokens = encode_special_tokens
-        _CACHE[key] = tok
-    return tok
+        return _hf_tokenizer(data, encode_special_tokens)
+
+    return _cached(f"hf|{info['sha256']}|{encode_special_tokens}", load)
 
 
 def preload(uri: str, storage: Any = None, *, encode_special_tokens: bool) -> None:
     """Parse the tokenizer at ``uri`` (and its tiktoken twin, where one can be built) into
-    this process's cache, keyed by content: a worker started while the coordinator plans
-    has it ready for its first task. Best effort: any failure is left to the real load."""
+    this process's cache: a worker started while the coordinator plans has it ready for its
+    first task. Best effort: any failure is left to the real load."""
+    from . import tiktoken_backend
+
     try:
         data = read_bytes(uri, storage)
         sha = hashlib.sha256(data).hexdigest()
-        tok = Tokenizer.from_str(data.decode("utf-8"))
+        _cached(f"hf|{sha}|{encode_special_tokens}", lambda: _hf_tokenizer(data, encode_special_tokens))
     except Exception:  # noqa: BLE001 - the run reports a bad tokenizer, with context
         return
-    tok.encode_special_tokens = encode_special_tokens
-    _CACHE[f"hf|{sha}|{encode_special_tokens}"] = tok
-    from . import tiktoken_backend
-
     enc, _ = tiktoken_backend.build(data.decode("utf-8"))
     if enc is not None:
         _CACHE[f"tk|{sha}"] = enc
@@ -183,13 +189,13 @@ class Encoder:
         if info.get("backend") == "tiktoken":
             from . import tiktoken_backend
 
-            key = f"tk|{info['sha256']}"
-            self.tk = _CACHE.get(key)
-            if self.tk is None:
-                self.tk, why = tiktoken_backend.build(self.hf.to_str())
-                if self.tk is None:
+            def build():
+                enc, why = tiktoken_backend.build(self.hf.to_str())
+                if enc is None:
                     raise ConfigError(f"tokenize: the plan chose tiktoken but it cannot be built here: {why}")
-                _CACHE[key] = self.tk
+                return enc
+
+            self.tk = _cached(f"tk|{info['sha256']}", build)
 
     def ids(self, texts: list[str]) -> list[list[int]]:
         if self.tk is not None:

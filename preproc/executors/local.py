@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, PreprocError, StageFailed
 from ..progress import Progress  # noqa: F401  (re-exported: the k8s executor imports it from here)
+from ..stages import warm_up
 
 if TYPE_CHECKING:
     from ..config import Spec
@@ -39,27 +40,6 @@ def _init_worker(threads: int, explicit: bool) -> None:
     import pyarrow as pa
 
     pa.set_cpu_count(max(1, threads))
-
-
-def _warm(tokenizer: str | None, storage: Any, special: bool) -> None:
-    """What a worker's first task would otherwise pay (~0.8 s): imports, pyarrow's lazy
-    import of pandas on its first conversion of Python objects, the default clean steps'
-    first call (models, compiled patterns), the run's tokenizer."""
-    import pyarrow as pa
-    import pyarrow.parquet  # noqa: F401
-    import tokenizers  # noqa: F401
-
-    from ..stages import STAGE_RUNNERS, _runners
-    from ..steps import CleanPipeline, build_steps
-
-    if not STAGE_RUNNERS:   # imports every stage module (clean's filters, tokenize, near)
-        STAGE_RUNNERS.update(_runners())
-    text = "The quick brown fox jumps over the lazy dog, and then it runs back home again.\n" * 8
-    CleanPipeline(build_steps(True))(pa.record_batch({"id": ["warm"], "text": [text], "source": ["warm"]}))
-    if tokenizer:
-        from ..tokenizer import preload
-
-        preload(tokenizer, storage, encode_special_tokens=special)
 
 
 def _run_one(output: str, stage: str, index: int) -> dict[str, Any]:
@@ -98,7 +78,8 @@ class LocalExecutor:
         tokenizer load overlap the coordinator's planning instead of delaying the first stage."""
         pool = self._get_pool()
         for _ in range(self.workers):
-            pool.submit(_warm, spec.tokenize.tokenizer, spec.storage, spec.tokenize.encode_special_tokens)
+            pool.submit(warm_up, spec.tokenize.tokenizer, spec.storage,
+                        encode_special_tokens=spec.tokenize.encode_special_tokens)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from ..config import Spec
     from ..plan import Plan, StagePlan
 
-__all__ = ["pipeline_stages", "run_index", "trivial", "STAGE_RUNNERS"]
+__all__ = ["pipeline_stages", "run_index", "trivial", "warm_up", "STAGE_RUNNERS"]
 
 log = logging.getLogger("preproc")
 
@@ -53,6 +53,27 @@ def _runners() -> dict[str, StageRunner]:
 
 
 STAGE_RUNNERS: dict[str, StageRunner] = {}
+# Stage name -> check that every index of the stage would only write a marker (see trivial).
+_TRIVIAL: dict[str, Callable[["Plan", Store], bool]] | None = None
+
+
+def warm_up(tokenizer: str | None = None, storage: Any = None, *, encode_special_tokens: bool = True) -> None:
+    """Pay now what a worker process's first task would (~0.8 s): the stage modules'
+    imports, pyarrow's lazy import of pandas on its first conversion of Python objects, the
+    default clean steps' first call (models, compiled patterns), and the tokenizer at
+    ``tokenizer`` (cached by content). An executor calls it in a fresh worker before the
+    plan exists; it reads no input and writes nothing."""
+    import pyarrow as pa
+
+    from ..steps import CleanPipeline, build_steps
+    from ..tokenizer import preload
+
+    if not STAGE_RUNNERS:
+        STAGE_RUNNERS.update(_runners())
+    text = "The quick brown fox jumps over the lazy dog, and then it runs back home again.\n" * 8
+    CleanPipeline(build_steps(True))(pa.record_batch({"id": ["warm"], "text": [text], "source": ["warm"]}))
+    if tokenizer:
+        preload(tokenizer, storage, encode_special_tokens=encode_special_tokens)
 
 
 def pipeline_stages(spec: "Spec", num_shards: int) -> list["StagePlan"]:
@@ -76,11 +97,13 @@ def trivial(plan: "Plan", stage: str, store: Store) -> bool:
     component round after convergence): the runner then runs them in the coordinator,
     where they cost a few file reads, instead of a pool round-trip locally, a Job and its
     pods on Kubernetes, or Ray tasks. Same function, same markers: only the place differs."""
-    if not stage.startswith("near_cc_"):
-        return False
-    from .near import TRIVIAL
-
-    check = TRIVIAL.get(stage)
+    global _TRIVIAL
+    if _TRIVIAL is None:
+        try:
+            from .near import TRIVIAL as _TRIVIAL
+        except ImportError:  # pragma: no cover - near-dedup stages not present
+            _TRIVIAL = {}
+    check = _TRIVIAL.get(stage)
     return check is not None and check(plan, store)
 
 

@@ -39,12 +39,10 @@ def _fsb(h1: np.ndarray, h2: np.ndarray) -> pa.Array:
 
 def _prior_hashes(plan: "Plan", index: int) -> pa.Array | None:
     """Bucket ``index`` of the exact index of earlier generations (incremental refresh)."""
-    from ..storage import Store
-
     segs = (plan.refresh or {}).get("exact_segments") or []
     if not segs:
         return None
-    root = Store(plan.refresh["root"], plan.spec.storage)
+    root = plan.refresh_root()
     parts = []
     for seg in segs:
         rel = f"{seg}/bucket-{index:05d}.parquet"
@@ -85,11 +83,9 @@ def run(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
     stats["duplicates"] = int(dup.sum())
     write_drops(store, f"exact_dedup/drops/bucket-{index:05d}.parquet", shard[dup], row[dup])
     if plan.refresh:
-        from ..storage import Store
-
         # This generation's segment of the dataset's exact index: the hashes it keeps.
         out = pa.table({"h1": h1[~dup], "h2": h2[~dup]}, schema=INDEX_SCHEMA)
-        with Store(plan.refresh["root"], plan.spec.storage).open_atomic(
+        with plan.refresh_root().open_atomic(
                 f"{plan.refresh['exact_segment_out']}/bucket-{index:05d}.parquet") as f:
             pq.write_table(out, f, compression="zstd")
     return stats

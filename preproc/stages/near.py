@@ -495,9 +495,8 @@ def _earlier_keys(plan: "Plan", bucket: int) -> np.ndarray | None:
     segs = (plan.refresh or {}).get("near_segments") or []
     if not segs:
         return None
-    from ..storage import Store
 
-    root = Store(plan.refresh["root"], plan.spec.storage)
+    root = plan.refresh_root()
     parts = []
     for seg in segs:
         for rel in _segment_files(root, seg, bucket):
@@ -526,9 +525,8 @@ def _earlier_docs(plan: "Plan", bucket: int, keys: np.ndarray) -> tuple[np.ndarr
     e = np.empty(0, U64)
     if not segs or not len(keys):
         return e, e
-    from ..storage import Store
 
-    root = Store(plan.refresh["root"], plan.spec.storage)
+    root = plan.refresh_root()
     want = np.unique(keys)
     ks, gs, ds = [], [], []
     for seg in segs:
@@ -565,8 +563,6 @@ def _earlier_part(plan: "Plan", gshard: int) -> tuple[str, int]:
 def _write_segment(plan: "Plan", store: "Store", index: int, dropped_rows: np.ndarray) -> None:
     """This generation's kept documents' band keys (and, verifying, who they are), for the
     generations after it."""
-    from ..storage import Store
-
     cfg = _cfg(plan)
     with store.open(f"{cfg.root}/keys/{_part(index)}") as f:
         t = pq.read_table(f, columns=["bucket", "key", "row"])
@@ -577,7 +573,7 @@ def _write_segment(plan: "Plan", store: "Store", index: int, dropped_rows: np.nd
         cols["gen"] = np.full(int(keep.sum()), int(plan.refresh["generation"]), np.uint32)
         cols["doc"] = _node(index, row[keep])
     seg = pa.table(cols, schema=VERIFIED_SEGMENT_SCHEMA if cfg.verify else SEGMENT_SCHEMA)
-    _write_parts(Store(plan.refresh["root"], plan.spec.storage), f"{plan.refresh['near_segment_out']}/{_part(index)}", seg)
+    _write_parts(plan.refresh_root(), f"{plan.refresh['near_segment_out']}/{_part(index)}", seg)
 
 
 def compact_segments(root: "Store", segs: list[str], bucket: int, *, verified: bool) -> pa.Table:
@@ -736,9 +732,7 @@ def run_shingles(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
     sets = [(_node(index, rows), *_sets_for_rows(cfg, store, index, rows, prio_offset=1 if plan.refresh else 0))]
     earlier_parts = 0
     if old.any():
-        from ..storage import Store
-
-        root = Store(plan.refresh["root"], plan.spec.storage)
+        root = plan.refresh_root()
         ob = np.unique(b[old])
         gshard = ((ob >> U64(32)) & U64(0x7FFFFFFF)).astype(np.int64)
         for g in np.unique(gshard).tolist():
