@@ -19,10 +19,10 @@ Two runs, both with the local executor and ``--workers`` processes (default 2):
 * ``near``: ../shared/data/corpus and ../shared/data/neardup, cut to the first ``--limit``
   documents of each corpus file and ``--near-limit`` of neardup (the cut copies are written
   under the work folder, gzip with mtime 0 and a fixed file mtime, so the run id is stable);
-  the default clean steps, ``dedup: {exact: true, near: true}`` (every near stage: signatures,
-  pairs, shingles, verify, connected-component rounds, clusters, drops; ``keep_clusters``
-  on so the clusters file is hashed too), the GPT-2 tokenizer of ../shared/data/tokenizers,
-  Parquet + Megatron.
+  the default clean steps with ``keep_removed`` (so ``removed/`` is hashed), ``dedup:
+  {exact: true, near: true}`` (every near stage: signatures, pairs, shingles, verify,
+  connected-component rounds, clusters, drops; ``keep_clusters`` on so the clusters file is
+  hashed too), the GPT-2 tokenizer of ../shared/data/tokenizers, Parquet + Megatron.
 
 Everything is written under ``--work`` (default /tmp/preproc-output-hashes). Keep it the same
 for both sides of a comparison: the run id hashes the input URIs, which are absolute paths.
@@ -74,6 +74,8 @@ input:
   paths: ["{root}/input/*"]
 output: {root}/output
 shards: 4
+clean:
+  keep_removed: true
 dedup:
   exact: true
   near: {{keep_clusters: true}}
