@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, PreprocError, StageFailed
 from ..lifeline import watch_parent
+from ..secrets import install_log_redaction
 from ..progress import Progress  # noqa: F401  (re-exported: the k8s executor imports it from here)
 from ..stages import warm_up
 
@@ -35,6 +36,7 @@ def _init_worker(threads: int, explicit: bool, parent_pid: int | None = None) ->
     from .. import signals
 
     watch_parent(parent_pid)   # no orphans: die with the coordinator, even on kill -9
+    install_log_redaction()    # a worker's records (even through logging.lastResort) are redacted
     signals.install()
     if explicit:
         os.environ["RAYON_NUM_THREADS"] = str(threads)

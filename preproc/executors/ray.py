@@ -74,8 +74,10 @@ def _task(output: str, stage: str, index: int) -> dict[str, Any]:
     cannot help them); anything else raises, and Ray retries the task."""
     from ..errors import PreprocError
     from ..plan import Plan
+    from ..secrets import install_log_redaction
     from ..stages import run_index
 
+    install_log_redaction()
     try:
         return {"ok": True, "stats": run_index(Plan.load(output), stage, index)}
     except PreprocError as e:

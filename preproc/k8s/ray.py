@@ -101,8 +101,8 @@ def _pod(o: KubeRayOptions, spec: Any, name: str, res: Resources, *, extra_env: 
     }
     if ports:
         container["ports"] = ports
-    if o.s3 is not None and o.s3.secret:
-        container["envFrom"] = [{"secretRef": {"name": o.s3.secret}}]
+    if o.secret_refs():   # credentials only ever come from Secrets
+        container["envFrom"] = o.secret_refs()
     pod: dict[str, Any] = {"securityContext": pod_sc, "containers": [container], "volumes": volumes,
                            "automountServiceAccountToken": False, "enableServiceLinks": False}
     if o.service_account:
