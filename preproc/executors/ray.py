@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..config import Size
 from ..errors import ConfigError, StageFailed
 from ..lifeline import Reaper, reaper
+from ..secrets import install_log_redaction
 from .local import Progress
 
 if TYPE_CHECKING:
@@ -74,7 +75,6 @@ def _task(output: str, stage: str, index: int) -> dict[str, Any]:
     cannot help them); anything else raises, and Ray retries the task."""
     from ..errors import PreprocError
     from ..plan import Plan
-    from ..secrets import install_log_redaction
     from ..stages import run_index
 
     install_log_redaction()
