@@ -4,16 +4,22 @@
 # the final stage installs them offline into a slim Python with no compiler, and runs as
 # uid 1000 (restricted Pod Security Standard: runAsNonRoot, read-only root filesystem).
 
-ARG PYTHON_VERSION=3.11
+# The base image, pinned by digest: the same bytes on every build, whatever the tag does
+# later. The digest is that of the multi-platform index of python:3.11.10-slim-bookworm as
+# published on Docker Hub (taken from a Renovate-maintained public Dockerfile; not checked
+# against the registry from this offline machine). To move it: `docker buildx imagetools
+# inspect python:3.11-slim-bookworm` prints the tag's current index digest ("Digest:");
+# put tag and digest here, or pass --build-arg PYTHON_IMAGE=python:<tag>@sha256:<digest>.
+ARG PYTHON_IMAGE=python:3.11.10-slim-bookworm@sha256:5148c0e4bbb64271bca1d3322360ebf4bfb7564507ae32dd639322e4952a6b16
 
-FROM python:${PYTHON_VERSION}-slim AS build
+FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY pyproject.toml setup.cfg README.md ./
 COPY preproc ./preproc
 RUN pip wheel --wheel-dir /wheels ".[k8s,s3]"
 
-FROM python:${PYTHON_VERSION}-slim
+FROM ${PYTHON_IMAGE}
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 \
     PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
     HOME=/tmp

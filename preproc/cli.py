@@ -243,7 +243,7 @@ def cmd_manifests(a: argparse.Namespace) -> int:
     else:
         from .k8s.manifests import render_manifests  # type: ignore[import-not-found]
 
-        info, _ = inspect_tokenizer(spec.tokenize)
+        info, _ = inspect_tokenizer(spec.tokenize, spec.storage)
         objs = render_manifests(spec, make_plan(spec, tokenizer_info=info))
     sys.stdout.write(yaml.safe_dump_all(objs, sort_keys=False))
     return EXIT_OK

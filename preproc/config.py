@@ -34,6 +34,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .secrets import check_spec
 
 __all__ = ["Spec", "S3Spec", "StorageSpec", "load_spec", "parse_size"]
 
@@ -240,6 +241,9 @@ class MetricsSpec(_Model):
     # Folder for ``*.prom`` textfiles (node_exporter's textfile collector) when no
     # Pushgateway is set; default ``<output>/_metrics``.
     textfile_dir: str | None = None
+    # A file holding ``user:password`` for the Pushgateway's basic auth (a mounted Secret);
+    # never put them in the URL. ``PREPROC_PUSHGATEWAY_AUTH_FILE`` wins.
+    pushgateway_auth_file: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -262,6 +266,12 @@ class Spec(_Model):
     executor: ExecutorSpec = ExecutorSpec()
     storage: StorageSpec = StorageSpec()
     metrics: MetricsSpec = MetricsSpec()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secrets(cls, v: Any) -> Any:
+        check_spec(v)   # before anything can echo a value (preproc.secrets)
+        return v
 
     @model_validator(mode="after")
     def _check_clean(self) -> "Spec":

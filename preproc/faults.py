@@ -9,7 +9,7 @@ Off unless ``PREPROC_FAILPOINTS`` is set, and then only checked at a few points 
   not yet renamed/published), ``marker`` (all outputs committed, marker not yet written).
 * ``stage``/``index``: which index (omit for any).
 * ``action``: ``kill`` (SIGKILL this process, like the OOM killer), ``exit`` (exit code 1),
-  ``raise`` (a ``RuntimeError``).
+  ``raise`` (a ``RuntimeError``), ``hang`` (sleep forever: a stalled worker).
 ``PREPROC_FAILPOINTS=@/path/rules.txt`` reads the rules from a file at every check.
 
 * ``times``: how many times the rule fires in total, across processes; counted with files in
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 _ENV = "PREPROC_FAILPOINTS"
 _STATE = "PREPROC_FAILPOINT_STATE"
@@ -79,6 +80,9 @@ def failpoint(point: str, stage: str | None = None, index: int | None = None) ->
             os.kill(os.getpid(), signal.SIGKILL)
         if action == "exit":
             os._exit(1)
+        if action == "hang":
+            while True:
+                time.sleep(3600)
         raise RuntimeError(f"failpoint {point} fired (stage={stage}, index={index})")
 
 

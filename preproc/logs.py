@@ -39,6 +39,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, Iterator
 
+from .secrets import install_log_redaction
+
 if TYPE_CHECKING:
     from .storage import Store
 
@@ -105,10 +107,10 @@ class JsonFormatter(logging.Formatter):
                 out[k] = v
         out.setdefault("pid", record.process)
         out.setdefault("host", HOST)
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        elif record.exc_text:
+        if record.exc_text:       # already redacted (preproc.secrets.install_log_redaction)
             out["exc"] = record.exc_text
+        elif record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
         if record.stack_info:
             out["stack"] = self.formatStack(record.stack_info)
         return json.dumps(out, ensure_ascii=False, default=str)
@@ -147,6 +149,7 @@ def setup(*, verbose: bool = False, fmt: str | None = None, stream: Any = None) 
     Replaces handlers a previous call installed, leaves others alone (a host program's).
     """
     fmt = fmt or log_format()
+    install_log_redaction()   # URL user info, signed headers, session tokens: at every verbosity
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(_ContextFilter())

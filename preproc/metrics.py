@@ -5,7 +5,9 @@ when an index ends (committed or failed), :func:`publish_index` sends its metric
 
 * to a **Pushgateway** when one is configured — spec ``metrics: {pushgateway: URL}`` or
   ``PREPROC_PUSHGATEWAY`` — as the group ``job="preproc", run_id, stage, index`` (a PUT,
-  so a retried index replaces its group instead of counting twice);
+  so a retried index replaces its group instead of counting twice); basic auth comes from
+  a file (``metrics.pushgateway_auth_file`` or ``PREPROC_PUSHGATEWAY_AUTH_FILE``, e.g. a
+  mounted Secret holding ``user:password``), never from the URL;
 * otherwise to a **textfile** ``<dir>/<stage>-<index:05d>.prom`` in the Prometheus text
   format, for node_exporter's textfile collector or for reading by hand: ``dir`` is
   spec ``metrics.textfile_dir`` or ``PREPROC_METRICS_DIR``, default ``<output>/_metrics``.
@@ -101,6 +103,7 @@ class MetricsConfig:
     enabled: bool
     pushgateway: str | None
     textfile_dir: str | None     # None: <output>/_metrics
+    auth_file: str | None = None  # "user:password" for the Pushgateway's basic auth
 
 
 def metrics_config(plan: "Plan") -> MetricsConfig:
@@ -116,7 +119,24 @@ def metrics_config(plan: "Plan") -> MetricsConfig:
         enabled = True
     push = os.environ.get("PREPROC_PUSHGATEWAY") or push
     tdir = os.environ.get("PREPROC_METRICS_DIR") or tdir
-    return MetricsConfig(enabled, push or None, tdir or None)
+    auth = os.environ.get("PREPROC_PUSHGATEWAY_AUTH_FILE") or getattr(m, "pushgateway_auth_file", None)
+    return MetricsConfig(enabled, push or None, tdir or None, auth or None)
+
+
+def _push_handler(cfg: MetricsConfig) -> Any:
+    """Basic auth from ``cfg.auth_file`` (a mounted Secret holding ``user:password``), read at
+    each push so a rotated Secret is picked up; never from the URL, which is logged."""
+    from prometheus_client.exposition import basic_auth_handler, default_handler
+
+    if not cfg.auth_file:
+        return default_handler
+
+    def handler(url: str, method: str, timeout: Any, headers: Any, data: bytes) -> Any:
+        with open(cfg.auth_file) as f:   # noqa: PTH123 - a local mounted file, by design
+            user, _, password = f.read().strip().partition(":")
+        return basic_auth_handler(url, method, timeout, headers, data, username=user, password=password)
+
+    return handler
 
 
 def _warn_once(key: str, msg: str, *args: Any) -> None:
@@ -235,7 +255,8 @@ def _send(cfg: MetricsConfig, plan: "Plan", families: list[Any], *, grouping: di
         from prometheus_client import push_to_gateway
 
         try:
-            push_to_gateway(cfg.pushgateway, job=JOB, registry=reg, grouping_key=grouping, timeout=PUSH_TIMEOUT_S)
+            push_to_gateway(cfg.pushgateway, job=JOB, registry=reg, grouping_key=grouping, timeout=PUSH_TIMEOUT_S,
+                            handler=_push_handler(cfg))
         except Exception as e:  # noqa: BLE001 - metrics must not fail the work they describe
             _warn_once(f"push:{cfg.pushgateway}", "metrics: cannot push to %s (%s: %s); going on without",
                        cfg.pushgateway, type(e).__name__, e)

@@ -51,7 +51,8 @@ def test_job_is_indexed_with_the_exit_code_contract():
     # Explicit command; the index comes from JOB_COMPLETION_INDEX (set by the Job controller).
     assert c["command"] == ["preproc", "worker", "/data/runs/web", "--stage", "tokenize"]
     assert "JOB_COMPLETION_INDEX" not in {e["name"] for e in c["env"]}
-    assert c["resources"] == {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "2Gi"}}
+    assert c["resources"] == {"requests": {"cpu": "1", "memory": "2Gi", "ephemeral-storage": "1Gi"},
+                              "limits": {"memory": "2Gi", "ephemeral-storage": "1Gi"}}
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["RAYON_NUM_THREADS"] == "1" and env["HOME"] == "/tmp"
     labels = job["metadata"]["labels"]
@@ -224,13 +225,15 @@ def test_role_allows_exactly_what_the_coordinator_calls():
 
 def test_network_policy_allows_dns_and_https_egress_only():
     objects = kustomize(MANIFESTS / "base")
-    (np_,) = [o for o in objects if o["kind"] == "NetworkPolicy"]
-    spec = np_["spec"]
+    policies = {o["metadata"]["name"]: o["spec"] for o in objects if o["kind"] == "NetworkPolicy"}
+    assert set(policies) == {"preproc", "preproc-apiserver", "preproc-object-store"}
+    spec = policies["preproc"]
     assert spec["policyTypes"] == ["Ingress", "Egress"] and spec["ingress"] == []
-    ports = {(p["protocol"], p["port"]) for rule in spec["egress"] for p in rule["ports"]}
+    ports = {(p["protocol"], p["port"]) for s in policies.values() for rule in s["egress"] for p in rule["ports"]}
     assert ports == {("UDP", 53), ("TCP", 53), ("TCP", 443), ("TCP", 6443)}
     assert all("to" not in rule for rule in spec["egress"])
     assert spec["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "preproc"}}
+    # (tests/test_manifest_policy.py evaluates who may reach what.)
     # ... and that selector picks the stage Jobs' pods too.
     job = render_job(make_plan(), "clean")
     assert job["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"] == "preproc"
@@ -266,7 +269,10 @@ def test_dockerfile_one_non_root_image_without_build_tools():
     text = (REPO / "Dockerfile").read_text()
     stages = re.split(r"(?m)^FROM ", text)[1:]
     final = stages[-1]
-    assert final.split()[0].startswith("python:") and "slim" in final.split()[0]
+    # Every stage's base is the ARG pinned by tag and digest.
+    base = re.search(r"(?m)^ARG PYTHON_IMAGE=(\S+)$", text).group(1)
+    assert re.fullmatch(r"python:3\.11[\w.\-]*-slim[\w.\-]*@sha256:[0-9a-f]{64}", base), base
+    assert all(st.split()[0] == "${PYTHON_IMAGE}" for st in stages)
     assert re.search(r"(?m)^USER 1000(:1000)?\s*$", final)
     for tool in ("gcc", "build-essential", "g++", "make ", "cargo", "rustc"):
         assert tool not in final, tool

@@ -40,7 +40,9 @@ def test_rayjob_with_its_own_cluster():
     assert s["shutdownAfterJobFinishes"] is True and s["ttlSecondsAfterFinished"] > 0
     assert "clusterSelector" not in s
     w = s["rayClusterSpec"]["workerGroupSpecs"][0]
-    assert w["replicas"] == 3 and w["template"]["spec"]["containers"][0]["resources"]["requests"] == {"cpu": "4", "memory": "8Gi"}
+    assert w["replicas"] == 3
+    assert w["template"]["spec"]["containers"][0]["resources"]["requests"] == {
+        "cpu": "4", "memory": "8Gi", "ephemeral-storage": "1Gi"}
     # The spec travels inside the RayJob and is the same spec.
     env = yaml.safe_load(s["runtimeEnvYAML"])["env_vars"]
     assert preproc.load_spec(env["PREPROC_SPEC"]) == _spec(workers={"replicas": 3, "cpu": "4", "memory": "8Gi"})

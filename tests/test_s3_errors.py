@@ -108,7 +108,8 @@ def test_secrets_are_refused_in_the_spec_without_echo(s3, bucket_with_inputs, tm
     spec = _spec(s3, bucket_with_inputs, f"s3://{bucket_with_inputs}/out")
     spec["storage"]["s3"]["aws_secret_access_key"] = "AKIA-LEAK-ME-NOT"
     line = _one_line(_run_cli(tmp_path, spec, s3.env()))
-    assert "storage.s3.aws_secret_access_key: credentials are never read from the spec" in line
+    assert "storage.s3.aws_secret_access_key: credentials are never accepted in the spec" in line
+    assert "credential chain" in line                          # the safe way is named
     assert "LEAK-ME-NOT" not in line
 
 

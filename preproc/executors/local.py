@@ -6,6 +6,8 @@ Each worker's thread pools (``RAYON_NUM_THREADS`` for the Rust tokenizers and ti
 Arrow's CPU pool) get ``executor.threads_per_worker`` threads, by default ``cores // workers``,
 so that threads do not oversubscribe the cores. A worker killed by the OS (OOM, SIGKILL) breaks the pool; the
 pool is rebuilt and the unfinished indices are retried, counting against their retries.
+Workers die with the coordinator (:mod:`preproc.lifeline`): a ``kill -9`` of ``preproc run``
+leaves no worker behind.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, PreprocError, StageFailed
+from ..lifeline import watch_parent
+from ..secrets import install_log_redaction
 from ..progress import Progress  # noqa: F401  (re-exported: the k8s executor imports it from here)
 from ..stages import warm_up
 
@@ -28,9 +32,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("preproc")
 
 
-def _init_worker(threads: int, explicit: bool) -> None:
+def _init_worker(threads: int, explicit: bool, parent_pid: int | None = None) -> None:
     from .. import signals
 
+    watch_parent(parent_pid)   # no orphans: die with the coordinator, even on kill -9
+    install_log_redaction()    # a worker's records (even through logging.lastResort) are redacted
     signals.install()
     if explicit:
         os.environ["RAYON_NUM_THREADS"] = str(threads)
@@ -70,7 +76,7 @@ class LocalExecutor:
     def _get_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
-                                             initializer=_init_worker, initargs=(self.threads, self.explicit_threads))
+                                             initializer=_init_worker, initargs=(self.threads, self.explicit_threads, os.getpid()))
         return self._pool
 
     def prestart(self, spec: "Spec") -> None:

@@ -7,7 +7,8 @@ markers, not from scratch.
 
 With no address a local Ray is started (the laptop default, sized to this machine's
 cores); ``auto`` joins the cluster this process runs in (a RayJob's entrypoint), and
-``ray://host:10001`` connects a client to a remote cluster.
+``ray://host:10001`` connects a client to a remote cluster. A local Ray started here dies
+with the coordinator, even on ``kill -9`` (:func:`preproc.lifeline.reaper`).
 
 Options (spec ``executor.options`` or ``--ray-address``)::
 
@@ -32,6 +33,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..config import Size
 from ..errors import ConfigError, StageFailed
+from ..lifeline import Reaper, reaper
+from ..secrets import install_log_redaction
 from .local import Progress
 
 if TYPE_CHECKING:
@@ -74,6 +77,7 @@ def _task(output: str, stage: str, index: int) -> dict[str, Any]:
     from ..plan import Plan
     from ..stages import run_index
 
+    install_log_redaction()
     try:
         return {"ok": True, "stats": run_index(Plan.load(output), stage, index)}
     except PreprocError as e:
@@ -93,6 +97,7 @@ class RayExecutor:
         self.retries = spec.executor.retries
         self.progress = progress
         self._started = False
+        self._reaper: Reaper | None = None
         if not ray.is_initialized():
             kw: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": True}
             if self.options.runtime_env:
@@ -100,7 +105,11 @@ class RayExecutor:
             if self.options.address:
                 ray.init(address=self.options.address, **kw)
             else:
-                ray.init(num_cpus=self.options.local_cpus or os.cpu_count() or 1, include_dashboard=False, **kw)
+                # A local Ray we start is ours to take down, even if we are killed (-9):
+                # every Ray process carries the reaper's tag (preproc.lifeline).
+                self._reaper = reaper()
+                with self._reaper.tagging():
+                    ray.init(num_cpus=self.options.local_cpus or os.cpu_count() or 1, include_dashboard=False, **kw)
                 self._started = True
         res: dict[str, Any] = {"num_cpus": self.options.num_cpus}
         if self.options.memory:
@@ -143,3 +152,6 @@ class RayExecutor:
         if self._started:
             self.ray.shutdown()
             self._started = False
+        if self._reaper is not None:
+            self._reaper.close()
+            self._reaper = None

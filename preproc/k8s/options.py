@@ -72,29 +72,28 @@ class Resources(_Model):
     Memory limit = memory request: a worker that grows past its request is OOM-killed (exit
     137, retried) instead of being evicted at random under node pressure. CPU has no limit
     unless ``cpu_limit`` is set (a limit throttles the Rust tokenizer threads for nothing);
-    the worker's thread pools are sized from ``cpu`` all the same.
+    the worker's thread pools are sized from ``cpu`` all the same. Ephemeral storage (the
+    container's writable layer and logs; ``/tmp`` is an emptyDir bounded by ``tmp_size``) is
+    requested and limited too, so a runaway writer is evicted instead of filling the node.
     """
 
     cpu: str = "1"
     memory: str = "2Gi"
-    ephemeral_storage: str | None = None
+    ephemeral_storage: str = "1Gi"
     cpu_limit: str | None = None
 
     @field_validator("cpu", "memory", "ephemeral_storage", "cpu_limit", mode="before")
     @classmethod
     def _quantity(cls, v: Any) -> Any:
-        return None if v is None else quantity(v)
+        return None if v is None else quantity(v)   # a null ephemeral_storage is refused
 
     def threads(self) -> int:
         """Threads one worker should use: the CPU limit, else the request, rounded up, >= 1."""
         return max(1, math.ceil(quantity_value(self.cpu_limit or self.cpu)))
 
     def to_k8s(self) -> dict[str, Any]:
-        requests = {"cpu": self.cpu, "memory": self.memory}
-        limits = {"memory": self.memory}
-        if self.ephemeral_storage:
-            requests["ephemeral-storage"] = self.ephemeral_storage
-            limits["ephemeral-storage"] = self.ephemeral_storage
+        requests = {"cpu": self.cpu, "memory": self.memory, "ephemeral-storage": self.ephemeral_storage}
+        limits = {"memory": self.memory, "ephemeral-storage": self.ephemeral_storage}
         if self.cpu_limit:
             limits["cpu"] = self.cpu_limit
         return {"requests": requests, "limits": limits}
@@ -203,8 +202,12 @@ class KubernetesOptions(_Model):
     s3: S3Access | None = None
     # Scratch space for /tmp (the root filesystem is read-only).
     tmp_size: str = "1Gi"
-    # Extra environment for the workers (a test harness, proxies, HF_HOME, ...).
+    # Extra environment for the workers (a test harness, proxies, HF_HOME, ...); never a
+    # credential (refused: the spec is copied everywhere).
     env: dict[str, str] = {}
+    # Secrets whose keys become the workers' environment (``envFrom: secretRef``): the safe
+    # way to give pods credentials (HF_TOKEN, a database password, S3 keys).
+    env_from: list[str] = []
     labels: dict[str, str] = {}
     annotations: dict[str, str] = {}
     run_as_user: int = Field(default=1000, ge=1)
@@ -263,6 +266,19 @@ class KubernetesOptions(_Model):
             if not _ENV_NAME_RE.match(name):
                 raise ValueError(f"not a valid environment variable name: {name!r}")
         return {k: str(x) for k, x in v.items()}
+
+    @field_validator("env_from")
+    @classmethod
+    def _env_from(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if len(name) > 253 or not _DNS_SUBDOMAIN_RE.match(name):
+                raise ValueError(f"must be Secret names (lowercase DNS subdomains), got {name!r}")
+        return v
+
+    def secret_refs(self) -> list[dict[str, Any]]:
+        """``envFrom`` of every container: ``s3.secret`` then ``env_from``, each once."""
+        names = ([self.s3.secret] if self.s3 is not None and self.s3.secret else []) + list(self.env_from)
+        return [{"secretRef": {"name": n}} for n in dict.fromkeys(names)]
 
     @field_validator("image")
     @classmethod

@@ -80,8 +80,9 @@ def _security(o: KubeRayOptions) -> tuple[dict[str, Any], dict[str, Any]]:
     return pod, container
 
 
-def _pod(o: KubeRayOptions, spec: Any, name: str, res: Resources, *, extra_env: dict[str, str] | None = None,
-         ports: list[dict[str, Any]] | None = None, shm: bool = False) -> dict[str, Any]:
+def _pod(o: KubeRayOptions, spec: Any, name: str, res: Resources, *, run_id: str,
+         extra_env: dict[str, str] | None = None, ports: list[dict[str, Any]] | None = None,
+         shm: bool = False) -> dict[str, Any]:
     pod_sc, c_sc = _security(o)
     env = {"HOME": "/tmp", "XDG_CACHE_HOME": "/tmp/.cache", "RAYON_NUM_THREADS": str(res.threads()),
            **worker_env(spec.storage), **o.env, **(extra_env or {})}
@@ -101,8 +102,8 @@ def _pod(o: KubeRayOptions, spec: Any, name: str, res: Resources, *, extra_env: 
     }
     if ports:
         container["ports"] = ports
-    if o.s3 is not None and o.s3.secret:
-        container["envFrom"] = [{"secretRef": {"name": o.s3.secret}}]
+    if o.secret_refs():   # credentials only ever come from Secrets
+        container["envFrom"] = o.secret_refs()
     pod: dict[str, Any] = {"securityContext": pod_sc, "containers": [container], "volumes": volumes,
                            "automountServiceAccountToken": False, "enableServiceLinks": False}
     if o.service_account:
@@ -113,19 +114,27 @@ def _pod(o: KubeRayOptions, spec: Any, name: str, res: Resources, *, extra_env: 
         pod["tolerations"] = [t.to_k8s() for t in o.tolerations]
     if o.image_pull_secrets:
         pod["imagePullSecrets"] = [{"name": n} for n in o.image_pull_secrets]
-    return {"spec": pod}
+    # The labels the NetworkPolicies select (app.kubernetes.io/name: preproc; the component
+    # ray-head / ray-worker / ray-submitter decides who may reach the dashboard and client).
+    meta: dict[str, Any] = {"labels": {**o.labels, **common_labels(run_id, name.replace("ray-job-", "ray-"))}}
+    if o.annotations:
+        meta["annotations"] = dict(o.annotations)
+    return {"metadata": meta, "spec": pod}
 
 
-def _cluster_spec(o: KubeRayOptions, spec: Any) -> dict[str, Any]:
-    head = _pod(o, spec, "ray-head", o.head, ports=[
+def _cluster_spec(o: KubeRayOptions, spec: Any, run_id: str) -> dict[str, Any]:
+    head = _pod(o, spec, "ray-head", o.head, run_id=run_id, ports=[
         {"containerPort": 6379, "name": "gcs"}, {"containerPort": 8265, "name": "dashboard"},
         {"containerPort": 10001, "name": "client"}], shm=True)
-    worker = _pod(o, spec, "ray-worker", o.workers, shm=True)
+    worker = _pod(o, spec, "ray-worker", o.workers, run_id=run_id, shm=True)
     w = o.workers
     return {
         "rayVersion": o.ray_version,
         "headGroupSpec": {
             # Tasks run on the workers; the head keeps its CPUs for the driver and the GCS.
+            # The dashboard (job API) listens on the pod's interfaces because the submitter
+            # reaches it through the head Service; the NetworkPolicy admits only the
+            # submitter and the cluster's own pods (manifests/overlays/kuberay).
             "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
             "template": head,
         },
@@ -165,7 +174,7 @@ def render_rayjob(spec: Any, run_id: str | None = None) -> list[dict[str, Any]]:
     text = yaml.safe_dump(spec.model_dump(mode="json", exclude_defaults=True), sort_keys=False, allow_unicode=True)
     runtime_env = yaml.safe_dump({"env_vars": {"PREPROC_SPEC": text, **worker_env(spec.storage)}},
                                  sort_keys=True, allow_unicode=True)
-    submitter = _pod(o, spec, "ray-job-submitter", o.submitter)
+    submitter = _pod(o, spec, "ray-job-submitter", o.submitter, run_id=run_id)
     submitter["spec"]["restartPolicy"] = "Never"
     body: dict[str, Any] = {
         "entrypoint": 'preproc run "$PREPROC_SPEC" --executor ray --ray-address auto',
@@ -178,7 +187,7 @@ def render_rayjob(spec: Any, run_id: str | None = None) -> list[dict[str, Any]]:
     if o.cluster_selector:
         body["clusterSelector"] = dict(o.cluster_selector)
     else:
-        body["rayClusterSpec"] = _cluster_spec(o, spec)
+        body["rayClusterSpec"] = _cluster_spec(o, spec, run_id)
         body["shutdownAfterJobFinishes"] = True
         body["ttlSecondsAfterFinished"] = o.ttl_after_finished_s
     name = job_name(run_id, "ray", o.job_name_prefix)
@@ -189,8 +198,9 @@ def render_raycluster(spec: Any, name: str = "preproc") -> dict[str, Any]:
     """A long-lived RayCluster sized like the RayJob's, for ``clusterSelector`` jobs or
     ``preproc run --executor ray --ray-address ray://<name>-head-svc:10001``."""
     o = parse_kuberay(spec)
-    m = _meta(o, name, _spec_id(spec))
-    return {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": m, "spec": _cluster_spec(o, spec)}
+    run_id = _spec_id(spec)
+    m = _meta(o, name, run_id)
+    return {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": m, "spec": _cluster_spec(o, spec, run_id)}
 
 
 def _spec_id(spec: Any) -> str:

@@ -133,9 +133,7 @@ def render_job(plan: Any, stage: str, options: KubernetesOptions | dict[str, Any
     # The spec's storage settings (S3 endpoint, region, retries; never a secret), which a
     # worker needs before it can read plan.json.
     env += [{"name": k, "value": v} for k, v in sorted(worker_env(spec.storage).items())]
-    env_from: list[dict[str, Any]] = []
-    if opts.s3 is not None and opts.s3.secret:
-        env_from.append({"secretRef": {"name": opts.s3.secret}})
+    env_from = opts.secret_refs()   # credentials only ever come from Secrets
     env += [{"name": k, "value": v} for k, v in sorted(opts.env.items())]
 
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
