@@ -3,7 +3,7 @@
 FineWeb's and C4's line rules ask whether a line "ends in a terminal punctuation mark". The
 reference code lists ASCII marks only (``. ' " ! ?``), so a line of Japanese, Armenian,
 Hindi or Urdu ending in 。 ։ । ۔ counts as unpunctuated. :data:`SENTENCE_TERMINALS` is the
-Unicode ``Sentence_Terminal`` property (UAX #29; 170 code points in Unicode 15.1), taken
+Unicode ``Sentence_Terminal`` property (UAX #29; 170 code points), taken
 from the ``regex`` module's property tables once and written out here, so nothing at run
 time depends on ``regex`` (Arrow's RE2 knows scripts and categories, not this property);
 ``tests/test_filters_scripts.py`` checks the table against ``regex`` where it is installed.
@@ -35,11 +35,11 @@ SENTENCE_TERMINALS = (
     "\U00016a6f\U00016af5\U00016b37\U00016b38\U00016b44\U00016d6e\U00016d6f\U00016e98"
     "\U0001bc9f\U0001da88"
 )
-# Marks that end sentences in scripts whose Sentence_Terminal set leaves them out:
-# Tibetan shad and nyis shad (Terminal_Punctuation), Thai angkhankhu/khomut (the ends of
+# Marks that end sentences in scripts whose Sentence_Terminal set leaves them out: the
+# Greek question mark U+037E (NFC turns it into ";", which we do not count), Tibetan shad and nyis shad (Terminal_Punctuation), Thai angkhankhu/khomut (the ends of
 # paragraphs and texts; Thai sentences are separated by spaces), and the ellipsis "…",
 # which FineWeb counts when spelt "..." (it ends in ".").
-EXTRA_TERMINALS = "\u0f0d\u0f0e\u0e5a\u0e5b\u2026"
+EXTRA_TERMINALS = "\u037e\u0f0d\u0f0e\u0e5a\u0e5b\u2026"
 # Closing quotation marks: FineWeb's stop characters include ' and " (a quoted sentence
 # ends with the quote); their typographic and CJK forms are the same mark in other
 # typography: ’ ” » › 」 』.
