@@ -45,6 +45,10 @@ EXTRA_TERMINALS = "\u037e\u0f0d\u0f0e\u0e5a\u0e5b\u2026"
 # typography: ’ ” » › 」 』.
 CLOSING_QUOTES = "'\"\u2019\u201d\u00bb\u203a\u300d\u300f"
 
+# Marks after which a sentence goes on: comma, semicolon, colon (Latin, Arabic, CJK,
+# fullwidth, Armenian, Ethiopic forms). A line ending in one continues on the next line.
+CONTINUATION_MARKS = ",;:\u060c\u061b\u3001\uff0c\uff1b\uff1a\u055d\u1363\u1364\u1365"
+
 TERMINALS = SENTENCE_TERMINALS + EXTRA_TERMINALS
 LINE_END_MARKS = TERMINALS + CLOSING_QUOTES
 

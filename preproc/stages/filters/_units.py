@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ._punct import LINE_END_MARKS, ends_with_mark
+from ._punct import CONTINUATION_MARKS, LINE_END_MARKS, ends_with_mark
 from ._text import TextView, segment_sums
 
 MIN_INNER_LINES = 3
@@ -115,12 +115,15 @@ class Units:
     original: pa.Array
     doc_unit_start: np.ndarray
     wrapped: np.ndarray
+    changed: bool = False          # some unit is more than one line
 
 
 def units_of(view: TextView, mode: str = "auto") -> Units:
     """Line-rule units of ``view``'s documents. ``mode``: ``"lines"`` (every line a unit,
     the reference behaviour), ``"paragraphs"`` (every document as if wrapped) or ``"auto"``
-    (paragraphs for the documents :func:`wrapped_docs` finds wrapped)."""
+    (paragraphs for the documents :func:`wrapped_docs` finds wrapped; in the others a line
+    ending in a comma, semicolon or colon of any script continues on the next non-blank
+    line, as verse-per-line text such as the Bible splits sentences at verse numbers)."""
     n = view.n_docs
     if mode == "lines":
         wrapped = np.zeros(n, dtype=bool)
@@ -130,16 +133,20 @@ def units_of(view: TextView, mode: str = "auto") -> Units:
         wrapped = wrapped_docs(view)
     lines = view.stripped_lines
     dls = view.doc_line_start
-    if not wrapped.any():
-        return Units(view.text, lines, dls, wrapped)
     n_lines = len(lines)
     line_doc = view.line_doc
     nonblank = view.line_words > 0
-    # A unit starts at every line of an unwrapped document, and in a wrapped one at its
-    # first line, at a blank line, and after a blank line.
+    # A unit starts at every line of an unwrapped document, except after a line ending in
+    # a continuation mark; in a wrapped one at its first line, at a blank line, and after
+    # a blank line.
     start = ~wrapped[line_doc] | ~nonblank
+    if mode == "auto" and n_lines > 1:
+        cont = ends_with_mark(lines, CONTINUATION_MARKS) & nonblank
+        start[1:] &= ~cont[:-1]
     start[1:] |= ~nonblank[:-1] | (line_doc[1:] != line_doc[:-1])
     start[dls[:-1][np.diff(dls) > 0]] = True
+    if start.all():
+        return Units(view.text, lines, dls, wrapped)
     unit_start = np.flatnonzero(start)
     offs = pa.array(np.append(unit_start, n_lines).astype(np.int32))
     grouped = pa.ListArray.from_arrays(offs, lines)
@@ -150,4 +157,4 @@ def units_of(view: TextView, mode: str = "auto") -> Units:
     doc_unit_start = np.append(unit_id[dls[:-1]], len(unit_start))
     text = pc.binary_join(pa.ListArray.from_arrays(
         pa.array(doc_unit_start.astype(np.int32)), joined), "\n")
-    return Units(text, original, doc_unit_start, wrapped)
+    return Units(text, original, doc_unit_start, wrapped, changed=True)

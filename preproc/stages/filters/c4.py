@@ -233,7 +233,7 @@ class C4V1(Filter):
         kept_idx = np.flatnonzero(alive)
         kept_lines = lines.take(pa.array(kept_idx))
         offsets = np.concatenate([[0], np.cumsum(kept_per_doc)]).astype(np.int32)
-        if units is None or not units.wrapped.any():
+        if units is None:
             new_text = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), kept_lines),
                                       pa.scalar("\n", kept_lines.type))
         else:
@@ -304,7 +304,7 @@ class C4V2(C4V1):
         if o.line_units == "lines":
             return view, None
         units = units_of(view, o.line_units)
-        return (TextView(units.text), units) if units.wrapped.any() else (view, None)
+        return (TextView(units.text), units) if units.changed else (view, None)
 
     def _line_ends(self, lines: pa.Array) -> np.ndarray:
         o: C4V2Options = self.options  # type: ignore[assignment]

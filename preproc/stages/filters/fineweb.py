@@ -151,7 +151,7 @@ class FineWebV2(ScopedFilter):
             view = view_of(text)
             if o.line_units != "lines":
                 units = units_of(view, o.line_units)
-                if units.wrapped.any():
+                if units.changed:
                     view = TextView(units.text)
             codes = evaluate(view, o, o.stop_chars, word_units=True)
             codes[~scope] = 0
