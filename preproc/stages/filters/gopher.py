@@ -170,6 +170,8 @@ NO_SPACE_SCRIPTS: dict[str, tuple[str, float]] = {
     "sea": (r"[\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}]", 4.5),
 }
 
+_ANY_NO_SPACE = "|".join(rx for rx, _ in NO_SPACE_SCRIPTS.values())
+
 
 def word_units(view: TextView) -> dict[str, np.ndarray]:
     """Per distinct word: ``units`` (how many words it stands for: 1 for a word of a
@@ -180,10 +182,18 @@ def word_units(view: TextView) -> dict[str, np.ndarray]:
     def build(d):
         units = np.zeros(len(d), dtype=np.float64)
         nospace = np.zeros(len(d), dtype=np.int64)
-        for rx, per_word in NO_SPACE_SCRIPTS.values():
-            k = pc.count_substring_regex(d, rx).to_numpy(zero_copy_only=False).astype(np.int64)
-            units += k / per_word
-            nospace += k
+        # Only words with a character of these scripts need counting: find them with one
+        # regex over the non-ASCII entries (most of a batch's dictionary is ASCII).
+        idx = np.flatnonzero(~pc.string_is_ascii(d).to_numpy(zero_copy_only=False))
+        if len(idx):
+            sub = d.take(pa.array(idx))
+            hit = pc.match_substring_regex(sub, _ANY_NO_SPACE).to_numpy(zero_copy_only=False)
+            idx, sub = idx[hit], sub.filter(pa.array(hit))
+        if len(idx):
+            for rx, per_word in NO_SPACE_SCRIPTS.values():
+                k = pc.count_substring_regex(sub, rx).to_numpy(zero_copy_only=False)
+                units[idx] += k / per_word
+                nospace[idx] += k
         spaced = f["is_word"] & (nospace == 0)
         # the rest of a mixed token (Latin letters, digits around CJK) is one more word
         rest = f["is_word"] & (nospace > 0) & (f["core_chars"] > nospace)
