@@ -53,13 +53,19 @@ def prepared(table: pa.Table) -> list[pa.RecordBatch]:
 
 
 def drops(batches: list[pa.RecordBatch], step: str, by=None) -> Counter:
-    """(collection, reason) -> documents ``step`` drops when it runs alone after langid."""
+    """(collection, reason) -> documents ``step`` drops when it runs alone after langid;
+    (collection, "@chars_in") and (collection, "@chars_kept") -> characters (C4 removes
+    lines from the documents it keeps)."""
     by = by or collection
     spec = {"defaults": False, step: True}
     only = CleanPipeline([s for s in build_steps(spec) if s.name == step], keep_removed=True)
     out: Counter = Counter()
     for b in batches:
         res = only(b)
+        for src, t in zip(b.column("source").to_pylist(), b.column("text").to_pylist()):
+            out[(by(src), "@chars_in")] += len(t)
+        for src, t in zip(res.kept.column("source").to_pylist(), res.kept.column("text").to_pylist()):
+            out[(by(src), "@chars_kept")] += len(t)
         if res.removed is not None:
             for src, why in zip(res.removed.column("source").to_pylist(),
                                 res.removed.column("reason").to_pylist()):
@@ -88,14 +94,18 @@ def main(argv=None) -> int:
         d = drops(batches, step, by)
         total = Counter()
         for (c, why), k in d.items():
-            total[c] += k
-            result[why][c] = k
-        for why in sorted({w for _, w in d}):
+            if not why.startswith("@"):
+                total[c] += k
+            result[why if not why.startswith("@") else step + why][c] = k
+        for why in sorted({w for _, w in d if not w.startswith("@")}):
             print(f"{why:44s}" + "".join(
                 f"{d[(c, why)]:8d} {100 * d[(c, why)] / docs[c]:5.1f}%" if d[(c, why)] else f"{'.':>16s}"
                 for c in colls))
         print(f"{step + ' (all rules)':44s}" + "".join(
-            f"{total[c]:8d} {100 * total[c] / docs[c]:5.1f}%" for c in colls), flush=True)
+            f"{total[c]:8d} {100 * total[c] / docs[c]:5.1f}%" for c in colls))
+        print(f"{step + ' (% of characters kept)':44s}" + "".join(
+            f"{100 * d[(c, '@chars_kept')] / max(d[(c, '@chars_in')], 1):15.1f}%" for c in colls),
+            flush=True)
         result[step + ":*"] = dict(total)
     if a.json:
         a.json.write_text(json.dumps({"docs": docs, "drops": result}, indent=1))

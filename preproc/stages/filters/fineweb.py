@@ -4,7 +4,7 @@ datatrove ``FineWebQualityFilter``).
 
 FineWeb's input is text extracted from HTML with one paragraph per line. Hard-wrapped text
 (Project Gutenberg, man pages rendered at 80 columns) has most lines ending mid-sentence and
-fails ``line_punct_ratio``, which is why this step is off by default.
+fails v1's ``line_punct_ratio``; v2 judges the paragraphs of such documents (``_units``).
 
 Lines are the non-blank lines of the document (FineWeb's extractor emits no blank lines;
 our normalized text keeps one between paragraphs, which must not count as short lines).
