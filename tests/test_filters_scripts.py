@@ -9,9 +9,12 @@ from __future__ import annotations
 import sys
 import textwrap
 
+import pyarrow as pa
 import pytest
 
 from preproc.stages.filters._punct import SENTENCE_TERMINALS, count_sentences
+from preproc.stages.filters._text import TextView
+from preproc.stages.filters.gopher import word_units
 from preproc.steps import CleanPipeline, build_steps
 
 from .test_filters import ALL_OFF, batch
@@ -195,3 +198,33 @@ def test_line_rules_on_books_and_on_web_boilerplate():
     # line_units: lines is the reference behaviour, for wrapped text too
     got, kept = run("c4_v2", [BOOK], {"line_units": "lines"})
     assert got != ["keep"] or len(kept["d0"]) < len(BOOK) / 2
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_c4_v2_line_end_marks_in_every_script(script):
+    """A line ending in the script's mark stays, the same line without it goes; 3 such
+    lines are 3 sentences (exactly 3 keeps), 2 are too few."""
+    body, mark = SCRIPTS[script]
+    three = "\n".join(body.format(i) + mark for i in range(3))
+    two = "\n".join(body.format(i) + mark if i < 2 else body.format(i) for i in range(3))
+    got, kept = run("c4_v2", [three, two], {"min_words_per_line": 1, "line_units": "lines"})
+    assert got == ["keep", "c4_v2:too_few_sentences"]
+    assert kept["d0"] == three
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_gopher_v2_word_count_in_every_script(script):
+    """The word count of 40 sentences (6-10 words each, or their length in characters of a
+    script without spaces) is in the range a reader counts, and the min_words rule cuts
+    exactly there."""
+    body, mark = SCRIPTS[script]
+    doc = " ".join(body.format(i) + mark for i in range(40))
+    view = TextView(pa.array([doc]))
+    n = view.per_doc_sum(word_units(view)["units"][view.word_id])[0]
+    assert 40 * 5 <= n <= 40 * 11, (script, n)
+    base = {"max_words": None, "min_mean_word_length": None, "max_mean_word_length": None,
+            "min_stop_words": None}
+    at = int(n) if n == int(n) else int(n) + 1      # min_words <= n keeps, > n drops
+    got = [run("gopher_quality_v2", [doc], {**base, "min_words": m}, language=["xx"])[0][0]
+           for m in (int(n), at + 1)]
+    assert got == ["keep", "gopher_quality_v2:min_words"], (script, n)
