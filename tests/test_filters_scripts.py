@@ -228,3 +228,12 @@ def test_gopher_v2_word_count_in_every_script(script):
     got = [run("gopher_quality_v2", [doc], {**base, "min_words": m}, language=["xx"])[0][0]
            for m in (int(n), at + 1)]
     assert got == ["keep", "gopher_quality_v2:min_words"], (script, n)
+
+
+def test_gopher_v2_distinct_stop_words_with_a_long_list():
+    """More stop words than fit in a 64-bit mask are counted the same way."""
+    many = tuple(f"w{i}" for i in range(100)) + ("the", "and")
+    docs = [en_doc(60, "the cat and"), en_doc(60, "and and and"), en_doc(60, "w5 w77 w99")]
+    got, _ = run("gopher_quality_v2", docs, {"stop_words": many, "min_stop_words": 3},
+                 language=["en"] * 3)
+    assert got == ["gopher_quality_v2:stop_words"] * 2 + ["keep"]

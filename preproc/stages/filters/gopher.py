@@ -304,20 +304,22 @@ def _line_checks(view: TextView, o) -> list:
 
 def distinct_stop_words(view: TextView, f: dict, stop_words: tuple[str, ...]) -> np.ndarray:
     """Per document, how many of ``stop_words`` occur in it (case-insensitively), each
-    counted once: one bit per stop word, OR-reduced over the document's words."""
-    stops = sorted({w.lower() for w in stop_words})[:63]
+    counted once: up to 63 stop words one bit each, OR-reduced over the document's words;
+    longer lists through the distinct (document, stop word) pairs."""
+    stops = sorted({w.lower() for w in stop_words})
     key = "stopidx:" + "\x00".join(stops)
     stop_arr = pa.array(stops, type=f["lower_core"].type)
-    idx = view.dict_feature(key, lambda d: pc.index_in(f["lower_core"], value_set=stop_arr)
-                            .to_numpy(zero_copy_only=False))
-    wi = idx[view.word_id]
-    hit = ~np.isnan(wi) if wi.dtype.kind == "f" else wi >= 0
-    bits = np.zeros(len(wi), dtype=np.uint64)
-    bits[hit] = np.left_shift(np.uint64(1), wi[hit].astype(np.uint64))
-    doc = view.word_doc
+    idx = view.dict_feature(key, lambda d: pc.fill_null(
+        pc.index_in(f["lower_core"], value_set=stop_arr), -1).to_numpy(zero_copy_only=False))
+    wi = idx[view.word_id].astype(np.int64)
+    hit = wi >= 0
+    doc = view.word_doc[hit]
+    wi = wi[hit]
+    if len(stops) > 63:
+        pairs = np.unique(doc * len(stops) + wi)
+        return np.bincount(pairs // len(stops), minlength=view.n_docs).astype(np.int64)
     acc = np.zeros(view.n_docs, dtype=np.uint64)
-    np.bitwise_or.at(acc, doc[hit], bits[hit])
-    # popcount of each document's bits
+    np.bitwise_or.at(acc, doc, np.left_shift(np.uint64(1), wi.astype(np.uint64)))
     counts = np.zeros(view.n_docs, dtype=np.int64)
     for b in range(len(stops)):
         counts += ((acc >> np.uint64(b)) & np.uint64(1)).astype(np.int64)
