@@ -194,11 +194,18 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                     help="clean processes (default: the cores, which the tokenizer uses)")
     ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--mb", type=float, default=None,
+                    help="use about this many MB of the corpus (every k-th document, so every "
+                         "collection keeps its share); default: all of it")
     a = ap.parse_args(argv)
 
     from tokenizers import Tokenizer
 
     table = load_corpus(a.corpus)
+    if a.mb:
+        total = sum(len(t.encode()) for t in table.column("text").to_pylist()) / 1e6
+        step = max(1, int(total / a.mb))
+        table = table.take(pa.array(np.arange(0, table.num_rows, step)))
     texts = table.column("text").to_pylist()
     mb = sum(len(t.encode()) for t in texts) / 1e6
     batches = batches_of(table, int(a.batch_mb * 1e6))

@@ -22,10 +22,17 @@ ALL_OFF = {"normalize": False, "length": False, "langid": False, "gopher_quality
            "gopher_repetition": False, "pii": False}
 
 
+# This file pins the v1 rules (a schedule naming ``c4_v1`` keeps its behaviour); the v2
+# steps, the family names' default now, are tested in test_filters_scripts.py.
+PINNED = {"gopher_quality": "gopher_quality_v1", "c4": "c4_v1", "fineweb": "fineweb_v1"}
+
+
 def only(family: str, **options):
-    """The steps of a spec that enables ``family`` alone, with ``options``."""
+    """The steps of a spec that enables ``family`` (v1 where pinned) alone, with ``options``."""
     spec = dict(ALL_OFF)
-    spec[family] = options or True
+    if family in PINNED:
+        spec[family] = False
+    spec[PINNED.get(family, family)] = options or True
     steps = build_steps(spec)
     assert [s.family for s in steps] == [family]
     return steps
@@ -61,11 +68,11 @@ def prose(n: int) -> str:
 # -- registry ----------------------------------------------------------------------------
 def test_default_steps_and_order():
     names = [s.name for s in build_steps(True)]
-    assert names == ["normalize_v1", "length_v1", "langid_v1", "gopher_quality_v1",
+    assert names == ["normalize_v1", "length_v1", "langid_v1", "gopher_quality_v2",
                      "gopher_repetition_v1", "pii_v1"]
     every = [s.name for s in build_steps({"unicode": True, "c4": True, "fineweb": True})]
     assert every.index("unicode_v1") < every.index("normalize_v1")
-    assert every.index("langid_v1") < every.index("gopher_quality_v1") < every.index("c4_v1")
+    assert every.index("langid_v1") < every.index("gopher_quality_v2") < every.index("c4_v2")
     assert every[-1] == "pii_v1"
 
 
