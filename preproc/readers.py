@@ -3,13 +3,18 @@
 Every record read ends up either in a batch (columns ``id``, ``text``, ``source`` and the
 spec's ``keep_fields``) or in the rejects with a reason. Problems with a whole file (a
 truncated gzip, a Parquet file without a text column) become *file errors*: the records
-read before the fault are kept and the run goes on.
+read before the fault are kept and the run goes on; rows a Parquet footer promised and the
+fault left unread are rejected ``file_error:unreadable`` (see :func:`read_split`).
+
+Memory for JSONL and text input is bounded by ``max_doc_bytes`` plus one chunk whatever the
+line: a longer line or text file is dropped while it is scanned, never held.
 
 Reject reasons: ``invalid_utf8``, ``invalid_json``, ``not_an_object``, ``missing_text``,
-``text_not_string``, ``null_text``, ``empty_text``, ``lone_surrogate``, ``doc_too_large``.
+``text_not_string``, ``null_text``, ``empty_text``, ``lone_surrogate``, ``doc_too_large``,
+``file_error:unreadable``.
 File errors: ``truncated_gzip``, ``corrupt_gzip``, ``truncated_zstd``, ``corrupt_zstd``,
 ``not_gzip`` (read as plain text), ``empty_compressed``, ``utf16_decoded`` (a UTF-16 file
-decoded whole), ``schema_missing_text``, ``schema_text_not_string``, ``unreadable``.
+re-encoded as UTF-8), ``schema_missing_text``, ``schema_text_not_string``, ``unreadable``.
 """
 
 from __future__ import annotations
@@ -185,14 +190,14 @@ def read_split(split: InputSplit, spec: InputSpec, log: ReadLog,
             k += 1
         failpoint("read_batch", context.stage, context.index, batch=k, file=split.rel)
     except DATA_ERRORS as e:
-        it.close()
         log.file_error(split, "unreadable", f"{type(e).__name__}: {e}")
         if log.split_rows is not None:
             seen = log.read - seen_before
             rest = log.split_rows - seen
             if rest > 0:
-                log.reject_rows(split, f"rows {split.row_offset + seen}..{split.row_offset + log.split_rows - 1}",
-                                "file_error:unreadable", rest)
+                log.reject_rows(split, f"{rest} rows left unread", "file_error:unreadable", rest)
+    finally:
+        it.close()
 
 
 # ---------------------------------------------------------------------------------------
