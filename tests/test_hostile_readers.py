@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
+import subprocess
+import sys
 import tracemalloc
 
 import pyarrow as pa
@@ -17,7 +20,7 @@ from preproc import readers
 from preproc.config import InputSpec
 from preproc.readers import InputSplit, ReadLog, read_split
 
-from .conftest import BAD, need
+from .conftest import BAD, ROOT, need
 
 
 def _invalid_utf8_strings(values: list[bytes]) -> pa.Array:
@@ -55,10 +58,15 @@ def test_parquet_with_invalid_utf8_rejects_those_rows_and_the_run_adds_up(tmp_pa
     s = _run(tmp_path, gpt2, [p])
     _invariant(s)
     assert s["read"] == 3 and s["kept"] == 2 and s["rejected"] == {"invalid_utf8": 1}
-    # A second run on the same inputs (once exit 1 forever) gives the same answer.
-    s2 = preproc.run({"input": {"paths": [str(p)]}, "clean": {"defaults": False, "normalize": True}},
-                     output=str(tmp_path / "out2"), tokenizer=str(gpt2), workers=1).stats
-    assert (s2["read"], s2["kept"]) == (3, 2)
+    # The CLI on the same input (once exit 1 on every run and rerun) exits 0 with the same answer.
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(json.dumps({"input": {"paths": [str(p)]}, "clean": {"defaults": False, "normalize": True}}))
+    out2 = tmp_path / "out2"
+    r = subprocess.run([sys.executable, "-m", "preproc", "run", str(spec), "--output", str(out2), "--workers", "1",
+                        "--tokenizer", str(gpt2)], capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert r.returncode == 0, r.stderr
+    s2 = json.loads((out2 / "stats.json").read_text())
+    assert (s2["read"], s2["kept"], s2["rejected"]) == (3, 2, {"invalid_utf8": 1})
 
 
 def test_invalid_utf8_in_an_id_column_rejects_the_row_or_replaces_under_policy(tmp_path):
