@@ -303,21 +303,26 @@ def _lines(chunks: Iterator[bytes], base: int, end: int | None, split: InputSpli
                 start = pos + lo
                 skipping = False
             while True:
-                if length == 0 and end is not None and pos + lo >= end:
-                    return
+                if length == 0:
+                    start = pos + lo
+                    if end is not None and start >= end:
+                        return
                 nl = chunk.find(b"\n", lo)
                 if nl < 0:
                     if lo < len(chunk):
                         add(chunk[lo:] if lo else chunk)
                     break
+                if length == 0 and (max_line_bytes is None or nl - lo <= max_line_bytes):
+                    yield start, chunk[lo:nl]       # the common case: the whole line in this chunk
+                    lo = nl + 1
+                    continue
                 add(chunk[lo:nl])
                 if max_line_bytes is not None and length > max_line_bytes:
                     log.reject(split, f"byte {start}", "doc_too_large", head)
                 else:
-                    yield start, pieces[0] if len(pieces) == 1 else b"".join(pieces)
+                    yield start, b"".join(pieces)
                 pieces, length, head = [], 0, b""
                 lo = nl + 1
-                start = pos + lo
             pos += len(chunk)
     except _StreamError as e:
         extra = {"partial_tail_bytes": length} if length else {}
