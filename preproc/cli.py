@@ -201,16 +201,19 @@ def cmd_report(a: argparse.Namespace) -> int:
     plan = Plan.load(a.output)
     store = plan.store()
     page = render_report(report_data(plan, store)).encode("utf-8")
-    if a.out:
-        from .storage import open_fs
+    where = a.out or store.url("report.html")
+    try:
+        if a.out:
+            from .storage import open_fs
 
-        fs, path = open_fs(a.out)
-        with fs.open(path, "wb") as f:
-            f.write(page)
-        where = a.out
-    else:
-        store.write_bytes("report.html", page)
-        where = store.url("report.html")
+            fs, path = open_fs(a.out)
+            with fs.open(path, "wb") as f:
+                f.write(page)
+        else:
+            store.write_bytes("report.html", page)
+    except OSError as e:
+        # Read-only storage, a full disk, no permission: the user's to fix, not a retry.
+        raise ConfigError(f"report: cannot write {where}: {e.strerror or e}") from None
     print(where)
     return EXIT_OK
 

@@ -84,7 +84,8 @@ class InputSpec(_Model):
     source_field: str | None = "source"
     # Extra input fields carried through to the clean output (e.g. ``url``, ``date``).
     keep_fields: list[str] = []
-    # A record whose text is larger than this (UTF-8 bytes) is rejected ``doc_too_large``.
+    # A record larger than this (UTF-8 bytes of its text; a JSONL line longer than this is
+    # rejected while it is scanned) is rejected ``doc_too_large``. It bounds reader memory.
     max_doc_bytes: Size | None = 64 * 2**20
     # Invalid UTF-8 in JSONL: ``reject`` the record, or ``replace`` bad bytes with U+FFFD.
     invalid_utf8: Literal["reject", "replace"] = "reject"

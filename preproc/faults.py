@@ -9,7 +9,11 @@ Off unless ``PREPROC_FAILPOINTS`` is set, and then only checked at a few points 
   not yet renamed/published), ``marker`` (all outputs committed, marker not yet written).
 * ``stage``/``index``: which index (omit for any).
 * ``action``: ``kill`` (SIGKILL this process, like the OOM killer), ``exit`` (exit code 1),
-  ``raise`` (a ``RuntimeError``), ``hang`` (sleep forever: a stalled worker).
+  ``raise`` (a ``RuntimeError``), ``hang`` (sleep forever: a stalled worker), ``data_error``
+  (a ``ValueError``: what a file whose bytes are not what its format says raises).
+* ``read_batch`` (a reader's batch boundary, in ``readers.read_split``) also takes ``batch``
+  (the boundary's number in its split: 0 before the first batch) and ``file`` (the input's
+  relative path); any other key a point passes is matched the same way.
 ``PREPROC_FAILPOINTS=@/path/rules.txt`` reads the rules from a file at every check.
 
 * ``times``: how many times the rule fires in total, across processes; counted with files in
@@ -62,8 +66,9 @@ def _claim(rule_id: int, times: int) -> bool:
     return False
 
 
-def failpoint(point: str, stage: str | None = None, index: int | None = None) -> None:
-    """Fire the first matching rule for this point, if any (no-op when not configured)."""
+def failpoint(point: str, stage: str | None = None, index: int | None = None, **where: object) -> None:
+    """Fire the first matching rule for this point, if any (no-op when not configured).
+    ``where``: more facts about the point (``batch=3``) that a rule may require."""
     if _ENV not in os.environ:
         return
     for rid, r in enumerate(_rules()):
@@ -72,6 +77,8 @@ def failpoint(point: str, stage: str | None = None, index: int | None = None) ->
         if "stage" in r and r["stage"] != stage:
             continue
         if "index" in r and index is not None and int(r["index"]) != index:
+            continue
+        if any(k in r and r[k] != str(v) for k, v in where.items()):
             continue
         if "times" in r and not _claim(rid, int(r["times"])):
             continue
@@ -83,6 +90,8 @@ def failpoint(point: str, stage: str | None = None, index: int | None = None) ->
         if action == "hang":
             while True:
                 time.sleep(3600)
+        if action == "data_error":
+            raise ValueError(f"failpoint {point} fired (stage={stage}, index={index}, {where})")
         raise RuntimeError(f"failpoint {point} fired (stage={stage}, index={index})")
 
 

@@ -198,7 +198,10 @@ def list_inputs(spec: Spec) -> list[InputFile]:
         proto = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
         prefix = "" if proto in ("file", "local") else f"{proto}://"
         entries: dict[str, dict[str, Any]]
-        if any(c in path for c in _GLOB_CHARS):
+        # A path that exists as written is taken literally, even with glob characters in
+        # its name (`data[1].jsonl`).
+        is_glob = any(c in path for c in _GLOB_CHARS) and not fs.exists(path)
+        if is_glob:
             entries = fs.glob(path, detail=True)
             base = _base_dir(path)
         elif fs.isdir(path):
@@ -218,7 +221,7 @@ def list_inputs(spec: Spec) -> list[InputFile]:
                 continue  # _SUCCESS, .crc, hidden files
             fmt, comp = _detect(p, spec.input.format)
             if fmt is None:
-                if any(c in path for c in _GLOB_CHARS) or not fs.isdir(path):
+                if is_glob or not fs.isdir(path):
                     raise ConfigError(f"input.paths: cannot tell the format of {prefix}{p}; set input.format")
                 continue
             rel = posixpath.relpath(p, base) if base else p

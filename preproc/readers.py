@@ -3,17 +3,23 @@
 Every record read ends up either in a batch (columns ``id``, ``text``, ``source`` and the
 spec's ``keep_fields``) or in the rejects with a reason. Problems with a whole file (a
 truncated gzip, a Parquet file without a text column) become *file errors*: the records
-read before the fault are kept and the run goes on.
+read before the fault are kept and the run goes on; rows a Parquet footer promised and the
+fault left unread are rejected ``file_error:unreadable`` (see :func:`read_split`).
+
+Memory for JSONL and text input is bounded by ``max_doc_bytes`` plus one chunk whatever the
+line: a longer line or text file is dropped while it is scanned, never held.
 
 Reject reasons: ``invalid_utf8``, ``invalid_json``, ``not_an_object``, ``missing_text``,
-``text_not_string``, ``null_text``, ``empty_text``, ``lone_surrogate``, ``doc_too_large``.
+``text_not_string``, ``null_text``, ``empty_text``, ``lone_surrogate``, ``doc_too_large``,
+``file_error:unreadable``.
 File errors: ``truncated_gzip``, ``corrupt_gzip``, ``truncated_zstd``, ``corrupt_zstd``,
 ``not_gzip`` (read as plain text), ``empty_compressed``, ``utf16_decoded`` (a UTF-16 file
-decoded whole), ``schema_missing_text``, ``schema_text_not_string``, ``unreadable``.
+re-encoded as UTF-8), ``schema_missing_text``, ``schema_text_not_string``, ``unreadable``.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 import zlib
 from dataclasses import dataclass, field
@@ -26,9 +32,10 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from .config import InputSpec
+from .faults import context, failpoint
 from .storage import open_fs
 
-__all__ = ["InputSplit", "ReadLog", "read_split"]
+__all__ = ["DATA_ERRORS", "InputSplit", "ReadLog", "read_split"]
 
 CHUNK_BYTES = 8 * 2**20      # read size for raw and decompressed streams
 # Compressed input is fed to zlib in small pieces so that, when a stream is corrupt, the
@@ -37,6 +44,10 @@ GZ_READ_BYTES = 64 * 2**10
 BATCH_BYTES = 16 * 2**20     # emit a batch when this much text has accumulated (bounds clean memory)
 BATCH_ROWS = 16384
 HEAD_BYTES = 200             # how much of a rejected record is kept for inspection
+# Errors that mean "this file's bytes are not what its format says", as opposed to I/O
+# failures (which must fail the index so that it is retried, never silently skip data).
+DATA_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, ValueError,
+               UnicodeError, EOFError)
 
 
 @dataclass(frozen=True)
@@ -77,6 +88,9 @@ class ReadLog:
     rejected: dict[str, int] = field(default_factory=dict)
     rejects: list[dict[str, Any]] = field(default_factory=list)
     file_errors: list[dict[str, Any]] = field(default_factory=list)
+    # Rows the split being read holds, when its format says so up front (Parquet metadata):
+    # what a file error mid-read leaves unread is then counted, not lost.
+    split_rows: int | None = None
 
     def reject(self, split: InputSplit, location: str, reason: str, head: bytes | str) -> None:
         self.read += 1
@@ -86,6 +100,12 @@ class ReadLog:
         else:
             head = head[:HEAD_BYTES].encode("utf-8", "backslashreplace").decode("utf-8")
         self.rejects.append({"file": split.uri, "location": location, "reason": reason, "head": head})
+
+    def reject_rows(self, split: InputSplit, location: str, reason: str, n: int) -> None:
+        """Count ``n`` rows that could not be read at all (one record stands for them all)."""
+        self.read += n
+        self.rejected[reason] = self.rejected.get(reason, 0) + n
+        self.rejects.append({"file": split.uri, "location": location, "reason": reason, "head": ""})
 
     def file_error(self, split: InputSplit, error: str, detail: str, **extra: Any) -> None:
         self.file_errors.append({"file": split.uri, "error": error, "detail": detail, **extra})
@@ -133,22 +153,51 @@ def _as_str(v: Any) -> str | None:
         return None
     if isinstance(v, str):
         return v
-    return json.dumps(v, ensure_ascii=False, sort_keys=True)
+    if isinstance(v, bytes):        # a binary Parquet column
+        return v.decode("utf-8", "replace")
+    return json.dumps(v, ensure_ascii=False, sort_keys=True, default=str)
 
 
 def read_split(split: InputSplit, spec: InputSpec, log: ReadLog,
                storage: Any = None, *, batch_bytes: int | None = None) -> Iterator[pa.RecordBatch]:
     """Yield batches of good documents from ``split``; record everything else in ``log``.
     ``storage``: the spec's storage settings (see :func:`preproc.storage.open_fs`);
-    ``batch_bytes``: text per JSONL batch (default BATCH_BYTES; small for a quick sample)."""
+    ``batch_bytes``: text per JSONL batch (default BATCH_BYTES; small for a quick sample).
+
+    Accounting holds by construction: ``log.read`` counts a good row only when its batch is
+    handed on, and a rejected one when it is rejected. A file whose bytes are not what its
+    format says (:data:`DATA_ERRORS`) ends its split with a file error ``unreadable``; rows
+    its metadata says it holds and that were neither handed on nor rejected are counted as
+    ``rejected: file_error:unreadable``. I/O errors propagate: the index fails and is retried.
+    """
     reader: Callable[..., Iterator[pa.RecordBatch]] = {
         "jsonl": _read_jsonl, "parquet": _read_parquet, "arrow": _read_arrow, "text": _read_text,
     }[split.format]
     fs, path = open_fs(split.uri, storage)
+    log.split_rows = None
+    seen_before = log.read
     if batch_bytes and split.format == "jsonl":
-        yield from _read_jsonl(fs, path, split, spec, log, batch_bytes=batch_bytes)
-        return
-    yield from reader(fs, path, split, spec, log)
+        it = _read_jsonl(fs, path, split, spec, log, batch_bytes=batch_bytes)
+    else:
+        it = reader(fs, path, split, spec, log)
+    k = 0
+    try:
+        for batch in it:
+            # A batch boundary: chaos tests inject a data error here (action=data_error).
+            failpoint("read_batch", context.stage, context.index, batch=k, file=split.rel)
+            log.read += batch.num_rows
+            yield batch
+            k += 1
+        failpoint("read_batch", context.stage, context.index, batch=k, file=split.rel)
+    except DATA_ERRORS as e:
+        log.file_error(split, "unreadable", f"{type(e).__name__}: {e}")
+        if log.split_rows is not None:
+            seen = log.read - seen_before
+            rest = log.split_rows - seen
+            if rest > 0:
+                log.reject_rows(split, f"{rest} rows left unread", "file_error:unreadable", rest)
+    finally:
+        it.close()
 
 
 # ---------------------------------------------------------------------------------------
@@ -171,18 +220,19 @@ def _raw_chunks(f, start: int, end: int | None) -> Iterator[bytes]:
 
 
 def _gunzip_chunks(f) -> Iterator[bytes]:
-    """Stream-decompress every gzip member (``cat a.gz b.gz`` is valid gzip)."""
+    """Stream-decompress every gzip member (``cat a.gz b.gz`` is valid gzip). Each piece is at
+    most CHUNK_BYTES, whatever the compression ratio (a gzip bomb expands ~1000x)."""
     d = zlib.decompressobj(wbits=31)
     pending = b""
     while True:
-        data = pending or f.read(GZ_READ_BYTES)
+        data = pending or d.unconsumed_tail or f.read(GZ_READ_BYTES)
         pending = b""
         if not data:
             if not d.eof:
                 raise _StreamError("truncated_gzip", "gzip stream ended before its end-of-stream marker")
             return
         try:
-            out = d.decompress(data)
+            out = d.decompress(data, CHUNK_BYTES)
         except zlib.error as e:
             raise _StreamError("corrupt_gzip", f"gzip data is corrupt: {e}") from None
         if out:
@@ -213,47 +263,76 @@ def _unzstd_chunks(f) -> Iterator[bytes]:
 
 
 def _lines(chunks: Iterator[bytes], base: int, end: int | None, split: InputSplit, log: ReadLog,
-           *, skip_first_partial: bool) -> Iterator[tuple[int, bytes]]:
+           *, skip_first_partial: bool, max_line_bytes: int | None = None) -> Iterator[tuple[int, bytes]]:
     """``(offset, line)`` for each line that *starts* in ``[base, end)``.
 
     A split that starts mid-file skips the partial line it lands in (the previous split owns
     it) unless it lands exactly on a line start; it reads past ``end`` to finish its last line.
     On a stream error the unterminated tail is not a record: it is reported with the error.
+
+    A line longer than ``max_line_bytes`` is rejected ``doc_too_large`` while it is scanned:
+    its bytes are dropped as they arrive, so no more than ``max_line_bytes`` plus one chunk is
+    ever held, whatever the line's length. A line's pieces are joined once (linear).
     """
-    buf = b""
-    pos = base              # file offset of buf[0]
+    pieces: list[bytes] = []    # the current line's bytes so far (dropped once it is too long)
+    length = 0                  # the current line's length so far
+    head = b""                  # an oversize line's first bytes, for its reject record
+    start = base                # file offset of the current line
+    pos = base                  # file offset of the current chunk
     skipping = skip_first_partial
+
+    def add(piece: bytes) -> None:
+        nonlocal length, head, pieces
+        length += len(piece)
+        if max_line_bytes is not None and length > max_line_bytes:
+            if not head:
+                head = b"".join(p[:HEAD_BYTES] for p in [*pieces, piece])[:HEAD_BYTES]
+            pieces = []
+            return
+        pieces.append(piece)
+
     try:
         for chunk in chunks:
-            buf = buf + chunk if buf else chunk
             lo = 0
             if skipping:
-                nl = buf.find(b"\n")
+                nl = chunk.find(b"\n")
                 if nl < 0:
-                    pos += len(buf)
-                    buf = b""
+                    pos += len(chunk)
                     continue
                 lo = nl + 1
+                start = pos + lo
                 skipping = False
             while True:
-                nl = buf.find(b"\n", lo)
+                if length == 0:
+                    start = pos + lo
+                    if end is not None and start >= end:
+                        return
+                nl = chunk.find(b"\n", lo)
                 if nl < 0:
+                    if lo < len(chunk):
+                        add(chunk[lo:] if lo else chunk)
                     break
-                off = pos + lo
-                if end is not None and off >= end:
-                    return
-                yield off, buf[lo:nl]
+                if length == 0 and (max_line_bytes is None or nl - lo <= max_line_bytes):
+                    yield start, chunk[lo:nl]       # the common case: the whole line in this chunk
+                    lo = nl + 1
+                    continue
+                add(chunk[lo:nl])
+                if max_line_bytes is not None and length > max_line_bytes:
+                    log.reject(split, f"byte {start}", "doc_too_large", head)
+                else:
+                    yield start, b"".join(pieces)
+                pieces, length, head = [], 0, b""
                 lo = nl + 1
-            pos += lo
-            buf = buf[lo:]
-            if end is not None and pos >= end:
-                return
+            pos += len(chunk)
     except _StreamError as e:
-        extra = {"partial_tail_bytes": len(buf)} if buf else {}
+        extra = {"partial_tail_bytes": length} if length else {}
         log.file_error(split, e.error, e.detail, **extra)
         return
-    if buf and not skipping and (end is None or pos < end):
-        yield pos, buf
+    if length and not skipping and (end is None or start < end):
+        if max_line_bytes is not None and length > max_line_bytes:
+            log.reject(split, f"byte {start}", "doc_too_large", head)
+        else:
+            yield start, b"".join(pieces)
 
 
 def _read_jsonl(fs, path: str, split: InputSplit, spec: InputSpec, log: ReadLog,
@@ -284,20 +363,30 @@ def _read_jsonl(fs, path: str, split: InputSplit, spec: InputSpec, log: ReadLog,
             if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
                 if start > 0:
                     return  # the split at offset 0 decodes the whole UTF-16 file
-                f.seek(0)
-                data = f.read().decode("utf-16").encode("utf-8")
-                log.file_error(split, "utf16_decoded", "file is UTF-16, not UTF-8: decoded whole")
-                chunks = iter([data])
+                log.file_error(split, "utf16_decoded", "file is UTF-16, not UTF-8: decoded to UTF-8")
+                chunks = _utf16_chunks(_raw_chunks(f, 0, None))
                 start, end = 0, None
             else:
                 chunks = _raw_chunks(f, max(start - 1, 0), end)
         skip = start > 0
         base = max(start - 1, 0) if skip else start
-        yield from _parse_lines(_lines(chunks, base, end, split, log, skip_first_partial=skip), split, spec, log,
-                                batch_bytes)
+        lines = _lines(chunks, base, end, split, log, skip_first_partial=skip, max_line_bytes=spec.max_doc_bytes)
+        yield from _parse_lines(lines, split, spec, log, batch_bytes)
+
+
+def _utf16_chunks(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """A UTF-16 stream (with BOM) re-encoded as UTF-8, chunk by chunk."""
+    dec = codecs.getincrementaldecoder("utf-16")()
+    for chunk in chunks:
+        yield dec.decode(chunk).encode("utf-8", "surrogatepass")
+    yield dec.decode(b"", final=True).encode("utf-8", "surrogatepass")
 
 
 _REASONS_BY_TYPE = {type(None): "null_text"}
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _parse_lines(lines: Iterator[tuple[int, bytes]], split: InputSplit, spec: InputSpec,
@@ -327,7 +416,8 @@ def _parse_lines(lines: Iterator[tuple[int, bytes]], split: InputSplit, spec: In
                     continue
                 s = line.decode("utf-8", "replace")
             try:
-                obj = json.loads(s)
+                # NaN and Infinity are not JSON (RFC 8259); orjson refuses them, so must this.
+                obj = json.loads(s, parse_constant=_not_json)
             except (ValueError, RecursionError):
                 log.reject(split, loc, "invalid_json", line)
                 continue
@@ -365,7 +455,6 @@ def _parse_lines(lines: Iterator[tuple[int, bytes]], split: InputSplit, spec: In
         except UnicodeEncodeError:
             log.reject(split, loc, "lone_surrogate", line)
             continue
-        log.read += 1
         batcher.add(rid, text, src, extra)
         if batcher.full():
             yield batcher.flush()  # type: ignore[misc]
@@ -377,19 +466,75 @@ def _parse_lines(lines: Iterator[tuple[int, bytes]], split: InputSplit, spec: In
 # ---------------------------------------------------------------------------------------
 # Tables: Parquet and Arrow
 
+def _string_column(col: pa.Array) -> pa.Array | None:
+    """``col`` as a plain ``string`` array when its type is string-like (``string``,
+    ``large_string``, ``string_view``, a dictionary of those), else None."""
+    t = col.type
+    if pa.types.is_dictionary(t):
+        if not _is_string_like(t.value_type):
+            return None
+        col = col.dictionary_decode()
+        t = col.type
+    if pa.types.is_string(t):
+        return col
+    if _is_string_like(t):
+        return col.cast(pa.string())
+    return None
+
+
+def _is_string_like(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+
+
+def _field_strings(col: pa.Array) -> pa.Array:
+    """Any column as strings: string-like as is, scalars by Arrow's cast, anything else
+    (lists, structs, binary that is not UTF-8) as JSON text, like a JSONL field."""
+    out = _string_column(col)
+    if out is not None:
+        return out
+    try:
+        return col.cast(pa.string())
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array([_as_str(v) for v in col.to_pylist()], pa.string())
+
+
+def _invalid_utf8_rows(col: pa.Array) -> list[int]:
+    """Rows of a ``string`` array whose bytes are not UTF-8 (Parquet does not check)."""
+    try:
+        col.validate(full=True)
+        return []
+    except pa.ArrowInvalid:
+        pass
+    return [i for i, v in enumerate(col.cast(pa.binary()).to_pylist()) if v is not None and not _is_utf8(v)]
+
+
+def _is_utf8(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def _replace_invalid(col: pa.Array) -> pa.Array:
+    return pa.array([None if v is None else v.decode("utf-8", "replace")
+                     for v in col.cast(pa.binary()).to_pylist()], pa.string())
+
+
 def _table_batches(batches: Iterator[pa.RecordBatch], first_row: int, split: InputSplit,
                    spec: InputSpec, log: ReadLog) -> Iterator[pa.RecordBatch]:
     """Validate columns of Arrow batches and turn them into document batches."""
     row = first_row
     tf = spec.text_field
+    replace = spec.invalid_utf8 == "replace"
     schema_error_reported = False
     for b in batches:
         n = b.num_rows
         rows = range(row, row + n)
         row += n
         names = b.schema.names
-        if tf not in names or not (pa.types.is_string(b.schema.field(tf).type)
-                                   or pa.types.is_large_string(b.schema.field(tf).type)):
+        text = _string_column(b.column(tf)) if tf in names else None
+        if text is None:
             reason = "missing_text" if tf not in names else "text_not_string"
             if not schema_error_reported:
                 err = "schema_missing_text" if tf not in names else "schema_text_not_string"
@@ -400,43 +545,60 @@ def _table_batches(batches: Iterator[pa.RecordBatch], first_row: int, split: Inp
             for r in rows:
                 log.reject(split, f"row {r}", reason, "")
             continue
-        text = b.column(tf).cast(pa.string())
-        valid = pc.fill_null(pc.invert(pc.is_null(text)), False)
-        nonblank = pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0), False)
+        ids = _field_strings(b.column(spec.id_field)) if spec.id_field and spec.id_field in names else None
+        src = (_string_column(b.column(spec.source_field))
+               if spec.source_field and spec.source_field in names else None)
+        extra = {k: _field_strings(b.column(k)) if k in names else pa.nulls(n, pa.string())
+                 for k in spec.keep_fields}
+        # Invalid UTF-8 in any column handed on: the row is rejected (or its bytes replaced),
+        # as a JSONL line would be; Arrow would fail on it later, far from its file.
+        bad_utf8: set[int] = set()
+        cols = {"text": text, "id": ids, "source": src, **{f"keep:{k}": v for k, v in extra.items()}}
+        for key, col in cols.items():
+            if col is None:
+                continue
+            bad = _invalid_utf8_rows(col)
+            if bad and replace:
+                col = _replace_invalid(col)
+                if key == "text":
+                    text = col
+                elif key == "id":
+                    ids = col
+                elif key == "source":
+                    src = col
+                else:
+                    extra[key[5:]] = col
+            bad_utf8.update(bad)
+        if bad_utf8 and replace:
+            bad_utf8 = set()
+        utf8_ok = pa.array([i not in bad_utf8 for i in range(n)], pa.bool_()) if bad_utf8 else None
+        checked = pc.if_else(utf8_ok, text, pa.scalar(None, pa.string())) if utf8_ok is not None else text
+        valid = pc.fill_null(pc.invert(pc.is_null(checked)), False)
+        nonblank = pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(checked)), 0), False)
         ok = pc.and_(valid, nonblank)
         if spec.max_doc_bytes is not None:
-            ok = pc.and_(ok, pc.fill_null(pc.less_equal(pc.binary_length(text), spec.max_doc_bytes), True))
+            ok = pc.and_(ok, pc.fill_null(pc.less_equal(pc.binary_length(checked), spec.max_doc_bytes), True))
         okn = ok.to_numpy(zero_copy_only=False)
         if not okn.all():
             validn = valid.to_numpy(zero_copy_only=False)
             blankn = nonblank.to_numpy(zero_copy_only=False)
             for i in (~okn).nonzero()[0]:
                 i = int(i)
-                reason = "null_text" if not validn[i] else ("empty_text" if not blankn[i] else "doc_too_large")
-                head = "" if not validn[i] else text[i].as_py()
+                if i in bad_utf8:
+                    reason, head = "invalid_utf8", text.cast(pa.binary())[i].as_py() or b""
+                else:
+                    reason = "null_text" if not validn[i] else ("empty_text" if not blankn[i] else "doc_too_large")
+                    head = "" if not validn[i] else text[i].as_py()
                 log.reject(split, f"row {rows[i]}", reason, head)
-        good = b.filter(ok)
         gtext = text.filter(ok)
+        m = len(gtext)
         idx = pa.array(rows, pa.int64()).filter(ok)
         gen_ids = pc.binary_join_element_wise(split.rel, pc.cast(idx, pa.string()), ":")
-        if spec.id_field and spec.id_field in names:
-            ids = pc.coalesce(good.column(spec.id_field).cast(pa.string()), gen_ids)
-        else:
-            ids = gen_ids
-        if spec.source_field and spec.source_field in names and pa.types.is_string(b.schema.field(spec.source_field).type):
-            src = pc.coalesce(good.column(spec.source_field), pa.scalar(split.rel))
-        else:
-            src = pa.array([split.rel] * good.num_rows, pa.string())
-        arrays = [ids, gtext, src]
-        for k in spec.keep_fields:
-            if k in names:
-                col = good.column(k)
-                arrays.append(col if pa.types.is_string(col.type) else
-                              pa.array([_as_str(v) for v in col.to_pylist()], pa.string()))
-            else:
-                arrays.append(pa.nulls(good.num_rows, pa.string()))
-        log.read += good.num_rows
-        if good.num_rows:
+        gids = pc.coalesce(ids.filter(ok), gen_ids) if ids is not None else gen_ids
+        gsrc = (pc.coalesce(src.filter(ok), pa.scalar(split.rel)) if src is not None
+                else pa.array([split.rel] * m, pa.string()))
+        arrays = [gids, gtext, gsrc, *[extra[k].filter(ok) for k in spec.keep_fields]]
+        if m:
             yield pa.RecordBatch.from_arrays(arrays, names=["id", "text", "source", *spec.keep_fields])
 
 
@@ -444,6 +606,7 @@ def _read_parquet(fs, path: str, split: InputSplit, spec: InputSpec, log: ReadLo
     with fs.open(path, "rb") as f:
         pf = pq.ParquetFile(f)
         groups = list(split.row_groups) if split.row_groups is not None else list(range(pf.num_row_groups))
+        log.split_rows = sum(pf.metadata.row_group(g).num_rows for g in groups)
         names = pf.schema_arrow.names
         wanted = [c for c in {spec.text_field, spec.id_field, spec.source_field, *spec.keep_fields} if c and c in names]
         row = split.row_offset
@@ -475,14 +638,33 @@ def _read_arrow(fs, path: str, split: InputSplit, spec: InputSpec, log: ReadLog)
 # Plain text: one document per file
 
 def _read_text(fs, path: str, split: InputSplit, spec: InputSpec, log: ReadLog) -> Iterator[pa.RecordBatch]:
+    """The whole file is one document. Read (and gunzipped) as a stream: past
+    ``max_doc_bytes`` the rest is counted but not held, and the file is ``doc_too_large``."""
+    max_bytes = spec.max_doc_bytes
+    pieces: list[bytes] = []
+    size = 0
+    head = b""
     with fs.open(path, "rb") as f:
-        data = f.read()
-    if split.compression == "gzip":
+        chunks = _raw_chunks(f, 0, None)
+        if split.compression == "gzip":
+            chunks = _gunzip_chunks(f)
         try:
-            data = b"".join(_gunzip_chunks(_BytesReader(data)))
+            for chunk in chunks:
+                if not head:
+                    head = chunk[:HEAD_BYTES]
+                size += len(chunk)
+                if max_bytes is not None and size > max_bytes:
+                    pieces = []
+                    continue
+                pieces.append(chunk)
         except _StreamError as e:
             log.file_error(split, e.error, e.detail)
             return
+    if max_bytes is not None and size > max_bytes:
+        log.reject(split, "file", "doc_too_large", head)
+        return
+    data = b"".join(pieces)
+    del pieces
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     try:
@@ -495,17 +677,6 @@ def _read_text(fs, path: str, split: InputSplit, spec: InputSpec, log: ReadLog) 
     if not text.strip():
         log.reject(split, "file", "empty_text", data)
         return
-    log.read += 1
     b = _Batcher(spec.keep_fields)
     b.add(split.rel, text, split.rel, {})
     yield b.flush()  # type: ignore[misc]
-
-
-class _BytesReader:
-    def __init__(self, data: bytes):
-        self.data, self.pos = data, 0
-
-    def read(self, n: int) -> bytes:
-        out = self.data[self.pos:self.pos + n]
-        self.pos += len(out)
-        return out

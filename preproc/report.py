@@ -644,7 +644,9 @@ def render_report(data: dict[str, Any]) -> str:
                   f"<div class='ex'>{_e(ex.get('text'))}{cut}</div>")
     else:
         a("<p>None.</p>")
-    blob = json.dumps(data, ensure_ascii=False, default=str).replace("</", "<\\/")
+    # Every "<" escaped: "</script" would end the element and "<!--<script" would make the
+    # parser swallow the rest of the page (HTML's script-data escaped states).
+    blob = json.dumps(data, ensure_ascii=False, default=str).replace("<", "\\u003c")
     a(f"<script type='application/json' id='report-data'>{blob}</script>")
     a("</body></html>")
     return "".join(parts)

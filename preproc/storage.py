@@ -503,8 +503,8 @@ class Store:
             except BaseException:
                 try:
                     os.unlink(tmp)
-                except FileNotFoundError:
-                    pass
+                except OSError:
+                    pass        # never let the cleanup's error hide the first one
                 raise
         else:
             # Object stores publish an object only when its upload completes; an exception

@@ -84,10 +84,13 @@ def run(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
     writer: pq.ParquetWriter | None = None
     with store.open_atomic(f"clean/{part(index)}.parquet") as f:
         for split in shard.splits:
+            pending = 0      # rows handed on by the reader (counted read) and not yet accounted
             try:
                 for batch in read_split(split, spec.input, log, spec.storage):
+                    pending = batch.num_rows
                     profile.observe_in(batch)
                     res = clean_isolating(pipe, batch, log, split)
+                    pending = res.kept.num_rows     # the others are now filtered or rejected
                     for k, v in res.filtered.items():
                         filtered[k] = filtered.get(k, 0) + v
                     for k, v in res.counters.items():
@@ -103,6 +106,7 @@ def run(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
                     if writer is None:
                         writer = pq.ParquetWriter(f, kept.schema, compression="zstd")
                     writer.write_batch(kept)
+                    pending = 0
                     text = kept.column("text")
                     if buckets:
                         h1, h2 = text_hashes(text)
@@ -113,6 +117,11 @@ def run(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
                     text_bytes += int(pc.sum(pc.binary_length(text)).as_py() or 0)
             except _DATA_ERRORS as e:
                 log.file_error(split, "unreadable", f"{type(e).__name__}: {e}")
+                if pending:
+                    # A batch that failed after the reader handed it on: its rows are
+                    # rejected, so read = kept + filtered + duplicates + rejected still holds.
+                    log.read -= pending
+                    log.reject_rows(split, f"batch of {pending} rows", "file_error:unreadable", pending)
         if writer is None:
             base = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string())]
                              + [(k, pa.string()) for k in spec.input.keep_fields])
