@@ -6,10 +6,13 @@ Off unless ``PREPROC_FAILPOINTS`` is set, and then only checked at a few points 
     PREPROC_FAILPOINTS="point=start,stage=tokenize,index=1,action=exit,times=1"
 
 * ``point``: ``start`` (before the stage runs), ``commit`` (an output is fully written but
-  not yet renamed/published), ``marker`` (all outputs committed, marker not yet written).
+  not yet renamed/published), ``marker`` (all outputs committed, marker not yet written),
+  ``clean_step`` (before a clean step runs on a batch; ``step=NAME`` picks the step, e.g.
+  ``step=langid_v1``).
 * ``stage``/``index``: which index (omit for any).
 * ``action``: ``kill`` (SIGKILL this process, like the OOM killer), ``exit`` (exit code 1),
-  ``raise`` (a ``RuntimeError``).
+  ``raise`` (a ``RuntimeError``, or the built-in exception ``error`` names: ``ImportError``,
+  ``MemoryError``, ``OSError``, ``ValueError``).
 ``PREPROC_FAILPOINTS=@/path/rules.txt`` reads the rules from a file at every check.
 
 * ``times``: how many times the rule fires in total, across processes; counted with files in
@@ -61,7 +64,11 @@ def _claim(rule_id: int, times: int) -> bool:
     return False
 
 
-def failpoint(point: str, stage: str | None = None, index: int | None = None) -> None:
+_ERRORS = {e.__name__: e for e in (RuntimeError, ImportError, MemoryError, OSError, ValueError)}
+
+
+def failpoint(point: str, stage: str | None = None, index: int | None = None, *,
+              step: str | None = None) -> None:
     """Fire the first matching rule for this point, if any (no-op when not configured)."""
     if _ENV not in os.environ:
         return
@@ -69,6 +76,8 @@ def failpoint(point: str, stage: str | None = None, index: int | None = None) ->
         if r.get("point", "start") != point:
             continue
         if "stage" in r and r["stage"] != stage:
+            continue
+        if "step" in r and r["step"] != step:
             continue
         if "index" in r and index is not None and int(r["index"]) != index:
             continue
@@ -79,7 +88,8 @@ def failpoint(point: str, stage: str | None = None, index: int | None = None) ->
             os.kill(os.getpid(), signal.SIGKILL)
         if action == "exit":
             os._exit(1)
-        raise RuntimeError(f"failpoint {point} fired (stage={stage}, index={index})")
+        error = _ERRORS.get(r.get("error", "RuntimeError"), RuntimeError)
+        raise error(f"failpoint {point} fired (stage={stage}, index={index}, step={step})")
 
 
 class context:
