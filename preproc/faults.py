@@ -6,11 +6,14 @@ Off unless ``PREPROC_FAILPOINTS`` is set, and then only checked at a few points 
     PREPROC_FAILPOINTS="point=start,stage=tokenize,index=1,action=exit,times=1"
 
 * ``point``: ``start`` (before the stage runs), ``commit`` (an output is fully written but
-  not yet renamed/published), ``marker`` (all outputs committed, marker not yet written).
+  not yet renamed/published), ``marker`` (all outputs committed, marker not yet written),
+  ``clean_step`` (before a clean step runs on a batch; ``step=NAME`` picks the step, e.g.
+  ``step=langid_v1``).
 * ``stage``/``index``: which index (omit for any).
 * ``action``: ``kill`` (SIGKILL this process, like the OOM killer), ``exit`` (exit code 1),
-  ``raise`` (a ``RuntimeError``), ``hang`` (sleep forever: a stalled worker), ``data_error``
-  (a ``ValueError``: what a file whose bytes are not what its format says raises).
+  ``raise`` (a ``RuntimeError``, or the built-in exception ``error`` names: ``ImportError``,
+  ``MemoryError``, ``OSError``, ``ValueError``), ``hang`` (sleep forever: a stalled worker),
+  ``data_error`` (a ``ValueError``: what a file whose bytes are not what its format says raises).
 * ``read_batch`` (a reader's batch boundary, in ``readers.read_split``) also takes ``batch``
   (the boundary's number in its split: 0 before the first batch) and ``file`` (the input's
   relative path); any other key a point passes is matched the same way.
@@ -66,15 +69,22 @@ def _claim(rule_id: int, times: int) -> bool:
     return False
 
 
-def failpoint(point: str, stage: str | None = None, index: int | None = None, **where: object) -> None:
+_ERRORS = {e.__name__: e for e in (RuntimeError, ImportError, MemoryError, OSError, ValueError)}
+
+
+def failpoint(point: str, stage: str | None = None, index: int | None = None, *,
+              step: str | None = None, **where: object) -> None:
     """Fire the first matching rule for this point, if any (no-op when not configured).
-    ``where``: more facts about the point (``batch=3``) that a rule may require."""
+    ``step``: the clean step about to run; ``where``: more facts about the point (``batch=3``)
+    that a rule may require."""
     if _ENV not in os.environ:
         return
     for rid, r in enumerate(_rules()):
         if r.get("point", "start") != point:
             continue
         if "stage" in r and r["stage"] != stage:
+            continue
+        if "step" in r and r["step"] != step:
             continue
         if "index" in r and index is not None and int(r["index"]) != index:
             continue
@@ -92,7 +102,8 @@ def failpoint(point: str, stage: str | None = None, index: int | None = None, **
                 time.sleep(3600)
         if action == "data_error":
             raise ValueError(f"failpoint {point} fired (stage={stage}, index={index}, {where})")
-        raise RuntimeError(f"failpoint {point} fired (stage={stage}, index={index})")
+        error = _ERRORS.get(r.get("error", "RuntimeError"), RuntimeError)
+        raise error(f"failpoint {point} fired (stage={stage}, index={index}, step={step})")
 
 
 class context:

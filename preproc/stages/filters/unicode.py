@@ -20,7 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from ...steps import Mapper, StepOptions, register, replace_text
+from ...errors import ConfigError
+from ...steps import Mapper, Requirement, StepOptions, register, replace_text
 from ._base import CODE_SOURCES
 from ._text import as_string_array, in_scope, with_type_of
 
@@ -85,6 +86,9 @@ def _badness_re2() -> str | None:
     return rx
 
 
+FTFY = Requirement("ftfy", "ftfy", "filters")
+
+
 class UnicodeOptions(StepOptions):
     # Code keeps its bytes: string literals in tests and codec tables look like mojibake.
     skip_sources: tuple[str, ...] = Field(default=CODE_SOURCES)
@@ -111,15 +115,16 @@ class UnicodeV1(Mapper):
     order = 5
     default_on = False
     Options = UnicodeOptions
+    requires = (FTFY,)
 
     def setup(self) -> None:
         if hasattr(self, "_config"):
             return
         try:
             import ftfy
-        except ImportError:
-            from ...errors import ConfigError
-            raise ConfigError("clean.unicode: needs ftfy (pip install 'preproc[filters]')") from None
+        except ImportError as e:
+            raise ConfigError(f"clean.unicode: needs {FTFY.package}, which cannot be imported ({e}); "
+                              f"{FTFY.install}") from None
         o: UnicodeOptions = self.options  # type: ignore[assignment]
         self._fix = ftfy.fix_text
         self._config = ftfy.TextFixerConfig(
