@@ -203,12 +203,14 @@ class StatusReader:
     reader kept across refreshes (``--watch``) reads each marker once."""
 
     def __init__(self, output: str, *, threads: int = 16):
-        from .plan import Plan
-        from .storage import Store
+        from .outputs import open_output   # (not at the top: outputs → refresh → executors → here)
 
         self.output = output
-        self.plan = Plan.load(output)
-        self.store = self.plan.store() if hasattr(self.plan, "store") else Store(output)
+        # A dataset root shows its latest generation; reads are bounded (a dead endpoint
+        # answers in seconds, in one line).
+        self.opened = open_output(output)
+        self.plan = self.opened.plan
+        self.store = self.opened.store
         self.threads = threads
         self._markers: dict[tuple[str, int], dict[str, Any]] = {}
 
@@ -257,7 +259,9 @@ class StatusReader:
         started = min((s["started_s"] for s in stages if s["started_s"]), default=None)
         last = max((s["last_done_s"] for s in stages if s["last_done_s"]), default=None)
         return {
-            "run_id": plan.run_id, "output": self.output, "complete": complete,
+            "run_id": plan.run_id, "output": plan.output if self.opened.root else self.output, "complete": complete,
+            **({"dataset_root": self.opened.root, "generation": self.opened.generation,
+                "generations": self.opened.generations} if self.opened.root else {}),
             "state": "complete" if complete else (current["state"] if current and current["state"] != "pending"
                                                   else ("running" if started else "planned")),
             "current_stage": current["stage"] if current else None,
@@ -328,9 +332,20 @@ def run_status(output: str, *, now: float | None = None) -> dict[str, Any]:
     return StatusReader(output).status(now)
 
 
+def format_generations_of(st: dict[str, Any]) -> str:
+    lines = [f"dataset {st['dataset_root']}: {len(st['generations'])} generation(s); "
+             f"showing generation {st['generation']}"]
+    for g in st["generations"]:
+        what = (f"{g['documents']:,} documents, {g['tokens']:,} tokens" if g.get("documents") is not None
+                else g["state"])
+        lines.append(f"  generation {g['generation']:>5}  {what}")
+    return "\n".join(lines)
+
+
 def format_status(st: dict[str, Any], *, max_failures: int = 10) -> str:
     """The human-readable ``preproc status`` text."""
-    lines = [f"run {st['run_id']}  {st['output']}  {'complete' if st['complete'] else 'not complete'}"
+    lines = [format_generations_of(st)] if st.get("generations") else []
+    lines += [f"run {st['run_id']}  {st['output']}  {'complete' if st['complete'] else 'not complete'}"
              + (f"  (elapsed {fmt_duration(st['elapsed_s'])})" if st.get("elapsed_s") else "")
              + (f"  last index finished {fmt_duration(st['idle_s'])} ago" if st.get("idle_s") else "")]
     for s in st["stages"]:

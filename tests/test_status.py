@@ -131,3 +131,56 @@ def _status_from_s3(out: Path, local: dict, monkeypatch) -> None:
         assert data["stats"] == json.loads((out / "stats.json").read_text())
     finally:
         srv.stop()
+
+
+def test_status_and_report_on_a_refreshed_dataset_root(tmp_path, demo_inputs):
+    """A refreshed dataset keeps no plan.json at its root: status and report show the latest
+    generation and list them all."""
+    import shutil
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    shutil.copy(demo_inputs / "input" / "web-c.jsonl.zst", inp)
+    spec = {"input": {"paths": [str(inp / "*")]}, "output": str(tmp_path / "ds"), "shards": 2,
+            "clean": {"defaults": False, "normalize": True},
+            "tokenize": {"tokenizer": str(demo_inputs / "tokenizer.json")}}
+    sp = tmp_path / "spec.yaml"
+    sp.write_text(yaml.safe_dump(spec))
+    for name in ("web-c.jsonl.zst", "web-d.parquet"):
+        shutil.copy(demo_inputs / "input" / name, inp)
+        p = _cli("refresh", sp, "--workers", "1")
+        assert p.returncode == 0, p.stderr
+    root = tmp_path / "ds"
+    assert not (root / "plan.json").exists()
+    g2 = json.loads((root / "generations" / "00002" / "plan.json").read_text())
+
+    p = _cli("status", root, "--json")
+    assert p.returncode == 0, p.stderr
+    st = json.loads(p.stdout)
+    assert st["run_id"] == g2["run_id"] and st["generation"] == 2 and st["complete"]
+    assert [g["generation"] for g in st["generations"]] == [1, 2]
+    ds = json.loads((root / "dataset.json").read_text())
+    assert [g["documents"] for g in st["generations"]] == [g["documents"] for g in ds["generations"]]
+    text = _cli("status", root)
+    assert text.returncode == 0, text.stderr
+    assert "2 generation(s); showing generation 2" in text.stdout and f"run {g2['run_id']}" in text.stdout
+
+    before = (root / "generations" / "00002" / "report.html").stat().st_mtime_ns
+    p = _cli("report", root)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().endswith("generations/00002/report.html") and "generations 1, 2" in p.stderr
+    assert (root / "generations" / "00002" / "report.html").stat().st_mtime_ns >= before
+    assert not (root / "report.html").exists()   # the root holds what refresh wrote, nothing else
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path, demo_inputs):
+    """`preproc plan SPEC | head`: the reader goes away; no BrokenPipeError traceback."""
+    r, w = os.pipe()
+    os.close(r)   # the reader is gone before the first write
+    try:
+        p = subprocess.run([sys.executable, "-m", "preproc", "plan", str(_spec(tmp_path, demo_inputs))], stdout=w,
+                           stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    finally:
+        os.close(w)
+    assert "BrokenPipeError" not in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert p.returncode == 0
