@@ -35,6 +35,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from .heartbeat import HEARTBEAT, coordinator_state
+
 if TYPE_CHECKING:
     from .plan import Plan
     from .storage import Store
@@ -256,22 +258,34 @@ class StatusReader:
             prev_complete = prev_complete and len(markers) == st.fan_out
         complete = store.exists("dataset.json")
         current = next((s for s in stages if s["done"] < s["total"]), None)
+        coord, since = coordinator_state(self._heartbeat(), now)
+        stopped = not complete and coord in ("stopped", "failed", "interrupted", "finished")
+        if stopped and current is not None and current["state"] in ("running", "failing", "pending"):
+            # Nobody is working on it: no ETA, and say so.
+            current["state"], current["eta_s"] = "stopped", None
         started = min((s["started_s"] for s in stages if s["started_s"]), default=None)
         last = max((s["last_done_s"] for s in stages if s["last_done_s"]), default=None)
         return {
             "run_id": plan.run_id, "output": plan.output if self.opened.root else self.output, "complete": complete,
             **({"dataset_root": self.opened.root, "generation": self.opened.generation,
                 "generations": self.opened.generations} if self.opened.root else {}),
-            "state": "complete" if complete else (current["state"] if current and current["state"] != "pending"
-                                                  else ("running" if started else "planned")),
+            "state": "complete" if complete else "stopped" if stopped else (
+                current["state"] if current and current["state"] != "pending" else ("running" if started else "planned")),
+            "coordinator": {"state": coord, "since_s": since} if coord else None,
             "current_stage": current["stage"] if current else None,
             "planned_s": plan.created_s or None, "started_s": started, "last_activity_s": last,
             "elapsed_s": round(((last if complete else now) - started), 1) if started and last else None,
             "idle_s": round(now - last, 1) if last and not complete else None,
-            "eta_s": current["eta_s"] if current else 0.0,
+            "eta_s": (current["eta_s"] if current else 0.0) if not stopped else None,
             "shards": plan.num_shards, "input_bytes": plan.input_bytes,
             "stages": stages,
         }
+
+    def _heartbeat(self) -> dict[str, Any] | None:
+        try:
+            return self.store.read_json(HEARTBEAT)
+        except (FileNotFoundError, ValueError):
+            return None
 
     def _stage(self, name: str, total: int, markers: dict[int, dict[str, Any]], done_t: dict[str, float],
                done_idx: dict[int, str], failures: list[dict[str, Any]], prev_complete: bool,
@@ -348,6 +362,14 @@ def format_status(st: dict[str, Any], *, max_failures: int = 10) -> str:
     lines += [f"run {st['run_id']}  {st['output']}  {'complete' if st['complete'] else 'not complete'}"
              + (f"  (elapsed {fmt_duration(st['elapsed_s'])})" if st.get("elapsed_s") else "")
              + (f"  last index finished {fmt_duration(st['idle_s'])} ago" if st.get("idle_s") else "")]
+    c = st.get("coordinator")
+    if st.get("state") == "stopped" and c:
+        how = {"stopped": "stopped without a word (killed?)", "failed": "failed", "interrupted": "was interrupted",
+               "finished": "left"}.get(c["state"], c["state"])
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c["since_s"])) if c.get("since_s") else "?"
+        lines.append(f"  stopped: the coordinator {how}; last seen {when}"
+                     + (f" ({fmt_duration(time.time() - c['since_s'])} ago)" if c.get("since_s") else "")
+                     + "; rerun the same command to resume")
     for s in st["stages"]:
         tok = f"  {s['tokens']:,} tokens" if s["tokens"] else ""
         rates = []

@@ -16,6 +16,7 @@ from typing import Any
 from .config import Spec, load_spec
 from .errors import ConfigError
 from .executors import get_executor
+from .heartbeat import HEARTBEAT, Heartbeat
 from .plan import Plan, make_plan
 from .stages import run_index, trivial
 from .storage import Store, exported, preflight
@@ -27,7 +28,7 @@ log = logging.getLogger("preproc")
 
 # What a run writes under its output; `force` removes exactly these, nothing else.
 RUN_ENTRIES = ("plan.json", "tokenizer.json", "dataset.json", "stats.json", "report.html", "rejects",
-               "removed", "clean", "exact_dedup", "tokens", "finalize", "near", "_metrics")
+               "removed", "clean", "exact_dedup", "tokens", "finalize", "near", "_metrics", HEARTBEAT)
 
 
 @dataclass
@@ -121,7 +122,8 @@ def execute(p: Plan, s: Spec, *, progress: bool = False, executor_options: dict[
     ex = executor or get_executor(s, progress=progress, **(executor_options or {}))
     try:
         # Worker processes started during the run read plan.json with the run's S3 settings.
-        with exported(p.spec.storage):
+        # The heartbeat tells `preproc status` whether a coordinator is still behind the run.
+        with exported(p.spec.storage), Heartbeat(store):
             for st in p.stages:
                 done = store.done_indices(st.name)
                 todo = [i for i in range(st.fan_out) if i not in done]

@@ -83,6 +83,24 @@ def test_status_of_a_killed_run_with_a_failed_index(tmp_path, demo_inputs, monke
     assert "index 1 (attempt 1): RuntimeError: failpoint start fired" in text.stdout
     assert "inputs: " in text.stdout
 
+    # The coordinator was SIGKILLed: its heartbeat stops. Once it is stale, status says the
+    # run stopped and when, with no ETA (not "[running] ... ETA 9s" forever).
+    from preproc.heartbeat import INTERVAL_S, STALE_AFTER
+    from preproc.progress import format_status, run_status
+
+    hb = json.loads((out / "_coordinator.json").read_text())
+    assert hb["state"] == "running" and hb["pid"] == proc.pid
+    later = hb["heartbeat_s"] + (STALE_AFTER + 1) * INTERVAL_S
+    st = run_status(str(out), now=later)
+    assert st["state"] == "stopped" and st["eta_s"] is None
+    assert st["coordinator"] == {"state": "stopped", "since_s": hb["heartbeat_s"]}
+    assert {s["stage"]: s["state"] for s in st["stages"]}["clean"] == "stopped"
+    shown = format_status(st)
+    assert "stopped: the coordinator stopped without a word" in shown and "ETA" not in shown
+    assert "[running]" not in shown and "[stopped]" in shown
+    # Within the heartbeat's interval it still counts as running.
+    assert run_status(str(out), now=hb["heartbeat_s"] + INTERVAL_S)["state"] != "stopped"
+
     # --watch --json: one JSON object per refresh until the run completes (it never will here).
     w = subprocess.Popen([sys.executable, "-m", "preproc", "status", str(out), "--watch", "0.2", "--json"],
                          env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE, text=True)
@@ -96,6 +114,7 @@ def test_status_of_a_killed_run_with_a_failed_index(tmp_path, demo_inputs, monke
     assert p.returncode == 0, p.stderr
     st = json.loads(_cli("status", out, "--json").stdout)
     assert st["complete"] and st["state"] == "complete" and st["eta_s"] == 0.0
+    assert st["coordinator"]["state"] == "finished"
     assert all(s["done"] == s["total"] and not s["failures"] for s in st["stages"])
     p = _cli("status", out, "--watch", "0.1")      # a complete run: prints once and returns
     assert p.returncode == 0 and "complete" in p.stdout
