@@ -65,3 +65,29 @@ def _cache_keys() -> list[str]:
     from preproc import tokenizer
 
     return sorted(tokenizer._CACHE)
+
+
+def test_a_script_without_a_main_guard_gets_one_clear_error(tmp_path, demo_inputs):
+    """Spawned workers re-run a script's top level; without `if __name__ == "__main__":` that
+    calls preproc.run() again inside each worker. One error that says what to do, not
+    "worker process died (killed or out of memory)" once per retry."""
+    import subprocess
+    import sys
+
+    from preproc.executors.local import SPAWN_MAIN_MESSAGE
+
+    from .conftest import ROOT
+
+    script = tmp_path / "prep.py"
+    script.write_text(
+        "import preproc\n"
+        f"preproc.run({{'input': {{'paths': [{str(demo_inputs / 'input' / 'web-a.jsonl')!r}]}}, "
+        f"'clean': {{'defaults': False}}, 'tokenize': {{'tokenizer': {str(demo_inputs / 'tokenizer.json')!r}}}}}, "
+        f"output={str(tmp_path / 'out')!r}, workers=2)\n")
+    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert p.returncode != 0
+    assert p.stderr.count(SPAWN_MAIN_MESSAGE) == 1, p.stderr[-3000:]
+    assert "preproc.errors.ConfigError" in p.stderr and "worker process died" not in p.stderr
+    assert "bootstrapping phase" not in p.stderr
+    assert not (tmp_path / "out" / "clean" / "_done").exists()

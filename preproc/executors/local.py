@@ -28,6 +28,23 @@ if TYPE_CHECKING:
 log = logging.getLogger("preproc")
 
 
+# A worker that found itself re-running the host script's top level (see _spawn_guard)
+# exits with this code, so the coordinator can say what happened instead of "worker died".
+EXIT_SPAWN_MAIN = 86
+SPAWN_MAIN_MESSAGE = (
+    "local workers could not start: they re-run your script's top level, which calls preproc again "
+    "(worker processes are started with 'spawn'); put the call under `if __name__ == \"__main__\":`")
+
+
+def _spawn_guard() -> None:
+    """Called where a pool is about to start. Inside a spawned worker that is still importing
+    the host's ``__main__`` (a script without a ``__name__`` guard), starting a pool of our
+    own is what multiprocessing refuses with a long RuntimeError in each worker; leave
+    quietly with :data:`EXIT_SPAWN_MAIN` instead, and the coordinator says it once."""
+    if getattr(mp.process.current_process(), "_inheriting", False):
+        os._exit(EXIT_SPAWN_MAIN)
+
+
 def _init_worker(threads: int, explicit: bool) -> None:
     from .. import signals
 
@@ -69,6 +86,7 @@ class LocalExecutor:
 
     def _get_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
+            _spawn_guard()
             self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
                                              initializer=_init_worker, initargs=(self.threads, self.explicit_threads))
         return self._pool
@@ -80,6 +98,14 @@ class LocalExecutor:
         for _ in range(self.workers):
             pool.submit(warm_up, spec.tokenize.tokenizer, spec.storage,
                         encode_special_tokens=spec.tokenize.encode_special_tokens)
+
+    def _check_spawn_main(self) -> None:
+        procs = getattr(self._pool, "_processes", None) or {}
+        for p in list(procs.values()):
+            p.join(timeout=5)
+            if p.exitcode == EXIT_SPAWN_MAIN:
+                self.close()
+                raise ConfigError(SPAWN_MAIN_MESSAGE)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -95,7 +121,12 @@ class LocalExecutor:
         try:
             while todo:
                 pool = self._get_pool()
-                futures: dict[Future, int] = {pool.submit(_run_one, plan.output, stage, i): i for i in todo}
+                try:
+                    futures: dict[Future, int] = {pool.submit(_run_one, plan.output, stage, i): i for i in todo}
+                except BrokenProcessPool:   # broke before this stage (prestart's workers died)
+                    self._check_spawn_main()
+                    self.close()
+                    continue
                 todo = []
                 broken = False
                 pending = set(futures)
@@ -107,6 +138,7 @@ class LocalExecutor:
                         try:
                             stats = fut.result()
                         except BrokenProcessPool:
+                            self._check_spawn_main()
                             broken = True
                             errors[i] = "worker process died (killed or out of memory)"
                             attempts[i] += 1
