@@ -41,13 +41,57 @@ if TYPE_CHECKING:
     from .plan import Plan
     from .storage import Store
 
-__all__ = ["Progress", "run_status", "format_status", "documents_in", "fmt_duration", "fmt_count"]
+__all__ = ["Progress", "run_status", "format_status", "group_rounds", "documents_in", "fmt_duration", "fmt_count"]
 
 log = logging.getLogger("preproc")
 
 LOG_EVERY_S = 30.0
 # Stages whose index i reads shard i of the inputs (failures name its input files).
 SHARD_STAGES = ("clean", "tokenize", "near_signatures", "near_shingles", "near_verify", "near_drops")
+
+
+# Near dedup's connected-component rounds (near_cc_00, near_cc_01, ...): up to max_rounds
+# stages, most of them with nothing to compute once components converge. Status and the
+# report show them as one row, the rounds inside.
+ROUND_PREFIX = "near_cc_"
+ROUNDS_ROW = "near_cc"
+
+
+def group_rounds(rows: list[dict[str, Any]], merge) -> list[dict[str, Any]]:
+    """``rows`` (one per stage, ``row["stage"]``) with consecutive component rounds replaced
+    by one row ``merge(rounds)``."""
+    out: list[dict[str, Any]] = []
+    run: list[dict[str, Any]] = []
+    for r in rows + [{"stage": ""}]:
+        if str(r["stage"]).startswith(ROUND_PREFIX):
+            run.append(r)
+            continue
+        if run:
+            out.append(merge(run))
+            run = []
+        if r["stage"]:
+            out.append(r)
+    return out
+
+
+def _merge_status_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    cur = next((r for r in rounds if r["state"] != "done"), None)
+    row = dict(cur or rounds[-1])
+    row["stage"] = ROUNDS_ROW
+    row["state"] = cur["state"] if cur else "done"
+    for k in ("done", "total", "docs", "docs_in", "tokens", "input_bytes"):
+        row[k] = sum(int(r.get(k) or 0) for r in rounds)
+    row["busy_s"] = round(sum(float(r.get("busy_s") or 0) for r in rounds), 3)
+    row["failures"] = [f for r in rounds for f in r["failures"]]
+    row["failed"] = {k: v for r in rounds for k, v in r["failed"].items()}
+    starts = [r["started_s"] for r in rounds if r.get("started_s")]
+    ends = [r["last_done_s"] for r in rounds if r.get("last_done_s")]
+    row["started_s"] = min(starts) if starts else None
+    row["last_done_s"] = max(ends) if ends else None
+    row["elapsed_s"] = round(row["last_done_s"] - row["started_s"], 1) if starts and ends and not cur else row.get("elapsed_s")
+    row["rounds"] = [{"stage": r["stage"], "state": r["state"], "done": r["done"], "total": r["total"]} for r in rounds]
+    row["rounds_done"] = sum(r["state"] == "done" for r in rounds)
+    return row
 
 
 def documents_in(stats: dict[str, Any]) -> int:
@@ -278,7 +322,7 @@ class StatusReader:
             "idle_s": round(now - last, 1) if last and not complete else None,
             "eta_s": (current["eta_s"] if current else 0.0) if not stopped else None,
             "shards": plan.num_shards, "input_bytes": plan.input_bytes,
-            "stages": stages,
+            "stages": group_rounds(stages, _merge_status_rounds),
         }
 
     def _heartbeat(self) -> dict[str, Any] | None:
@@ -383,6 +427,9 @@ def format_status(st: dict[str, Any], *, max_failures: int = 10) -> str:
             rates.append(f"ETA {fmt_duration(s['eta_s'])}")
         elif s["state"] == "done" and s.get("elapsed_s"):
             rates.append(f"took {fmt_duration(s['elapsed_s'])}")
+        if s.get("rounds"):
+            rates.append(f"round {s['rounds_done']}/{len(s['rounds'])}" if s["state"] != "done"
+                         else f"{len(s['rounds'])} rounds")
         lines.append(f"  {s['stage']:<14} {s['done']:>5}/{s['total']:<5} {s['docs'] or s['docs_in']:>12,} docs{tok}"
                      + (f"  {len(s['failures'])} failed" if s["failures"] else "")
                      + (f"  [{s['state']}]" if s["state"] not in ("done",) else "")

@@ -113,6 +113,13 @@ def run(spec: "Spec | str | Path | dict[str, Any]", *, force: bool = False, prog
         ex.close()
 
 
+def _log_idle(idle: list[str]) -> None:
+    if idle:
+        names = idle[0] if len(idle) == 1 else f"{idle[0]}..{idle[-1]} ({len(idle)} stages)"
+        log.info("stage %s: nothing left to compute; markers written by the coordinator", names)
+        idle.clear()
+
+
 def execute(p: Plan, s: Spec, *, progress: bool = False, executor_options: dict[str, Any] | None = None,
             executor=None, on_stage=None) -> RunResult:
     """Run every unfinished index of every stage of a written plan, in order."""
@@ -124,6 +131,7 @@ def execute(p: Plan, s: Spec, *, progress: bool = False, executor_options: dict[
         # Worker processes started during the run read plan.json with the run's S3 settings.
         # The heartbeat tells `preproc status` whether a coordinator is still behind the run.
         with exported(p.spec.storage), Heartbeat(store):
+            idle: list[str] = []   # consecutive stages with nothing to compute: one log line
             for st in p.stages:
                 done = store.done_indices(st.name)
                 todo = [i for i in range(st.fan_out) if i not in done]
@@ -134,11 +142,12 @@ def execute(p: Plan, s: Spec, *, progress: bool = False, executor_options: dict[
                     on_stage(st.name)
                 if trivial(p, st.name, store):
                     for i in todo:
-                        run_index(p, st.name, i, store)
-                    log.info("stage %s: nothing left to compute; %d marker(s) written by the coordinator",
-                             st.name, len(todo))
+                        run_index(p, st.name, i, store, quiet=True)
+                    idle.append(st.name)
                     continue
+                _log_idle(idle)
                 ex.run_stage(p, st.name, todo)
+            _log_idle(idle)
     finally:
         if executor is None:
             ex.close()
