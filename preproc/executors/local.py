@@ -13,10 +13,12 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
 
+from .. import logs
 from ..errors import ConfigError, PreprocError, StageFailed
 from ..progress import Progress  # noqa: F401  (re-exported: the k8s executor imports it from here)
 from ..stages import warm_up
@@ -45,9 +47,11 @@ def _spawn_guard() -> None:
         os._exit(EXIT_SPAWN_MAIN)
 
 
-def _init_worker(threads: int, explicit: bool) -> None:
+def _init_worker(threads: int, explicit: bool, started: Any = None) -> None:
     from .. import signals
 
+    global _started
+    _started = started
     signals.install()
     if explicit:
         os.environ["RAYON_NUM_THREADS"] = str(threads)
@@ -66,10 +70,16 @@ def _run_one(output: str, stage: str, index: int) -> dict[str, Any]:
     plan = _plan_cache.get(output)
     if plan is None:
         plan = _plan_cache[output] = Plan.load(output)
+    if _started is not None:
+        # Tell the coordinator which index runs here: when a worker dies, only the index it
+        # was running is charged a retry, not every index its broken pool took down.
+        _started.put((stage, index))
     return run_index(plan, stage, index)
 
 
 _plan_cache: dict[str, Any] = {}
+_started: Any = None
+DIED = "worker process died (killed or out of memory)"
 
 
 class LocalExecutor:
@@ -83,12 +93,15 @@ class LocalExecutor:
         self.retries = retries
         self.progress = progress
         self._pool: ProcessPoolExecutor | None = None
+        self._started_q: Any = None
 
     def _get_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
             _spawn_guard()
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
-                                             initializer=_init_worker, initargs=(self.threads, self.explicit_threads))
+            ctx = mp.get_context("spawn")
+            self._started_q = ctx.SimpleQueue()
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
+                                             initargs=(self.threads, self.explicit_threads, self._started_q))
         return self._pool
 
     def prestart(self, spec: "Spec") -> None:
@@ -128,10 +141,14 @@ class LocalExecutor:
                     self.close()
                     continue
                 todo = []
-                broken = False
+                lost: list[int] = []       # indices whose future the broken pool failed
+                round_t0 = time.time()
+                started_q = self._started_q
+                started: set[int] = set()
                 pending = set(futures)
                 while pending:
                     done, pending = wait(pending, timeout=5.0, return_when=FIRST_COMPLETED)
+                    started |= _drain(started_q, stage)
                     bar.tick()
                     for fut in done:
                         i = futures[fut]
@@ -139,13 +156,7 @@ class LocalExecutor:
                             stats = fut.result()
                         except BrokenProcessPool:
                             self._check_spawn_main()
-                            broken = True
-                            errors[i] = "worker process died (killed or out of memory)"
-                            attempts[i] += 1
-                            if attempts[i] <= self.retries:
-                                todo.append(i)
-                            else:
-                                bar.fail(i, errors[i])
+                            lost.append(i)
                             continue
                         except ConfigError as e:
                             raise StageFailed(stage, {i: f"ConfigError: {e}"}) from None
@@ -160,13 +171,71 @@ class LocalExecutor:
                             continue
                         errors.pop(i, None)
                         bar.advance(stats)
-                if broken:
-                    self.close()
+                if lost:
+                    self.close()   # joins the pool's processes: their SIGTERM records are written
+                    todo += _after_break(self, plan, stage, lost, started | _drain(started_q, stage), round_t0,
+                                         attempts, errors, bar)
                 todo.sort()
         finally:
             bar.close()
         if errors:
             raise StageFailed(stage, errors)
+
+
+def _drain(q: Any, stage: str) -> set[int]:
+    seen: set[int] = set()
+    try:
+        while not q.empty():
+            st, i = q.get()
+            if st == stage:
+                seen.add(i)
+    except (OSError, EOFError, ValueError):
+        pass
+    return seen
+
+
+def _after_break(self: "LocalExecutor", plan: "Plan", stage: str, lost: list[int], started: set[int],
+                 round_t0: float, attempts: dict[int, int], errors: dict[int, str], bar: Progress) -> list[int]:
+    """A worker died and took its pool down: sort the lost indices into done (their marker
+    was written), innocent (never started, or stopped by the pool's SIGTERM after the death)
+    and the ones that died, which alone are charged a retry. What to run again."""
+    store = plan.store()
+    again: list[int] = []
+    dead: list[int] = []
+    innocent: list[int] = []
+    for i in lost:
+        marker = store.read_marker(stage, i)
+        if marker is not None:
+            errors.pop(i, None)
+            bar.advance(marker)
+            continue
+        try:
+            rec = store.read_json(store.failure_rel(stage, i))
+        except (FileNotFoundError, ValueError):
+            rec = None
+        terminated = (isinstance(rec, dict) and str(rec.get("error", "")).startswith("Terminated")
+                      and float(rec.get("time_s") or 0) >= round_t0)
+        (innocent if i not in started or terminated else dead).append(i)
+    if not dead:
+        dead, innocent = innocent, []   # no culprit found (it died outside an index): charge them all
+    again += innocent
+    for i in dead:
+        attempts[i] += 1
+        errors[i] = DIED
+        rec = {"error": DIED, "time_s": time.time(), "attempt": attempts[i], "host": logs.HOST}
+        try:
+            store.write_json(store.failure_rel(stage, i), rec)   # what status shows, and the next attempt's number
+        except OSError:
+            pass
+        if attempts[i] <= self.retries:
+            log.warning("stage %s index %d: %s (attempt %d); retrying", stage, i, DIED, attempts[i])
+            again.append(i)
+        else:
+            bar.fail(i, errors[i])
+    if innocent:
+        log.info("stage %s: indices %s stopped with their pool after a worker died; run again without "
+                 "counting an attempt", stage, ", ".join(map(str, innocent)))
+    return again
 
 
 def _fatal(e: BaseException) -> bool:
