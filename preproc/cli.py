@@ -169,18 +169,19 @@ def status(output: str) -> dict[str, Any]:
 
 
 def cmd_status(a: argparse.Namespace) -> int:
+    from .outputs import readable
     from .progress import StatusReader, format_status
 
     reader = StatusReader(a.output)
     if a.watch is None:
-        st = reader.status()
+        st = readable(a.output, reader.status)
         print(json.dumps(st, indent=1) if a.json else format_status(st))
         return EXIT_OK
     # --watch: refresh until the run is complete (JSON: one object per line).
     tty = sys.stdout.isatty() and not a.json
     try:
         while True:
-            st = reader.status()
+            st = readable(a.output, reader.status)
             if a.json:
                 print(json.dumps(st), flush=True)
             else:
@@ -195,12 +196,17 @@ def cmd_status(a: argparse.Namespace) -> int:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    from .plan import Plan
+    from .outputs import open_output, readable
     from .report import render_report, report_data
 
-    plan = Plan.load(a.output)
+    opened = open_output(a.output)   # a dataset root: its latest generation
+    plan = opened.plan
     store = plan.store()
-    page = render_report(report_data(plan, store)).encode("utf-8")
+    if opened.root:
+        print(f"dataset {opened.root}: generations "
+              + ", ".join(str(g["generation"]) for g in opened.generations)
+              + f"; report of generation {opened.generation}", file=sys.stderr)
+    page = render_report(readable(a.output, lambda: report_data(plan, opened.store))).encode("utf-8")
     where = a.out or store.url("report.html")
     try:
         if a.out:
@@ -326,7 +332,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     say = ((lambda msg: log.error(msg, extra={"event": "exit"})) if logs.log_format() == "json"
            else (lambda msg: print(msg, file=sys.stderr)))
     try:
-        return a.func(a)
+        rc = a.func(a)
+        sys.stdout.flush()   # here, not at exit: a closed pipe is caught below
+        return rc
+    except BrokenPipeError:
+        # `preproc status OUT | head`: the reader left; that is not an error of ours. Point
+        # stdout at /dev/null so the interpreter's final flush does not raise again.
+        _silence_stdout()
+        return EXIT_OK
     except PreprocError as e:
         say(f"preproc: error: {e}")
         return e.exit_code
@@ -337,6 +350,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("preproc").exception("unexpected error")
         say(f"preproc: error: {type(e).__name__}: {e}")
         return EXIT_RETRYABLE
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

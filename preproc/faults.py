@@ -20,7 +20,9 @@ Off unless ``PREPROC_FAILPOINTS`` is set, and then only checked at a few points 
 ``PREPROC_FAILPOINTS=@/path/rules.txt`` reads the rules from a file at every check.
 
 * ``times``: how many times the rule fires in total, across processes; counted with files in
-  ``PREPROC_FAILPOINT_STATE`` (a folder; required when ``times`` is set).
+  ``PREPROC_FAILPOINT_STATE`` (a folder). A coordinator creates a fresh one for its workers
+  when it is not set (:func:`share_state`); a process with a ``times`` rule and no folder
+  refuses to guess (a rule that fired in every process would be a different test).
 
 The executors' conformance tests use these to kill workers anywhere, including mid-commit,
 and check that a rerun gives byte-identical outputs.
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import os
 import signal
+import tempfile
 import time
 
 _ENV = "PREPROC_FAILPOINTS"
@@ -54,10 +57,19 @@ def _rules() -> list[dict[str, str]]:
     return rules
 
 
+def share_state() -> None:
+    """Before starting workers: give ``times=`` rules a state folder the workers share."""
+    if os.environ.get(_STATE) or _ENV not in os.environ:
+        return
+    if any("times" in r for r in _rules()):
+        os.environ[_STATE] = tempfile.mkdtemp(prefix="preproc-failpoints-")
+
+
 def _claim(rule_id: int, times: int) -> bool:
     state = os.environ.get(_STATE)
     if not state:
-        return True
+        raise RuntimeError(f"{_ENV}: a rule with times={times} needs {_STATE} (a folder shared by the processes "
+                           "that count it)")
     os.makedirs(state, exist_ok=True)
     for k in range(times):
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import posixpath
 import time
 from dataclasses import dataclass, field
@@ -142,7 +143,32 @@ class Plan:
                  f"{_human(self.input_bytes)}, {self.num_shards} shard(s)"]
         for s in self.stages:
             lines.append(f"  stage {s.name:<14} {s.fan_out} index(es)")
+        why = self.few_shards_reason()
+        if why:
+            lines.append(f"note: {why}")
         return "\n".join(lines)
+
+    def few_shards_reason(self) -> str | None:
+        """Why a local run gets fewer than two shards per worker (some workers would idle),
+        or None when it does not."""
+        ex = self.spec.executor
+        if ex.kind != "local":
+            return None
+        workers = ex.workers or os.cpu_count() or 1
+        n = self.num_shards
+        if n >= 2 * workers:
+            return None
+        head = f"{n} shard(s) for {workers} worker(s), so some workers will idle: "
+        if self.spec.shards:
+            if n < self.spec.shards:
+                return head + (f"shards: {self.spec.shards} asked, but compressed files are not cut and "
+                               f"there are only {n} piece(s)")
+            return head + f"the spec sets shards: {self.spec.shards}"
+        want = default_shards(self.input_bytes, self.spec.target_shard_bytes)
+        if n < want:
+            return head + f"compressed files are not cut, and there are only {n} piece(s)"
+        return head + (f"the input ({_human(self.input_bytes)}) is not cut into shards smaller than "
+                       f"{_human(MIN_SHARD_BYTES)}; set shards: N to cut finer")
 
 
 def _human(n: float) -> str:
@@ -283,15 +309,29 @@ def _splits(f: InputFile, target: int, storage: Any = None) -> list[InputSplit]:
     return [base]
 
 
+# Without `shards`, a small corpus is still cut into up to MIN_SHARDS shards (of at least
+# MIN_SHARD_BYTES): a 36 MB corpus in one 128 MiB shard leaves all workers but one idle. The
+# default depends on the input only, never on the worker count, so that outputs stay
+# byte-identical however many workers run them.
+MIN_SHARDS = 16
+MIN_SHARD_BYTES = 2**20
+
+
+def default_shards(total_bytes: int, target_shard_bytes: int) -> int:
+    """Shards when the spec sets none: ``target_shard_bytes`` each, but at least
+    :data:`MIN_SHARDS` when the input holds that many :data:`MIN_SHARD_BYTES`."""
+    return max(1, math.ceil(total_bytes / target_shard_bytes), min(MIN_SHARDS, total_bytes // MIN_SHARD_BYTES))
+
+
 def plan_shards(files: list[InputFile], *, shards: int | None, target_shard_bytes: int,
                 storage: Any = None) -> list[Shard]:
     """Balance splits into shards by bytes, keeping input order (deterministic, local reads).
 
     With ``shards`` given, aim for exactly that many (fewer when there are fewer pieces than
-    shards: compressed files are not cut); otherwise pieces of about ``target_shard_bytes``.
+    shards: compressed files are not cut); otherwise :func:`default_shards`.
     """
     total = sum(max(f.bytes, 1) for f in files)
-    n = shards or max(1, math.ceil(total / target_shard_bytes))
+    n = shards or default_shards(total, target_shard_bytes)
     target = max(1, math.ceil(total / n))
     splits = [s for f in files for s in _splits(f, target, storage)]
     # Cut the cumulative byte line at multiples of total/n: a split goes to the shard its

@@ -35,17 +35,63 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from .heartbeat import HEARTBEAT, coordinator_state
+
 if TYPE_CHECKING:
     from .plan import Plan
     from .storage import Store
 
-__all__ = ["Progress", "run_status", "format_status", "documents_in", "fmt_duration", "fmt_count"]
+__all__ = ["Progress", "run_status", "format_status", "group_rounds", "documents_in", "fmt_duration", "fmt_count"]
 
 log = logging.getLogger("preproc")
 
 LOG_EVERY_S = 30.0
 # Stages whose index i reads shard i of the inputs (failures name its input files).
 SHARD_STAGES = ("clean", "tokenize", "near_signatures", "near_shingles", "near_verify", "near_drops")
+
+
+# Near dedup's connected-component rounds (near_cc_00, near_cc_01, ...): up to max_rounds
+# stages, most of them with nothing to compute once components converge. Status and the
+# report show them as one row, the rounds inside.
+ROUND_PREFIX = "near_cc_"
+ROUNDS_ROW = "near_cc"
+
+
+def group_rounds(rows: list[dict[str, Any]], merge) -> list[dict[str, Any]]:
+    """``rows`` (one per stage, ``row["stage"]``) with consecutive component rounds replaced
+    by one row ``merge(rounds)``."""
+    out: list[dict[str, Any]] = []
+    run: list[dict[str, Any]] = []
+    for r in rows + [{"stage": ""}]:
+        if str(r["stage"]).startswith(ROUND_PREFIX):
+            run.append(r)
+            continue
+        if run:
+            out.append(merge(run))
+            run = []
+        if r["stage"]:
+            out.append(r)
+    return out
+
+
+def _merge_status_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    cur = next((r for r in rounds if r["state"] != "done"), None)
+    row = dict(cur or rounds[-1])
+    row["stage"] = ROUNDS_ROW
+    row["state"] = cur["state"] if cur else "done"
+    for k in ("done", "total", "docs", "docs_in", "tokens", "input_bytes"):
+        row[k] = sum(int(r.get(k) or 0) for r in rounds)
+    row["busy_s"] = round(sum(float(r.get("busy_s") or 0) for r in rounds), 3)
+    row["failures"] = [f for r in rounds for f in r["failures"]]
+    row["failed"] = {k: v for r in rounds for k, v in r["failed"].items()}
+    starts = [r["started_s"] for r in rounds if r.get("started_s")]
+    ends = [r["last_done_s"] for r in rounds if r.get("last_done_s")]
+    row["started_s"] = min(starts) if starts else None
+    row["last_done_s"] = max(ends) if ends else None
+    row["elapsed_s"] = round(row["last_done_s"] - row["started_s"], 1) if starts and ends and not cur else row.get("elapsed_s")
+    row["rounds"] = [{"stage": r["stage"], "state": r["state"], "done": r["done"], "total": r["total"]} for r in rounds]
+    row["rounds_done"] = sum(r["state"] == "done" for r in rounds)
+    return row
 
 
 def documents_in(stats: dict[str, Any]) -> int:
@@ -203,12 +249,14 @@ class StatusReader:
     reader kept across refreshes (``--watch``) reads each marker once."""
 
     def __init__(self, output: str, *, threads: int = 16):
-        from .plan import Plan
-        from .storage import Store
+        from .outputs import open_output   # (not at the top: outputs → refresh → executors → here)
 
         self.output = output
-        self.plan = Plan.load(output)
-        self.store = self.plan.store() if hasattr(self.plan, "store") else Store(output)
+        # A dataset root shows its latest generation; reads are bounded (a dead endpoint
+        # answers in seconds, in one line).
+        self.opened = open_output(output)
+        self.plan = self.opened.plan
+        self.store = self.opened.store
         self.threads = threads
         self._markers: dict[tuple[str, int], dict[str, Any]] = {}
 
@@ -254,20 +302,34 @@ class StatusReader:
             prev_complete = prev_complete and len(markers) == st.fan_out
         complete = store.exists("dataset.json")
         current = next((s for s in stages if s["done"] < s["total"]), None)
+        coord, since = coordinator_state(self._heartbeat(), now)
+        stopped = not complete and coord in ("stopped", "failed", "interrupted", "finished")
+        if stopped and current is not None and current["state"] in ("running", "failing", "pending"):
+            # Nobody is working on it: no ETA, and say so.
+            current["state"], current["eta_s"] = "stopped", None
         started = min((s["started_s"] for s in stages if s["started_s"]), default=None)
         last = max((s["last_done_s"] for s in stages if s["last_done_s"]), default=None)
         return {
-            "run_id": plan.run_id, "output": self.output, "complete": complete,
-            "state": "complete" if complete else (current["state"] if current and current["state"] != "pending"
-                                                  else ("running" if started else "planned")),
+            "run_id": plan.run_id, "output": plan.output if self.opened.root else self.output, "complete": complete,
+            **({"dataset_root": self.opened.root, "generation": self.opened.generation,
+                "generations": self.opened.generations} if self.opened.root else {}),
+            "state": "complete" if complete else "stopped" if stopped else (
+                current["state"] if current and current["state"] != "pending" else ("running" if started else "planned")),
+            "coordinator": {"state": coord, "since_s": since} if coord else None,
             "current_stage": current["stage"] if current else None,
             "planned_s": plan.created_s or None, "started_s": started, "last_activity_s": last,
             "elapsed_s": round(((last if complete else now) - started), 1) if started and last else None,
             "idle_s": round(now - last, 1) if last and not complete else None,
-            "eta_s": current["eta_s"] if current else 0.0,
+            "eta_s": (current["eta_s"] if current else 0.0) if not stopped else None,
             "shards": plan.num_shards, "input_bytes": plan.input_bytes,
-            "stages": stages,
+            "stages": group_rounds(stages, _merge_status_rounds),
         }
+
+    def _heartbeat(self) -> dict[str, Any] | None:
+        try:
+            return self.store.read_json(HEARTBEAT)
+        except (FileNotFoundError, ValueError):
+            return None
 
     def _stage(self, name: str, total: int, markers: dict[int, dict[str, Any]], done_t: dict[str, float],
                done_idx: dict[int, str], failures: list[dict[str, Any]], prev_complete: bool,
@@ -328,11 +390,30 @@ def run_status(output: str, *, now: float | None = None) -> dict[str, Any]:
     return StatusReader(output).status(now)
 
 
+def format_generations_of(st: dict[str, Any]) -> str:
+    lines = [f"dataset {st['dataset_root']}: {len(st['generations'])} generation(s); "
+             f"showing generation {st['generation']}"]
+    for g in st["generations"]:
+        what = (f"{g['documents']:,} documents, {g['tokens']:,} tokens" if g.get("documents") is not None
+                else g["state"])
+        lines.append(f"  generation {g['generation']:>5}  {what}")
+    return "\n".join(lines)
+
+
 def format_status(st: dict[str, Any], *, max_failures: int = 10) -> str:
     """The human-readable ``preproc status`` text."""
-    lines = [f"run {st['run_id']}  {st['output']}  {'complete' if st['complete'] else 'not complete'}"
+    lines = [format_generations_of(st)] if st.get("generations") else []
+    lines += [f"run {st['run_id']}  {st['output']}  {'complete' if st['complete'] else 'not complete'}"
              + (f"  (elapsed {fmt_duration(st['elapsed_s'])})" if st.get("elapsed_s") else "")
              + (f"  last index finished {fmt_duration(st['idle_s'])} ago" if st.get("idle_s") else "")]
+    c = st.get("coordinator")
+    if st.get("state") == "stopped" and c:
+        how = {"stopped": "stopped without a word (killed?)", "failed": "failed", "interrupted": "was interrupted",
+               "finished": "left"}.get(c["state"], c["state"])
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c["since_s"])) if c.get("since_s") else "?"
+        lines.append(f"  stopped: the coordinator {how}; last seen {when}"
+                     + (f" ({fmt_duration(time.time() - c['since_s'])} ago)" if c.get("since_s") else "")
+                     + "; rerun the same command to resume")
     for s in st["stages"]:
         tok = f"  {s['tokens']:,} tokens" if s["tokens"] else ""
         rates = []
@@ -346,6 +427,9 @@ def format_status(st: dict[str, Any], *, max_failures: int = 10) -> str:
             rates.append(f"ETA {fmt_duration(s['eta_s'])}")
         elif s["state"] == "done" and s.get("elapsed_s"):
             rates.append(f"took {fmt_duration(s['elapsed_s'])}")
+        if s.get("rounds"):
+            rates.append(f"round {s['rounds_done']}/{len(s['rounds'])}" if s["state"] != "done"
+                         else f"{len(s['rounds'])} rounds")
         lines.append(f"  {s['stage']:<14} {s['done']:>5}/{s['total']:<5} {s['docs'] or s['docs_in']:>12,} docs{tok}"
                      + (f"  {len(s['failures'])} failed" if s["failures"] else "")
                      + (f"  [{s['state']}]" if s["state"] not in ("done",) else "")

@@ -303,7 +303,7 @@ def _span(markers: dict[int, dict[str, Any]]) -> float | None:
 
 def report_data(plan: "Plan", store: "Store", stats: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything the page shows, from ``stats.json`` (or the markers) and the markers."""
-    from .progress import SHARD_STAGES, _split_label
+    from .progress import ROUNDS_ROW, SHARD_STAGES, _split_label, group_rounds
 
     markers = {st.name: store.read_markers(st.name) for st in plan.stages}
     complete = store.exists("dataset.json")
@@ -348,6 +348,11 @@ def report_data(plan: "Plan", store: "Store", stats: dict[str, Any] | None = Non
     stage_times = [{"stage": st.name, "indices": st.fan_out, "done": len(markers[st.name]),
                     "busy_s": round(sum(float(m.get("wall_time_s", 0.0)) for m in markers[st.name].values()), 3),
                     "span_s": _span(markers[st.name])} for st in plan.stages]
+    stage_times = group_rounds(stage_times, lambda rounds: {
+        "stage": ROUNDS_ROW, "indices": sum(r["indices"] for r in rounds), "done": sum(r["done"] for r in rounds),
+        "busy_s": round(sum(r["busy_s"] for r in rounds), 3),
+        "span_s": _span({(r["stage"], i): m for r in rounds for i, m in markers[r["stage"]].items()}),
+        "rounds": len(rounds)})
     return {
         "run_id": plan.run_id, "output": plan.output, "complete": complete, "generated_s": round(time.time(), 3),
         "shards": plan.num_shards, "input_bytes": plan.input_bytes, "tokenizer": {
@@ -621,7 +626,8 @@ def render_report(data: dict[str, Any]) -> str:
     a(svg_hbars([(r["stage"], r["busy_s"]) for r in st], title="worker time per stage (sum over indices)",
                 fmt=_secs))
     a(_table(["stage", "indices", "done", "worker time (sum)", "wall clock (first start to last end)"],
-             [(r["stage"], r["indices"], r["done"], _secs(r["busy_s"]), _secs(r["span_s"])) for r in st],
+             [(r["stage"] + (f" ({r['rounds']} rounds)" if r.get("rounds") else ""), r["indices"], r["done"],
+               _secs(r["busy_s"]), _secs(r["span_s"])) for r in st],
              cls="stage-times", num_cols=(1, 2, 3, 4)))
     if data["slowest"]:
         a("<h3 id='slowest'>Slowest shards</h3>")

@@ -16,6 +16,7 @@ from typing import Any
 from .config import Spec, load_spec
 from .errors import ConfigError
 from .executors import get_executor
+from .heartbeat import HEARTBEAT, Heartbeat
 from .plan import Plan, make_plan
 from .stages import run_index, trivial
 from .steps import build_steps, check_requirements
@@ -28,7 +29,7 @@ log = logging.getLogger("preproc")
 
 # What a run writes under its output; `force` removes exactly these, nothing else.
 RUN_ENTRIES = ("plan.json", "tokenizer.json", "dataset.json", "stats.json", "report.html", "rejects",
-               "removed", "clean", "exact_dedup", "tokens", "finalize", "near", "_metrics")
+               "removed", "clean", "exact_dedup", "tokens", "finalize", "near", "_metrics", HEARTBEAT)
 
 
 @dataclass
@@ -116,6 +117,13 @@ def run(spec: "Spec | str | Path | dict[str, Any]", *, force: bool = False, prog
         ex.close()
 
 
+def _log_idle(idle: list[str]) -> None:
+    if idle:
+        names = idle[0] if len(idle) == 1 else f"{idle[0]}..{idle[-1]} ({len(idle)} stages)"
+        log.info("stage %s: nothing left to compute; markers written by the coordinator", names)
+        idle.clear()
+
+
 def execute(p: Plan, s: Spec, *, progress: bool = False, executor_options: dict[str, Any] | None = None,
             executor=None, on_stage=None) -> RunResult:
     """Run every unfinished index of every stage of a written plan, in order."""
@@ -125,7 +133,9 @@ def execute(p: Plan, s: Spec, *, progress: bool = False, executor_options: dict[
     ex = executor or get_executor(s, progress=progress, **(executor_options or {}))
     try:
         # Worker processes started during the run read plan.json with the run's S3 settings.
-        with exported(p.spec.storage):
+        # The heartbeat tells `preproc status` whether a coordinator is still behind the run.
+        with exported(p.spec.storage), Heartbeat(store):
+            idle: list[str] = []   # consecutive stages with nothing to compute: one log line
             for st in p.stages:
                 done = store.done_indices(st.name)
                 todo = [i for i in range(st.fan_out) if i not in done]
@@ -136,11 +146,12 @@ def execute(p: Plan, s: Spec, *, progress: bool = False, executor_options: dict[
                     on_stage(st.name)
                 if trivial(p, st.name, store):
                     for i in todo:
-                        run_index(p, st.name, i, store)
-                    log.info("stage %s: nothing left to compute; %d marker(s) written by the coordinator",
-                             st.name, len(todo))
+                        run_index(p, st.name, i, store, quiet=True)
+                    idle.append(st.name)
                     continue
+                _log_idle(idle)
                 ex.run_stage(p, st.name, todo)
+            _log_idle(idle)
     finally:
         if executor is None:
             ex.close()

@@ -243,7 +243,8 @@ def _quiet_credential_logs() -> None:
     # botocore says "Found credentials in environment variables." at INFO on every new
     # client: noise on a CLI's stderr, where a problem must be one line. A level the host
     # program set explicitly is left alone.
-    for name in ("botocore.credentials", "aiobotocore.credentials"):
+    # Likewise "Found endpoint for s3 via: environment_global." with AWS_ENDPOINT_URL.
+    for name in ("botocore.credentials", "aiobotocore.credentials", "botocore.configprovider"):
         lg = logging.getLogger(name)
         if lg.level == logging.NOTSET:
             lg.setLevel(logging.WARNING)

@@ -88,7 +88,7 @@ def test_demo_on_k8s_is_byte_identical_to_local(tmp_path, demo_inputs, cluster, 
     for sub in ("tokens", "clean"):
         assert files(tmp_path / "k8s", sub) == files(tmp_path / "local", sub), sub
     assert files(tmp_path / "k8s", "tokens")
-    timing = ("stage_wall_time_s", "wall_time_s")
+    timing = ("stage_worker_time_s", "stage_span_s", "wall_time_s")
     assert {k: v for k, v in k8s.stats.items() if k not in timing} == {
         k: v for k, v in local.stats.items() if k not in timing}
 

@@ -210,6 +210,36 @@ def test_kustomize_output_validates(overlay):
         assert init["command"] == ["python", "-m", "preproc.k8s.demo", "/data/demo"]
 
 
+def _container_images(obj, where=""):
+    """(path, image) of every container, init container and ephemeral container at any depth
+    (Jobs, CronJobs, RayJob head/worker/submitter templates)."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k in ("containers", "initContainers", "ephemeralContainers") and isinstance(v, list):
+                for c in v:
+                    if isinstance(c, dict) and "image" in c:
+                        yield f"{where}/{k}/{c.get('name')}", c["image"]
+            yield from _container_images(v, f"{where}/{k}")
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _container_images(v, where)
+
+
+@pytest.mark.parametrize("overlay", ["base"] + sorted(f"overlays/{d.name}" for d in (MANIFESTS / "overlays").iterdir()
+                                                       if (d / "kustomization.yaml").exists()))
+def test_every_rendered_container_image_is_the_released_tag(overlay):
+    """The base's `images:` rule reaches only the base's own containers; a container an
+    overlay adds (the demo's init container, the RayJob's pods) would otherwise run
+    `preproc` untagged, i.e. `:latest`."""
+    from preproc import __version__
+
+    images = [(f"{o['kind']}/{o['metadata']['name']}{w}", img)
+              for o in kustomize(MANIFESTS / overlay) for w, img in _container_images(o)]
+    assert images, overlay
+    wrong = [(w, img) for w, img in images if img != f"preproc:{__version__}"]
+    assert not wrong, wrong
+
+
 def test_role_allows_exactly_what_the_coordinator_calls():
     objects = kustomize(MANIFESTS / "base")
     role = next(o for o in objects if o["kind"] == "Role")

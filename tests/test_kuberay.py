@@ -71,6 +71,22 @@ def test_typo_in_kuberay_options_is_a_config_error():
         render_rayjob(_spec(worker={"replicas": 3}))
 
 
+def test_local_output_without_pvc_names_the_kuberay_key():
+    spec = preproc.load_spec({
+        "input": {"paths": ["/data/in/*.jsonl.gz"]}, "output": "/data/out",
+        "tokenize": {"tokenizer": "/data/gpt2/tokenizer.json"},
+        "executor": {"kind": "ray", "options": {"kuberay": {"image": "registry.example/preproc:0.1.0"}}}})
+    with pytest.raises(preproc.ConfigError) as e:
+        render_rayjob(spec)
+    msg = str(e.value)
+    assert msg.startswith("executor.options.kuberay.pvc: ") and "executor.options.pvc" not in msg
+    # Following the message (the key it names) fixes it.
+    fixed = spec.to_json()
+    fixed["executor"]["options"]["kuberay"]["pvc"] = {"claim_name": "preproc-data", "mount_path": "/data"}
+    (job,) = render_rayjob(preproc.load_spec(fixed))
+    _check(job)
+
+
 def test_strict_validator_catches_unknown_fields():
     (job,) = render_rayjob(_spec())
     job["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParam"] = {}

@@ -65,3 +65,76 @@ def _cache_keys() -> list[str]:
     from preproc import tokenizer
 
     return sorted(tokenizer._CACHE)
+
+
+def test_a_script_without_a_main_guard_gets_one_clear_error(tmp_path, demo_inputs):
+    """Spawned workers re-run a script's top level; without `if __name__ == "__main__":` that
+    calls preproc.run() again inside each worker. One error that says what to do, not
+    "worker process died (killed or out of memory)" once per retry."""
+    import subprocess
+    import sys
+
+    from preproc.executors.local import SPAWN_MAIN_MESSAGE
+
+    from .conftest import ROOT
+
+    script = tmp_path / "prep.py"
+    script.write_text(
+        "import preproc\n"
+        f"preproc.run({{'input': {{'paths': [{str(demo_inputs / 'input' / 'web-a.jsonl')!r}]}}, "
+        f"'clean': {{'defaults': False}}, 'tokenize': {{'tokenizer': {str(demo_inputs / 'tokenizer.json')!r}}}}}, "
+        f"output={str(tmp_path / 'out')!r}, workers=2)\n")
+    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert p.returncode != 0
+    assert p.stderr.count(SPAWN_MAIN_MESSAGE) == 1, p.stderr[-3000:]
+    assert "preproc.errors.ConfigError" in p.stderr and "worker process died" not in p.stderr
+    assert "bootstrapping phase" not in p.stderr
+    assert not (tmp_path / "out" / "clean" / "_done").exists()
+
+
+def test_a_dying_worker_charges_only_its_own_index(tmp_path, demo_inputs, monkeypatch, caplog):
+    """Index 1 of clean SIGKILLs its worker every time. The pool breaks and takes the other
+    running indices down with it: they are run again without losing an attempt, the failure
+    names exactly index 1, each retry after a SIGKILL is logged, and status names index 1."""
+    import logging
+
+    import pytest
+
+    from preproc.errors import StageFailed
+    from preproc.executors.local import DIED
+    from preproc.progress import run_status
+
+    spec = {"input": {"paths": [str(demo_inputs / "input" / "*")]}, "shards": 4,
+            "clean": {"defaults": False, "normalize": True},
+            "tokenize": {"tokenizer": str(demo_inputs / "tokenizer.json")}, "executor": {"retries": 2}}
+    out = tmp_path / "out"
+    monkeypatch.setenv("PREPROC_FAILPOINTS", "point=start,stage=clean,index=1,action=kill")
+    with caplog.at_level(logging.INFO, logger="preproc"), pytest.raises(StageFailed) as e:
+        preproc.run(spec, output=str(out), workers=2)
+    assert e.value.stage == "clean" and e.value.failures == {1: DIED}
+    assert sorted(p.name for p in (out / "clean" / "_done").iterdir()) == ["00000.json", "00002.json", "00003.json"]
+    retries = [r.getMessage() for r in caplog.records if "clean index 1: worker process died" in r.getMessage()]
+    assert len(retries) == 2 and all("retrying" in m for m in retries)
+    assert not [r for r in caplog.records if "worker process died" in r.getMessage() and "index 1" not in r.getMessage()]
+    (clean,) = [s for s in run_status(str(out))["stages"] if s["stage"] == "clean"]
+    assert [f["index"] for f in clean["failures"]] == [1] and clean["failures"][0]["attempt"] == 3
+    assert clean["failures"][0]["error"] == DIED
+
+
+def test_times_rules_count_across_workers_without_a_state_folder(tmp_path, demo_inputs, monkeypatch, caplog):
+    """`times=1` without PREPROC_FAILPOINT_STATE: the coordinator gives its workers a shared
+    folder, so the rule fires once (not in every worker, forever)."""
+    import logging
+
+    spec = {"input": {"paths": [str(demo_inputs / "input" / "*")]}, "shards": 4,
+            "clean": {"defaults": False, "normalize": True},
+            "tokenize": {"tokenizer": str(demo_inputs / "tokenizer.json")}, "executor": {"retries": 1}}
+    monkeypatch.setenv("PREPROC_FAILPOINTS", "point=start,stage=tokenize,index=2,action=kill,times=1")
+    monkeypatch.delenv("PREPROC_FAILPOINT_STATE", raising=False)
+    with caplog.at_level(logging.INFO, logger="preproc"):
+        r = preproc.run(spec, output=str(tmp_path / "out"), workers=2)
+    assert r.stats["kept"] > 0
+    assert [m for m in (rec.getMessage() for rec in caplog.records)
+            if m.startswith("stage tokenize index 2: worker process died") and "retrying" in m]
+    monkeypatch.delenv("PREPROC_FAILPOINT_STATE", raising=False)

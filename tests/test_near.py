@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ import pytest
 import preproc
 from preproc.components import components_by_rounds, local_components, node_partition
 from preproc.errors import ConfigError, StageFailed
+from preproc.plan import Plan
 from preproc.minhash import (MinHasher, MinHashParams, candidate_probability, jaccard, lsh_params,
                              shingle_hashes, shingle_sets, unit_hashes)
 from preproc.stages.drops import read_drops
@@ -392,7 +394,7 @@ def test_more_buckets_than_shards_and_partitions_without_a_star_centre(tmp_path,
     assert r.stats["duplicates"]["near"] == 5 and r.stats["kept"] == 21
 
 
-def test_rounds_after_convergence_run_in_the_coordinator(tmp_path, small, monkeypatch):
+def test_rounds_after_convergence_run_in_the_coordinator(tmp_path, small, monkeypatch, caplog):
     """Component rounds after convergence only write markers: the runner writes them in the
     coordinator (no pool round-trip; on Kubernetes no Job and pods per round). Rounds that
     compute are dispatched to the executor as before."""
@@ -407,7 +409,8 @@ def test_rounds_after_convergence_run_in_the_coordinator(tmp_path, small, monkey
 
     monkeypatch.setattr(LocalExecutor, "run_stage", recording)
     out = tmp_path / "o"
-    r = _run(out, True, workers=2, inputs=[small])
+    with caplog.at_level(logging.INFO, logger="preproc"):
+        r = _run(out, True, workers=2, inputs=[small])
     assert r.stats["duplicates"]["near"] > 0
     plan = json.loads((out / "plan.json").read_text())
     rounds = [s["name"] for s in plan["stages"] if s["name"].startswith("near_cc_")]
@@ -420,3 +423,26 @@ def test_rounds_after_convergence_run_in_the_coordinator(tmp_path, small, monkey
     assert work and skip and rounds == work + skip
     assert [n for n in dispatched if n.startswith("near_cc_")] == work
     assert {"near_clusters", "near_drops", "tokenize"} <= set(dispatched)
+
+    # The idle rounds: one INFO line in all, not "started" / "committed in 0.0s" per index.
+    info = [rec.getMessage() for rec in caplog.records if rec.levelno >= logging.INFO]
+    assert not [m for m in info if any(m.startswith(f"{n} ") for n in skip)], info
+    idle = [m for m in info if "nothing left to compute" in m]
+    assert idle == [f"stage {skip[0]}..{skip[-1]} ({len(skip)} stages): nothing left to compute; "
+                    "markers written by the coordinator"] if len(skip) > 1 else len(idle) == 1
+
+    # Status and the report: one row for the rounds, the rounds inside.
+    from preproc.progress import format_status, run_status
+    from preproc.report import report_data
+
+    st = run_status(str(out))
+    names = [s["stage"] for s in st["stages"]]
+    assert "near_cc" in names and not any(n.startswith("near_cc_") for n in names)
+    row = st["stages"][names.index("near_cc")]
+    assert [x["stage"] for x in row["rounds"]] == rounds and row["state"] == "done"
+    assert row["done"] == row["total"] == sum(s["fan_out"] for s in plan["stages"] if s["name"] in rounds)
+    assert f"{len(rounds)} rounds" in format_status(st)
+    p = Plan.load(str(out))
+    times = report_data(p, p.store())["stage_times"]
+    assert [t["stage"] for t in times].count("near_cc") == 1 and not any(t["stage"].startswith("near_cc_") for t in times)
+    assert next(t for t in times if t["stage"] == "near_cc")["rounds"] == len(rounds)

@@ -168,3 +168,29 @@ def test_expired_token_drops_cached_credentials(s3):
     expired = proxy.fail(1, status=400, code="ExpiredToken", method="GET")
     assert st.read_json("m.json") == {}                         # retried once with new credentials
     assert expired.served == 1 and st.fs is not before
+
+
+@pytest.mark.parametrize("command", ["status", "report"])
+def test_status_and_report_of_an_unreachable_endpoint_say_one_line(tmp_path, command):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]   # closed again below: nothing listens there
+    import os
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT), AWS_ACCESS_KEY_ID="AKIDEXAMPLE", AWS_SECRET_ACCESS_KEY=DUMMY_SECRET,
+               AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")
+    p = subprocess.run([sys.executable, "-m", "preproc", command, "s3://runs/web-v1"], env=env,
+                       capture_output=True, text=True, timeout=120, cwd=str(ROOT))
+    line = _one_line(p)
+    assert f"cannot connect to http://127.0.0.1:{port} for s3://runs/web-v1" in line
+
+
+def test_reads_from_outside_a_run_have_bounded_retries():
+    """A look at an output must not retry a dead endpoint for minutes like a run does."""
+    from preproc.outputs import READ_ATTEMPTS, READ_CONNECT_TIMEOUT_S, reading_storage
+
+    st = reading_storage({"s3": {"max_attempts": 20, "connect_timeout_s": 30, "endpoint_url": "http://x:1"}})
+    assert st.s3.max_attempts == READ_ATTEMPTS <= 2 and st.s3.connect_timeout_s == READ_CONNECT_TIMEOUT_S <= 5
+    assert st.s3.endpoint_url == "http://x:1"
+    opts = storage.s3_options(st.s3)["config_kwargs"]
+    assert opts["retries"]["max_attempts"] == READ_ATTEMPTS and opts["connect_timeout"] == READ_CONNECT_TIMEOUT_S

@@ -83,6 +83,24 @@ def test_status_of_a_killed_run_with_a_failed_index(tmp_path, demo_inputs, monke
     assert "index 1 (attempt 1): RuntimeError: failpoint start fired" in text.stdout
     assert "inputs: " in text.stdout
 
+    # The coordinator was SIGKILLed: its heartbeat stops. Once it is stale, status says the
+    # run stopped and when, with no ETA (not "[running] ... ETA 9s" forever).
+    from preproc.heartbeat import INTERVAL_S, STALE_AFTER
+    from preproc.progress import format_status, run_status
+
+    hb = json.loads((out / "_coordinator.json").read_text())
+    assert hb["state"] == "running" and hb["pid"] == proc.pid
+    later = hb["heartbeat_s"] + (STALE_AFTER + 1) * INTERVAL_S
+    st = run_status(str(out), now=later)
+    assert st["state"] == "stopped" and st["eta_s"] is None
+    assert st["coordinator"] == {"state": "stopped", "since_s": hb["heartbeat_s"]}
+    assert {s["stage"]: s["state"] for s in st["stages"]}["clean"] == "stopped"
+    shown = format_status(st)
+    assert "stopped: the coordinator stopped without a word" in shown and "ETA" not in shown
+    assert "[running]" not in shown and "[stopped]" in shown
+    # Within the heartbeat's interval it still counts as running.
+    assert run_status(str(out), now=hb["heartbeat_s"] + INTERVAL_S)["state"] != "stopped"
+
     # --watch --json: one JSON object per refresh until the run completes (it never will here).
     w = subprocess.Popen([sys.executable, "-m", "preproc", "status", str(out), "--watch", "0.2", "--json"],
                          env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE, text=True)
@@ -96,6 +114,7 @@ def test_status_of_a_killed_run_with_a_failed_index(tmp_path, demo_inputs, monke
     assert p.returncode == 0, p.stderr
     st = json.loads(_cli("status", out, "--json").stdout)
     assert st["complete"] and st["state"] == "complete" and st["eta_s"] == 0.0
+    assert st["coordinator"]["state"] == "finished"
     assert all(s["done"] == s["total"] and not s["failures"] for s in st["stages"])
     p = _cli("status", out, "--watch", "0.1")      # a complete run: prints once and returns
     assert p.returncode == 0 and "complete" in p.stdout
@@ -131,3 +150,56 @@ def _status_from_s3(out: Path, local: dict, monkeypatch) -> None:
         assert data["stats"] == json.loads((out / "stats.json").read_text())
     finally:
         srv.stop()
+
+
+def test_status_and_report_on_a_refreshed_dataset_root(tmp_path, demo_inputs):
+    """A refreshed dataset keeps no plan.json at its root: status and report show the latest
+    generation and list them all."""
+    import shutil
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    shutil.copy(demo_inputs / "input" / "web-c.jsonl.zst", inp)
+    spec = {"input": {"paths": [str(inp / "*")]}, "output": str(tmp_path / "ds"), "shards": 2,
+            "clean": {"defaults": False, "normalize": True},
+            "tokenize": {"tokenizer": str(demo_inputs / "tokenizer.json")}}
+    sp = tmp_path / "spec.yaml"
+    sp.write_text(yaml.safe_dump(spec))
+    for name in ("web-c.jsonl.zst", "web-d.parquet"):
+        shutil.copy(demo_inputs / "input" / name, inp)
+        p = _cli("refresh", sp, "--workers", "1")
+        assert p.returncode == 0, p.stderr
+    root = tmp_path / "ds"
+    assert not (root / "plan.json").exists()
+    g2 = json.loads((root / "generations" / "00002" / "plan.json").read_text())
+
+    p = _cli("status", root, "--json")
+    assert p.returncode == 0, p.stderr
+    st = json.loads(p.stdout)
+    assert st["run_id"] == g2["run_id"] and st["generation"] == 2 and st["complete"]
+    assert [g["generation"] for g in st["generations"]] == [1, 2]
+    ds = json.loads((root / "dataset.json").read_text())
+    assert [g["documents"] for g in st["generations"]] == [g["documents"] for g in ds["generations"]]
+    text = _cli("status", root)
+    assert text.returncode == 0, text.stderr
+    assert "2 generation(s); showing generation 2" in text.stdout and f"run {g2['run_id']}" in text.stdout
+
+    before = (root / "generations" / "00002" / "report.html").stat().st_mtime_ns
+    p = _cli("report", root)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().endswith("generations/00002/report.html") and "generations 1, 2" in p.stderr
+    assert (root / "generations" / "00002" / "report.html").stat().st_mtime_ns >= before
+    assert not (root / "report.html").exists()   # the root holds what refresh wrote, nothing else
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path, demo_inputs):
+    """`preproc plan SPEC | head`: the reader goes away; no BrokenPipeError traceback."""
+    r, w = os.pipe()
+    os.close(r)   # the reader is gone before the first write
+    try:
+        p = subprocess.run([sys.executable, "-m", "preproc", "plan", str(_spec(tmp_path, demo_inputs))], stdout=w,
+                           stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    finally:
+        os.close(w)
+    assert "BrokenPipeError" not in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert p.returncode == 0

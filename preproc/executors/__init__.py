@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .. import faults
 from ..errors import ConfigError
 from .base import Executor
 
@@ -16,6 +17,7 @@ __all__ = ["Executor", "get_executor"]
 def get_executor(spec: "Spec", **opts: Any) -> Executor:
     """The executor the spec names (``executor.kind``), built from its options."""
     kind = spec.executor.kind
+    faults.share_state()   # `times=` failpoint rules count across the workers this starts
     if kind == "local":
         from .local import LocalExecutor
 

@@ -15,10 +15,12 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
 
+from .. import logs
 from ..errors import ConfigError, PreprocError, StageFailed
 from ..lifeline import watch_parent
 from ..secrets import install_log_redaction
@@ -32,11 +34,31 @@ if TYPE_CHECKING:
 log = logging.getLogger("preproc")
 
 
-def _init_worker(threads: int, explicit: bool, parent_pid: int | None = None) -> None:
+# A worker that found itself re-running the host script's top level (see _spawn_guard)
+# exits with this code, so the coordinator can say what happened instead of "worker died".
+EXIT_SPAWN_MAIN = 86
+SPAWN_MAIN_MESSAGE = (
+    "local workers could not start: they re-run your script's top level, which calls preproc again "
+    "(worker processes are started with 'spawn'); put the call under `if __name__ == \"__main__\":`")
+
+
+def _spawn_guard() -> None:
+    """Called where a pool is about to start. Inside a spawned worker that is still importing
+    the host's ``__main__`` (a script without a ``__name__`` guard), starting a pool of our
+    own is what multiprocessing refuses with a long RuntimeError in each worker; leave
+    quietly with :data:`EXIT_SPAWN_MAIN` instead, and the coordinator says it once."""
+    if getattr(mp.process.current_process(), "_inheriting", False):
+        os._exit(EXIT_SPAWN_MAIN)
+
+
+def _init_worker(threads: int, explicit: bool, started: Any = None, parent_pid: int | None = None) -> None:
     from .. import signals
 
     watch_parent(parent_pid)   # no orphans: die with the coordinator, even on kill -9
     install_log_redaction()    # a worker's records (even through logging.lastResort) are redacted
+
+    global _started
+    _started = started
     signals.install()
     if explicit:
         os.environ["RAYON_NUM_THREADS"] = str(threads)
@@ -55,10 +77,16 @@ def _run_one(output: str, stage: str, index: int) -> dict[str, Any]:
     plan = _plan_cache.get(output)
     if plan is None:
         plan = _plan_cache[output] = Plan.load(output)
+    if _started is not None:
+        # Tell the coordinator which index runs here: when a worker dies, only the index it
+        # was running is charged a retry, not every index its broken pool took down.
+        _started.put((stage, index))
     return run_index(plan, stage, index)
 
 
 _plan_cache: dict[str, Any] = {}
+_started: Any = None
+DIED = "worker process died (killed or out of memory)"
 
 
 class LocalExecutor:
@@ -72,11 +100,16 @@ class LocalExecutor:
         self.retries = retries
         self.progress = progress
         self._pool: ProcessPoolExecutor | None = None
+        self._started_q: Any = None
 
     def _get_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
-                                             initializer=_init_worker, initargs=(self.threads, self.explicit_threads, os.getpid()))
+            _spawn_guard()
+            ctx = mp.get_context("spawn")
+            self._started_q = ctx.SimpleQueue()
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
+                                             initargs=(self.threads, self.explicit_threads, self._started_q,
+                                                       os.getpid()))
         return self._pool
 
     def prestart(self, spec: "Spec") -> None:
@@ -86,6 +119,14 @@ class LocalExecutor:
         for _ in range(self.workers):
             pool.submit(warm_up, spec.tokenize.tokenizer, spec.storage,
                         encode_special_tokens=spec.tokenize.encode_special_tokens)
+
+    def _check_spawn_main(self) -> None:
+        procs = getattr(self._pool, "_processes", None) or {}
+        for p in list(procs.values()):
+            p.join(timeout=5)
+            if p.exitcode == EXIT_SPAWN_MAIN:
+                self.close()
+                raise ConfigError(SPAWN_MAIN_MESSAGE)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -101,25 +142,29 @@ class LocalExecutor:
         try:
             while todo:
                 pool = self._get_pool()
-                futures: dict[Future, int] = {pool.submit(_run_one, plan.output, stage, i): i for i in todo}
+                try:
+                    futures: dict[Future, int] = {pool.submit(_run_one, plan.output, stage, i): i for i in todo}
+                except BrokenProcessPool:   # broke before this stage (prestart's workers died)
+                    self._check_spawn_main()
+                    self.close()
+                    continue
                 todo = []
-                broken = False
+                lost: list[int] = []       # indices whose future the broken pool failed
+                round_t0 = time.time()
+                started_q = self._started_q
+                started: set[int] = set()
                 pending = set(futures)
                 while pending:
                     done, pending = wait(pending, timeout=5.0, return_when=FIRST_COMPLETED)
+                    started |= _drain(started_q, stage)
                     bar.tick()
                     for fut in done:
                         i = futures[fut]
                         try:
                             stats = fut.result()
                         except BrokenProcessPool:
-                            broken = True
-                            errors[i] = "worker process died (killed or out of memory)"
-                            attempts[i] += 1
-                            if attempts[i] <= self.retries:
-                                todo.append(i)
-                            else:
-                                bar.fail(i, errors[i])
+                            self._check_spawn_main()
+                            lost.append(i)
                             continue
                         except ConfigError as e:
                             raise StageFailed(stage, {i: f"ConfigError: {e}"}) from None
@@ -134,13 +179,71 @@ class LocalExecutor:
                             continue
                         errors.pop(i, None)
                         bar.advance(stats)
-                if broken:
-                    self.close()
+                if lost:
+                    self.close()   # joins the pool's processes: their SIGTERM records are written
+                    todo += _after_break(self, plan, stage, lost, started | _drain(started_q, stage), round_t0,
+                                         attempts, errors, bar)
                 todo.sort()
         finally:
             bar.close()
         if errors:
             raise StageFailed(stage, errors)
+
+
+def _drain(q: Any, stage: str) -> set[int]:
+    seen: set[int] = set()
+    try:
+        while not q.empty():
+            st, i = q.get()
+            if st == stage:
+                seen.add(i)
+    except (OSError, EOFError, ValueError):
+        pass
+    return seen
+
+
+def _after_break(self: "LocalExecutor", plan: "Plan", stage: str, lost: list[int], started: set[int],
+                 round_t0: float, attempts: dict[int, int], errors: dict[int, str], bar: Progress) -> list[int]:
+    """A worker died and took its pool down: sort the lost indices into done (their marker
+    was written), innocent (never started, or stopped by the pool's SIGTERM after the death)
+    and the ones that died, which alone are charged a retry. What to run again."""
+    store = plan.store()
+    again: list[int] = []
+    dead: list[int] = []
+    innocent: list[int] = []
+    for i in lost:
+        marker = store.read_marker(stage, i)
+        if marker is not None:
+            errors.pop(i, None)
+            bar.advance(marker)
+            continue
+        try:
+            rec = store.read_json(store.failure_rel(stage, i))
+        except (FileNotFoundError, ValueError):
+            rec = None
+        terminated = (isinstance(rec, dict) and str(rec.get("error", "")).startswith("Terminated")
+                      and float(rec.get("time_s") or 0) >= round_t0)
+        (innocent if i not in started or terminated else dead).append(i)
+    if not dead:
+        dead, innocent = innocent, []   # no culprit found (it died outside an index): charge them all
+    again += innocent
+    for i in dead:
+        attempts[i] += 1
+        errors[i] = DIED
+        rec = {"error": DIED, "time_s": time.time(), "attempt": attempts[i], "host": logs.HOST}
+        try:
+            store.write_json(store.failure_rel(stage, i), rec)   # what status shows, and the next attempt's number
+        except OSError:
+            pass
+        if attempts[i] <= self.retries:
+            log.warning("stage %s index %d: %s (attempt %d); retrying", stage, i, DIED, attempts[i])
+            again.append(i)
+        else:
+            bar.fail(i, errors[i])
+    if innocent:
+        log.info("stage %s: indices %s stopped with their pool after a worker died; run again without "
+                 "counting an attempt", stage, ", ".join(map(str, innocent)))
+    return again
 
 
 def _fatal(e: BaseException) -> bool:

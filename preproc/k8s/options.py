@@ -287,20 +287,21 @@ class KubernetesOptions(_Model):
             raise ValueError(f"must be an image reference such as registry/preproc:0.1.0, got {v!r}")
         return v
 
-    def worker_output(self, output: str) -> str:
+    def worker_output(self, output: str, *, key: str = "executor.options") -> str:
         """The output URI as the pods see it; raises :class:`ConfigError` if they cannot.
 
         Remote URIs (``s3://``, ``gs://``) are the same everywhere. A local path must lie on
         the PVC: under ``pvc.local_path`` (rewritten to ``pvc.mount_path``) or under
-        ``pvc.mount_path`` itself.
+        ``pvc.mount_path`` itself. ``key`` is where these options live in the spec
+        (``executor.options.kuberay`` for a RayJob), so the error names the key to set.
         """
         if "://" in output and not output.startswith("file://"):
             return output
         path = output[len("file://"):] if output.startswith("file://") else output
         if self.pvc is None:
             raise ConfigError(
-                f"executor.options.pvc: the output {output!r} is a local path, which pods cannot "
-                "see; put it on a ReadWriteMany PVC (executor.options.pvc: {claim_name, "
+                f"{key}.pvc: the output {output!r} is a local path, which pods cannot "
+                f"see; put it on a ReadWriteMany PVC ({key}.pvc: {{claim_name, "
                 "mount_path}) or use an s3:// output")
         if not path.startswith("/"):
             raise ConfigError(f"output: {output!r} must be an absolute path under the PVC mount "
@@ -312,7 +313,7 @@ class KubernetesOptions(_Model):
                 return self.pvc.mount_path if rel == "." else posixpath.join(self.pvc.mount_path, rel)
         where = self.pvc.local_path or self.pvc.mount_path
         raise ConfigError(f"output: {output!r} is not under the PVC path {where}; pods would not "
-                          "see it (set executor.options.pvc.local_path to where the volume is "
+                          f"see it (set {key}.pvc.local_path to where the volume is "
                           "mounted here)")
 
 

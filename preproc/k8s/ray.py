@@ -168,7 +168,7 @@ def render_rayjob(spec: Any, run_id: str | None = None) -> list[dict[str, Any]]:
     ray_options(spec)   # the Ray executor's own options must be valid where the job runs
     if not spec.output:
         raise ConfigError("output: no output location; set `output:` in the spec or pass --output")
-    o.worker_output(spec.output)      # pods must see the output (a PVC path or s3://)
+    o.worker_output(spec.output, key="executor.options.kuberay")  # pods must see the output (a PVC path or s3://)
     run_id = run_id or _spec_id(spec)
     # Only what differs from the defaults: the object stays small and stable across versions.
     text = yaml.safe_dump(spec.model_dump(mode="json", exclude_defaults=True), sort_keys=False, allow_unicode=True)

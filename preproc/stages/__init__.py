@@ -107,11 +107,14 @@ def trivial(plan: "Plan", stage: str, store: Store) -> bool:
     return check is not None and check(plan, store)
 
 
-def run_index(plan: "Plan", stage: str, index: int, store: Store | None = None) -> dict[str, Any]:
+def run_index(plan: "Plan", stage: str, index: int, store: Store | None = None, *,
+              quiet: bool = False) -> dict[str, Any]:
     """Run one index of one stage unless its marker exists; return its stats.
 
     Idempotent: the stage overwrites its own outputs (each committed atomically) and the
-    marker is written last, so a killed attempt leaves nothing a reader trusts.
+    marker is written last, so a killed attempt leaves nothing a reader trusts. ``quiet``:
+    its "started" and "committed" lines at DEBUG (markers the coordinator writes for rounds
+    with nothing to compute would otherwise drown the progress bars).
     """
     if not STAGE_RUNNERS:
         STAGE_RUNNERS.update(_runners())
@@ -126,13 +129,14 @@ def run_index(plan: "Plan", stage: str, index: int, store: Store | None = None) 
     # Every log record of this try carries run id, stage, index and attempt (preproc.logs).
     attempt = logs.attempt_number(store, stage, index)
     with logs.context(run_id=plan.run_id, stage=stage, index=index, attempt=attempt):
-        return _attempt(plan, stage, index, store, attempt)
+        return _attempt(plan, stage, index, store, attempt, level=logging.DEBUG if quiet else logging.INFO)
 
 
-def _attempt(plan: "Plan", stage: str, index: int, store: Store, attempt: int) -> dict[str, Any]:
+def _attempt(plan: "Plan", stage: str, index: int, store: Store, attempt: int, *,
+             level: int = logging.INFO) -> dict[str, Any]:
     """One try of one index: run it, write its marker (or failure record), publish metrics."""
     t0 = time.time()
-    log.info("%s %d: started (attempt %d)", stage, index, attempt)
+    log.log(level, "%s %d: started (attempt %d)", stage, index, attempt)
     faults.context.stage, faults.context.index = stage, index
     signals.busy = True
     try:
@@ -156,7 +160,7 @@ def _attempt(plan: "Plan", stage: str, index: int, store: Store, attempt: int) -
     store.write_marker(stage, index, stats)
     if store.exists(store.failure_rel(stage, index)):
         store.rm(store.failure_rel(stage, index))
-    log.info("%s %d: committed in %.1fs", stage, index, stats["wall_time_s"],
+    log.log(level, "%s %d: committed in %.1fs", stage, index, stats["wall_time_s"],
              extra={"event": "index_done", "wall_time_s": stats["wall_time_s"]})
     metrics.publish_index(plan, stage, index, stats, ok=True, attempt=attempt, duration_s=stats["wall_time_s"])
     return stats

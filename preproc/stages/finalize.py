@@ -47,8 +47,11 @@ def collect_stats(plan: "Plan", store: "Store") -> dict[str, Any]:
     read = sum(m["read"] for m in clean.values())
     kept = sum(m["docs"] for m in tok.values())
     file_errors = [e for i in sorted(clean) for e in clean[i].get("file_errors", [])]
-    stage_time = {s.name: round(sum(m.get("wall_time_s", 0.0) for m in store.read_markers(s.name).values()), 3)
-                  for s in plan.stages if s.name != "finalize"}
+    markers = {s.name: store.read_markers(s.name) for s in plan.stages if s.name != "finalize"}
+    # Worker time: the indices' own times added up (N workers busy for 10 s = 10×N s).
+    worker_time = {k: round(sum(m.get("wall_time_s", 0.0) for m in ms.values()), 3) for k, ms in markers.items()}
+    # Wall time: first index started to last index finished, what a user waited.
+    wall = {k: _span(ms) for k, ms in markers.items()}
     return {
         "run_id": plan.run_id,
         "read": read,
@@ -65,10 +68,17 @@ def collect_stats(plan: "Plan", store: "Store") -> dict[str, Any]:
         "file_errors": file_errors,
         "input_bytes": sum(m.get("input_bytes", 0) for m in clean.values()),
         "text_bytes_after_clean": sum(m.get("text_bytes", 0) for m in clean.values()),
-        "stage_wall_time_s": stage_time,
+        "stage_worker_time_s": worker_time,
+        "stage_span_s": wall,
         "_clean_docs": sum(m["docs"] for m in clean.values()),
         "_tokenize_dropped": sum(m.get("dropped", 0) for m in tok.values()),
     }
+
+
+def _span(markers: dict[int, dict[str, Any]]) -> float:
+    starts = [float(m["started_s"]) for m in markers.values() if m.get("started_s")]
+    ends = [float(m["finished_s"]) for m in markers.values() if m.get("finished_s")]
+    return round(max(ends) - min(starts), 3) if starts and ends else 0.0
 
 
 def check_accounting(stats: dict[str, Any]) -> None:

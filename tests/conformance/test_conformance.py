@@ -26,7 +26,7 @@ EXECUTORS = ["local", "ray", "k8s"]
 TRIALS = {"local": 20, "ray": 5, "k8s": 5}
 STAGES = ["clean", "exact_dedup", "tokenize", "finalize"]
 POINTS = ["start", "commit", "marker"]
-TIMING = ("stage_wall_time_s", "wall_time_s")
+TIMING = ("stage_worker_time_s", "stage_span_s", "wall_time_s")
 
 
 def _base_spec(demo_inputs, out, shards=4):
