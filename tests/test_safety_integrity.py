@@ -149,6 +149,7 @@ def test_integrity_on_s3(s3, demo_inputs):
 
     plan = Plan.load(out, s3.storage)
     r = verify(plan.store(), plan)
-    assert [b["file"] for b in r["bad"]] == ["tokens/part-00000.bin"] and r["files"] > 5
+    # (the size differs: found from the listing, before any hashing)
+    assert len(r["bad"]) == 1 and "tokens/part-00000.bin has" in r["bad"][0]["problem"] and r["files"] > 5
     preproc.run(spec, output=out, workers=1, shards=2)       # resume: size differs, index redone
     assert s3.get(bucket, "run/tokens/part-00000.bin") == data
