@@ -58,16 +58,23 @@ def plan(spec: "Spec | str | Path | dict[str, Any]", **overrides: Any) -> Plan:
     return p
 
 
-def prepare(s: Spec, *, force: bool = False, files=None, refresh: dict[str, Any] | None = None) -> Plan:
-    """Write the plan (and the run's tokenizer copy) unless the same run is already planned.
-
-    The output must be empty or an earlier preproc output (:mod:`preproc.ownership`);
-    ``force`` removes only what the recorded plan says that run wrote. The caller holds the
-    output's lease (:func:`run` does)."""
+def _new_plan(s: Spec, files=None, refresh: dict[str, Any] | None = None) -> tuple[Plan, bytes]:
+    """The plan a run would write and its tokenizer's bytes: every check, no writes."""
     preflight(s)   # S3: credentials, buckets, access; one clear line before any work
     info, tok_bytes = inspect_tokenizer(s.tokenize, s.storage)
     new = make_plan(s, tokenizer_info=info, files=files, refresh=refresh)
     choose_backend(new, tok_bytes, s.storage)
+    return new, tok_bytes
+
+
+def prepare(s: Spec, *, force: bool = False, files=None, refresh: dict[str, Any] | None = None,
+            planned: tuple[Plan, bytes] | None = None) -> Plan:
+    """Write the plan (and the run's tokenizer copy) unless the same run is already planned.
+
+    The output must be empty or an earlier preproc output (:mod:`preproc.ownership`);
+    ``force`` removes only what the recorded plan says that run wrote. The caller holds the
+    output's lease (:func:`run` does). ``planned``: what :func:`_new_plan` returned."""
+    new, tok_bytes = planned or _new_plan(s, files, refresh)
     try:
         store = Store(new.output, s.storage)
         rec = check_run_output(store)
@@ -112,7 +119,6 @@ def run(spec: "Spec | str | Path | dict[str, Any]", *, force: bool = False, prog
     """
     check_ttl(lock_ttl_s)
     s = load_spec(spec, **overrides)
-    lease = _output_lease(s, lock_ttl_s)
     ex = get_executor(s, progress=progress, **(executor_options or {}))
     try:
         # Local workers start (and import) while the coordinator plans; with the run's S3
@@ -120,8 +126,10 @@ def run(spec: "Spec | str | Path | dict[str, Any]", *, force: bool = False, prog
         if hasattr(ex, "prestart"):
             with exported(s.storage):
                 ex.prestart(s)
+        planned = _new_plan(s)       # every check before the lease is written into the output
+        lease = _output_lease(s, lock_ttl_s)
         with lease:
-            p = prepare(s, force=force)
+            p = prepare(s, force=force, planned=planned)
             return execute(p, s, progress=progress, executor=ex, on_stage=lease.check)
     finally:
         ex.close()
@@ -130,10 +138,6 @@ def run(spec: "Spec | str | Path | dict[str, Any]", *, force: bool = False, prog
 def _output_lease(s: Spec, ttl_s: float) -> Lease:
     """The output's lease, after the checks that need no writes (a foreign or overlapping
     output is refused before the lease is written into it)."""
-    if not s.output:
-        raise ConfigError("output: no output location; set `output:` in the spec or pass --output")
-    preflight(s)
-    check_paths(s)
     try:
         store = Store(s.output, s.storage)
         check_run_output(store)
