@@ -1,9 +1,10 @@
-"""``preproc``: run | refresh | plan | worker | status | report | demo | manifests.
+"""``preproc``: run | refresh | plan | worker | status | verify | report | demo | manifests.
 
 Exit codes: 0 success; 2 a configuration or input problem found before any work (one line
 on stderr says what and where); for ``worker``, the contract in :mod:`preproc.errors`
-(1 retryable, 2 config, 3 bad shard); 75 ``refresh`` found another refresh holding the
-dataset's lock; 1 any other failure.
+(1 retryable, 2 config, 3 bad shard); 75 another ``run`` or ``refresh`` holds the
+output's lease (:mod:`preproc.lease`); ``verify``: 1 when a committed file is missing or
+differs from its recorded size or hash; 1 any other failure.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def cmd_refresh(a: argparse.Namespace) -> int:
 
     t0 = time.time()
     r = refresh(a.spec, progress=True, executor_options=_executor_options(a),
-                lock_ttl_s=getattr(a, "lock_ttl", None) or 600,
+                lock_ttl_s=600 if getattr(a, "lock_ttl", None) is None else a.lock_ttl,
                 compact_after=getattr(a, "compact_after", None) or 8, **_overrides(a))
     print(r.message)
     if r.stats is not None:
@@ -105,7 +106,10 @@ def cmd_run(a: argparse.Namespace) -> int:
     if a.incremental:
         return cmd_refresh(a)
     t0 = time.time()
-    result = run(a.spec, force=a.force, progress=True, executor_options=_executor_options(a), **_overrides(a))
+    from .lease import RUN_TTL_S
+
+    result = run(a.spec, force=a.force, progress=True, executor_options=_executor_options(a),
+                 lock_ttl_s=RUN_TTL_S if a.lock_ttl is None else a.lock_ttl, **_overrides(a))
     print(_summary(result))
     print(f"done in {time.time() - t0:.1f}s")
     return EXIT_OK
@@ -195,6 +199,35 @@ def cmd_status(a: argparse.Namespace) -> int:
         return EXIT_OK
 
 
+def cmd_verify(a: argparse.Namespace) -> int:
+    from .integrity import verify
+    from .plan import Plan
+
+    plan = Plan.load(a.output)
+    store = plan.store()
+    r = verify(store, plan)
+    for b in r["bad"]:
+        print(f"BAD {b['stage']} {b['index']}: {store.url(b['file'])}: {b['problem']}")
+    if r["unrecorded"]:
+        print(f"note: {len(r['unrecorded'])} index(es) were committed by an older preproc without checksums "
+              f"(first: {r['unrecorded'][0][0]} {r['unrecorded'][0][1]})")
+    for stage, n in r["not_done"].items():
+        print(f"note: stage {stage}: {n} index(es) not done yet")
+    print(f"{r['files']} file(s), {r['bytes']:,} bytes checked: "
+          + (f"{len(r['bad'])} bad" if r["bad"] else "all match their committed size and xxh3"))
+    if r["bad"]:
+        if a.repair:
+            for stage, i in sorted({(b["stage"], b["index"]) for b in r["bad"]}):
+                store.rm(store.marker_rel(stage, i))
+            print("repair: the markers of those indices are removed; run the same `preproc run` command "
+                  "again to redo them")
+        else:
+            print("rerun with --repair to mark those indices not done, then run the same `preproc run` again",
+                  file=sys.stderr)
+        return EXIT_RETRYABLE
+    return EXIT_OK
+
+
 def cmd_report(a: argparse.Namespace) -> int:
     from .outputs import open_output, readable
     from .report import render_report, report_data
@@ -276,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overrides(r)
     r.add_argument("--force", action="store_true", help="start over: remove the previous run's outputs")
     r.add_argument("--incremental", action="store_true", help="same as `preproc refresh`")
+    r.add_argument("--lock-ttl", type=float, metavar="SECONDS",
+                   help="expiry of the output's lease, renewed while running (default 120; refresh: 600)")
     _add_executor_flags(r)
     r.set_defaults(func=cmd_run)
 
@@ -305,6 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--watch", nargs="?", type=float, const=5.0, metavar="SECONDS",
                    help="refresh every SECONDS (default 5) until the run is complete")
     s.set_defaults(func=cmd_status)
+
+    v = sub.add_parser("verify", help="read back every committed file and check its size and xxh3")
+    v.add_argument("output")
+    v.add_argument("--repair", action="store_true",
+                   help="remove the markers of indices with bad files, so that the next run redoes them")
+    v.set_defaults(func=cmd_verify)
 
     rp = sub.add_parser("report", help="write OUTPUT/report.html (charts, funnel, removed examples)")
     rp.add_argument("output")

@@ -8,7 +8,8 @@ Off unless ``PREPROC_FAILPOINTS`` is set, and then only checked at a few points 
 * ``point``: ``start`` (before the stage runs), ``commit`` (an output is fully written but
   not yet renamed/published), ``marker`` (all outputs committed, marker not yet written),
   ``clean_step`` (before a clean step runs on a batch; ``step=NAME`` picks the step, e.g.
-  ``step=langid_v1``).
+  ``step=langid_v1``), ``lease_takeover`` (a lease was read expired, the compare-and-swap not
+  yet tried).
 * ``stage``/``index``: which index (omit for any).
 * ``action``: ``kill`` (SIGKILL this process, like the OOM killer), ``exit`` (exit code 1),
   ``raise`` (a ``RuntimeError``, or the built-in exception ``error`` names: ``ImportError``,
@@ -17,6 +18,9 @@ Off unless ``PREPROC_FAILPOINTS`` is set, and then only checked at a few points 
 * ``read_batch`` (a reader's batch boundary, in ``readers.read_split``) also takes ``batch``
   (the boundary's number in its split: 0 before the first batch) and ``file`` (the input's
   relative path); any other key a point passes is matched the same way.
+* ``pause`` (an action): create ``paused-<point>-<pid>`` in ``PREPROC_FAILPOINT_STATE``, then wait
+  until a file ``resume`` appears there, at most ``wait_s`` seconds, default 120: lets a test
+  hold two processes at the same point.
 ``PREPROC_FAILPOINTS=@/path/rules.txt`` reads the rules from a file at every check.
 
 * ``times``: how many times the rule fires in total, across processes; counted with files in
@@ -105,6 +109,9 @@ def failpoint(point: str, stage: str | None = None, index: int | None = None, *,
         if "times" in r and not _claim(rid, int(r["times"])):
             continue
         action = r.get("action", "raise")
+        if action == "pause":
+            _pause(point, float(r.get("wait_s", 120)))
+            return
         if action == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
         if action == "exit":
@@ -116,6 +123,19 @@ def failpoint(point: str, stage: str | None = None, index: int | None = None, *,
             raise ValueError(f"failpoint {point} fired (stage={stage}, index={index}, {where})")
         error = _ERRORS.get(r.get("error", "RuntimeError"), RuntimeError)
         raise error(f"failpoint {point} fired (stage={stage}, index={index}, step={step})")
+
+
+def _pause(point: str, wait_s: float) -> None:
+    import time
+
+    state = os.environ.get(_STATE)
+    if not state:
+        raise RuntimeError(f"failpoint {point}: action=pause needs {_STATE}")
+    os.makedirs(state, exist_ok=True)
+    open(os.path.join(state, f"paused-{point}-{os.getpid()}"), "w").close()
+    deadline = time.monotonic() + wait_s
+    while not os.path.exists(os.path.join(state, "resume")) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 class context:

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from .config import Spec, load_spec
 from .errors import ConfigError
+from .ownership import check_paths, run_writes
 from .readers import InputSplit
 from .storage import Store, open_fs
 
@@ -97,6 +98,8 @@ class Plan:
             "tokenizer": self.tokenizer,
             "refresh": self.refresh,
             "stages": [{"name": s.name, "fan_out": s.fan_out} for s in self.stages],
+            # The run record: what this run writes at the top of its output (--force removes these).
+            "writes": run_writes(self.stage_names),
             "shards": [{"index": s.index, "splits": [x.to_json() for x in s.splits]} for s in self.shards],
         }
 
@@ -367,6 +370,7 @@ def make_plan(spec: Spec, *, tokenizer_info: dict[str, Any] | None = None,
 
     if not spec.output:
         raise ConfigError("output: no output location; set `output:` in the spec or pass --output")
+    check_paths(spec)    # never an output that holds, or lies in, its own inputs
     if files is None:
         files = list_inputs(spec)
     shards = plan_shards(files, shards=spec.shards, target_shard_bytes=spec.target_shard_bytes,

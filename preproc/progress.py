@@ -35,6 +35,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from . import integrity
 from .heartbeat import HEARTBEAT, coordinator_state
 
 if TYPE_CHECKING:
@@ -277,6 +278,8 @@ class StatusReader:
         plan, store = self.plan, self.store
         stages: list[dict[str, Any]] = []
         prev_complete = True
+        sizes = integrity.Sizes(store)
+        damaged_all = 0
         for st in plan.stages:
             done_t = _mtimes(store, f"{st.name}/_done")
             done_idx = {i: n for i, n in _indices(done_t).items() if i < st.fan_out}
@@ -285,6 +288,12 @@ class StatusReader:
                 if isinstance(m, dict):
                     self._markers[(st.name, i)] = m
             markers = {i: self._markers[(st.name, i)] for i in done_idx if (st.name, i) in self._markers}
+            # What a resume would redo is not done: another run's marker, a committed file
+            # missing or of the wrong size (cheap: one listing per folder).
+            damaged = {i: why for i in done_idx
+                       if (why := integrity.marker_problem(markers.get(i, "corrupt"), plan.run_id, sizes))}
+            markers = {i: m for i, m in markers.items() if i not in damaged}
+            damaged_all += len(damaged)
             fail_t = _mtimes(store, f"{st.name}/_failed")
             fail_idx = {i: n for i, n in _indices(fail_t).items() if i not in markers}
             records = self._read_all([f"{st.name}/_failed/{n}" for n in fail_idx.values()])
@@ -299,8 +308,9 @@ class StatusReader:
                     f["inputs"] = [_split_label(x) for x in plan.shards[i].splits]
                 failures.append(f)
             stages.append(self._stage(st.name, st.fan_out, markers, done_t, done_idx, failures, prev_complete, now))
+            stages[-1]["damaged"] = [{"index": i, "problem": why} for i, why in sorted(damaged.items())]
             prev_complete = prev_complete and len(markers) == st.fan_out
-        complete = store.exists("dataset.json")
+        complete = store.exists("dataset.json") and not damaged_all and all(s["done"] == s["total"] for s in stages)
         current = next((s for s in stages if s["done"] < s["total"]), None)
         coord, since = coordinator_state(self._heartbeat(), now)
         stopped = not complete and coord in ("stopped", "failed", "interrupted", "finished")
@@ -434,6 +444,8 @@ def format_status(st: dict[str, Any], *, max_failures: int = 10) -> str:
                      + (f"  {len(s['failures'])} failed" if s["failures"] else "")
                      + (f"  [{s['state']}]" if s["state"] not in ("done",) else "")
                      + (f"  {', '.join(rates)}" if rates else ""))
+        for d in s.get("damaged", [])[:max_failures]:
+            lines.append(f"      index {d['index']} will be redone: {d['problem']}")
         for f in s["failures"][:max_failures]:
             att = f" (attempt {f['attempt']})" if f.get("attempt") else ""
             lines.append(f"      index {f['index']}{att}: {f['error'][:200]}")

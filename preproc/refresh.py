@@ -15,7 +15,8 @@ Layout under the dataset root (the spec's ``output``)::
                                   ``dedup.near``), partitioned into the near_pairs buckets;
                                   verifying, each row also names its document (generation,
                                   shard, row), whose text stays in generations/<n>/clean/
-    _state/lock.json              the refresh lock (conditional create, with an expiry)
+    _state/lease/                 the refresh lease (compare-and-swap, with an expiry:
+                                  preproc.lease)
 
 A generation's ``exact_dedup`` bucket ``j`` reads bucket ``j`` of every earlier segment
 (never the whole index in one process), drops new documents already kept before, and writes
@@ -37,17 +38,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
-import threading
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .config import Spec, load_spec
-from .errors import ConfigError, PreprocError
+from .errors import ConfigError
+from .ownership import check_dataset_root, check_paths
+from .lease import EXIT_LOCKED, Lease, LeaseHeld, check_ttl  # noqa: F401  (EXIT_LOCKED re-exported)
 from .plan import InputFile, Plan, list_inputs
 from .runner import execute, prepare
 from .storage import Store, join
@@ -57,14 +56,9 @@ __all__ = ["refresh", "RefreshResult", "RefreshLocked"]
 log = logging.getLogger("preproc")
 
 STATE = "_state/state.json"
-LOCK = "_state/lock.json"
-EXIT_LOCKED = 75   # EX_TEMPFAIL: another refresh holds the lock; try again later
-
-
-class RefreshLocked(PreprocError):
-    """Another refresh holds the lock of this dataset."""
-
-    exit_code = EXIT_LOCKED
+LEASE = "_state/lease"
+# Another refresh (or run) holds the dataset: exit 75 (EX_TEMPFAIL), try again later.
+RefreshLocked = LeaseHeld
 
 
 @dataclass
@@ -83,106 +77,10 @@ def gen_dir(n: int) -> str:
 
 # -- lock ---------------------------------------------------------------------------------
 
-def create_exclusive(store: Store, rel: str, data: bytes) -> bool:
-    """Create ``rel`` with ``data`` only if it does not exist; False if it does.
-
-    Local: the content goes to a temp file first, then ``os.link`` publishes it (fails if the
-    name exists, and a reader never sees a half-written lock). S3: a PUT with
-    ``If-None-Match: *`` (conditional write).
-    """
-    path = store.path(rel)
-    if store.local:
-        d = os.path.dirname(path)
-        os.makedirs(d, exist_ok=True)
-        tmp = os.path.join(d, f".lock-{uuid.uuid4().hex}")
-        with open(tmp, "wb") as f:
-            f.write(data)
-        try:
-            os.link(tmp, path)
-            return True
-        except FileExistsError:
-            return False
-        finally:
-            os.unlink(tmp)
-    try:
-        store.fs.pipe_file(path, data, mode="create")
-        return True
-    except FileExistsError:
-        return False
-    except OSError as e:
-        if "PreconditionFailed" in str(e) or "412" in str(e) or "ConditionalRequestConflict" in str(e):
-            return False
-        raise
-
-
-class Lock:
-    """A lease on the dataset: one refresh at a time, with an expiry so a dead holder does
-    not block the next CronJob run forever. The holder renews it between stages."""
-
-    def __init__(self, store: Store, ttl_s: float):
-        self.store, self.ttl_s = store, ttl_s
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._stop = threading.Event()
-        self._beat: threading.Thread | None = None
-        self.lost: str | None = None
-
-    def _heartbeat(self) -> None:
-        # A killed holder stops renewing, so its lock expires after at most ttl_s.
-        while not self._stop.wait(self.ttl_s / 3):
-            try:
-                self.renew()
-            except RefreshLocked as e:
-                self.lost = str(e)
-                return
-            except Exception as e:  # noqa: BLE001 - a storage hiccup: try again next beat
-                log.warning("refresh lock renewal failed: %s", e)
-
-    def _body(self) -> bytes:
-        now = time.time()
-        return json.dumps({"owner": self.owner, "acquired_s": now, "expires_s": now + self.ttl_s}).encode()
-
-    def acquire(self) -> None:
-        for _ in range(2):
-            if create_exclusive(self.store, LOCK, self._body()):
-                self._beat = threading.Thread(target=self._heartbeat, name="preproc-lock", daemon=True)
-                self._beat.start()
-                return
-            try:
-                held = self.store.read_json(LOCK)
-            except (FileNotFoundError, ValueError):
-                continue
-            if held.get("expires_s", 0) > time.time():
-                left = int(held["expires_s"] - time.time())
-                raise RefreshLocked(f"{self.store.url(LOCK)}: another refresh ({held.get('owner')}) holds the "
-                                    f"lock for {left}s more; not starting")
-            log.warning("refresh lock held by %s expired; taking it over", held.get("owner"))
-            self.store.rm(LOCK)
-        raise RefreshLocked(f"{self.store.url(LOCK)}: could not take the lock (contended)")
-
-    def renew(self) -> None:
-        if self.lost:
-            raise RefreshLocked(self.lost)
-        held = self.store.read_json(LOCK)
-        if held.get("owner") != self.owner:
-            raise RefreshLocked(f"{self.store.url(LOCK)}: lost the lock to {held.get('owner')}")
-        self.store.write_bytes(LOCK, self._body())
-
-    def release(self) -> None:
-        self._stop.set()
-        if self._beat is not None:
-            self._beat.join()
-        try:
-            if self.store.read_json(LOCK).get("owner") == self.owner:
-                self.store.rm(LOCK)
-        except FileNotFoundError:
-            pass
-
-    def __enter__(self) -> "Lock":
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
+def Lock(store: Store, ttl_s: float = 600) -> Lease:
+    """The refresh lease on a dataset root (see :mod:`preproc.lease`): one refresh at a time,
+    with an expiry so that a dead holder does not block the next CronJob run forever."""
+    return Lease(store, LEASE, ttl_s=ttl_s, what="refresh")
 
 
 # -- state --------------------------------------------------------------------------------
@@ -265,7 +163,7 @@ def _publish(root: Store, state: dict[str, Any], lock: Lock) -> dict[str, Any]:
     return manifest
 
 
-def compact(root: Store, state: dict[str, Any], n: int, lock: "Lock", *, near_verified: bool = False) -> None:
+def compact(root: Store, state: dict[str, Any], n: int, lock: Lease, *, near_verified: bool = False) -> None:
     """Merge the dedup index segments of all generations into one per index (when they pile
     up), bucket by bucket: memory is bounded by one bucket, never the whole index. The new
     segment is written completely, then ``state.json`` points at it (one atomic step), then
@@ -316,14 +214,19 @@ def refresh(spec: "Spec | str | Path | dict[str, Any]", *, progress: bool = Fals
     RefreshResult(generation=3, new_files=12, ...)
     """
     s = load_spec(spec, **overrides)
+    lock_ttl_s = check_ttl(lock_ttl_s)
     if not s.output:
         raise ConfigError("output: refresh needs an output (the dataset root)")
+    check_paths(s)
     root = Store(s.output, s.storage)
     if root.exists("plan.json"):
         raise ConfigError(f"{root.url()}: holds a plain run (plan.json at its root); refresh needs a dataset "
                           "root of its own")
+    check_dataset_root(root, STATE)
     files = list_inputs(s)        # before the lock: a spec error must not take it
     with Lock(root, lock_ttl_s) as lock:
+        if not check_dataset_root(root, STATE):
+            root.write_json(STATE, load_state(root))     # the dataset's record, first
         state = load_state(root)
         published = None
         if state.get("pending"):
@@ -404,7 +307,7 @@ def _gen_shards(root: Store, n: int, s: Spec) -> int:
     return len(Store(join(root.uri, gen_dir(n)), s.storage).read_json("plan.json")["shards"])
 
 
-def _run_pending(root: Store, state: dict[str, Any], s: Spec, lock: Lock, progress: bool,
+def _run_pending(root: Store, state: dict[str, Any], s: Spec, lock: Lease, progress: bool,
                  executor_options: dict[str, Any] | None, files: list[InputFile] | None = None) -> dict[str, Any]:
     pend = state["pending"]
     n = pend["generation"]

@@ -13,10 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import integrity
 from .config import Spec, load_spec
 from .errors import ConfigError
 from .executors import get_executor
 from .heartbeat import HEARTBEAT, Heartbeat
+from .lease import RUN_LEASE, RUN_TTL_S, Lease, check_ttl
+from .ownership import RUN_ENTRIES, check_paths, check_run_output, remove_run  # noqa: F401  (RUN_ENTRIES re-exported)
 from .plan import Plan, make_plan
 from .stages import run_index, trivial
 from .steps import build_steps, check_requirements
@@ -27,9 +30,6 @@ __all__ = ["run", "plan", "RunResult"]
 
 log = logging.getLogger("preproc")
 
-# What a run writes under its output; `force` removes exactly these, nothing else.
-RUN_ENTRIES = ("plan.json", "tokenizer.json", "dataset.json", "stats.json", "report.html", "rejects",
-               "removed", "clean", "exact_dedup", "tokens", "finalize", "near", "_metrics", HEARTBEAT)
 
 
 @dataclass
@@ -52,56 +52,71 @@ class RunResult:
 
 def plan(spec: "Spec | str | Path | dict[str, Any]", **overrides: Any) -> Plan:
     """Build the plan a run would use, writing nothing (``preproc plan``)."""
-    s = load_spec(spec, **overrides)
-    check_requirements(build_steps(s.clean))   # a missing package: one line, before any work
-    preflight(s)
-    info, tok_bytes = inspect_tokenizer(s.tokenize, s.storage)
-    p = make_plan(s, tokenizer_info=info)
-    choose_backend(p, tok_bytes, s.storage)
-    return p
+    return _new_plan(load_spec(spec, **overrides))[0]
 
 
-def prepare(s: Spec, *, force: bool = False, files=None, refresh: dict[str, Any] | None = None) -> Plan:
-    """Write the plan (and the run's tokenizer copy) unless the same run is already planned."""
+def _new_plan(s: Spec, files=None, refresh: dict[str, Any] | None = None) -> tuple[Plan, bytes]:
+    """The plan a run would write and its tokenizer's bytes: every check, no writes.
+    ``plan()``, ``run()`` and ``refresh()`` all plan through here."""
     check_requirements(build_steps(s.clean))   # a missing package: one line, before any work
     preflight(s)   # S3: credentials, buckets, access; one clear line before any work
     info, tok_bytes = inspect_tokenizer(s.tokenize, s.storage)
     new = make_plan(s, tokenizer_info=info, files=files, refresh=refresh)
     choose_backend(new, tok_bytes, s.storage)
+    return new, tok_bytes
+
+
+def prepare(s: Spec, *, force: bool = False, files=None, refresh: dict[str, Any] | None = None,
+            planned: tuple[Plan, bytes] | None = None) -> Plan:
+    """Write the plan (and the run's tokenizer copy) unless the same run is already planned.
+
+    The output must be empty or an earlier preproc output (:mod:`preproc.ownership`);
+    ``force`` removes only what the recorded plan says that run wrote. The caller holds the
+    output's lease (:func:`run` does). ``planned``: what :func:`_new_plan` returned."""
+    new, tok_bytes = planned or _new_plan(s, files, refresh)
     try:
         store = Store(new.output, s.storage)
-        if force:
-            for entry in RUN_ENTRIES + tuple(st.name for st in new.stages):
-                store.rm(entry)
-        planned = store.exists("plan.json")
+        rec = check_run_output(store)
+        if force and rec is not None:
+            log.info("--force: removing run %s's outputs: %s", rec.get("run_id"), ", ".join(remove_run(store, rec)))
+            rec = None
     except OSError as e:
         raise ConfigError(f"output: cannot use {new.output}: {e}") from None
-    if planned:
+    if rec is not None:
         old = Plan.load(new.output, s.storage)
         if old.run_id != new.run_id:
             raise ConfigError(
                 f"{store.url()}: holds run {old.run_id}, planned from another spec or other inputs "
                 f"(this one is {new.run_id}); pass --force to start over, or choose another output")
+        if not store.exists("tokenizer.json"):     # killed between the record and the copy
+            store.write_bytes("tokenizer.json", tok_bytes)
         return old
     try:
-        store.write_bytes("tokenizer.json", tok_bytes)
+        # The run record first: from now on this folder is ours.
+        store.write_json("plan.json", new.to_json())
     except OSError as e:
         raise ConfigError(f"output: cannot write to {new.output}: {e.strerror or e}") from None
-    store.write_json("plan.json", new.to_json())
+    store.write_bytes("tokenizer.json", tok_bytes)
     return new
 
 
 def run(spec: "Spec | str | Path | dict[str, Any]", *, force: bool = False, progress: bool = False,
-        executor_options: dict[str, Any] | None = None, **overrides: Any) -> RunResult:
+        executor_options: dict[str, Any] | None = None, lock_ttl_s: float = RUN_TTL_S,
+        **overrides: Any) -> RunResult:
     """Plan, then run every stage not yet done; return the run's stats and manifest.
 
     ``overrides``: ``input``, ``output``, ``shards``, ``workers``, ``executor``, ``tokenizer``,
     or dotted spec keys (``{"clean.length.min_words": 5}`` as ``**{...}``).
 
+    The run holds the output's lease (:mod:`preproc.lease`, expiring ``lock_ttl_s`` after its
+    last renewal) from planning to the end: a second run on the same output raises
+    :class:`~preproc.lease.LeaseHeld` (exit 75) naming the holder.
+
     >>> import preproc
     >>> result = preproc.run("jobs/demo.yaml", output="/tmp/out")     # doctest: +SKIP
     >>> result.tokens                                                  # doctest: +SKIP
     """
+    check_ttl(lock_ttl_s)
     s = load_spec(spec, **overrides)
     check_requirements(build_steps(s.clean))   # before workers start
     ex = get_executor(s, progress=progress, **(executor_options or {}))
@@ -111,8 +126,11 @@ def run(spec: "Spec | str | Path | dict[str, Any]", *, force: bool = False, prog
         if hasattr(ex, "prestart"):
             with exported(s.storage):
                 ex.prestart(s)
-        p = prepare(s, force=force)
-        return execute(p, s, progress=progress, executor=ex)
+        planned = _new_plan(s)       # every check before the lease is written into the output
+        lease = _output_lease(s, lock_ttl_s)
+        with lease:
+            p = prepare(s, force=force, planned=planned)
+            return execute(p, s, progress=progress, executor=ex, on_stage=lease.check)
     finally:
         ex.close()
 
@@ -122,6 +140,17 @@ def _log_idle(idle: list[str]) -> None:
         names = idle[0] if len(idle) == 1 else f"{idle[0]}..{idle[-1]} ({len(idle)} stages)"
         log.info("stage %s: nothing left to compute; markers written by the coordinator", names)
         idle.clear()
+
+
+def _output_lease(s: Spec, ttl_s: float) -> Lease:
+    """The output's lease, after the checks that need no writes (a foreign or overlapping
+    output is refused before the lease is written into it)."""
+    try:
+        store = Store(s.output, s.storage)
+        check_run_output(store)
+    except OSError as e:
+        raise ConfigError(f"output: cannot use {s.output}: {e}") from None
+    return Lease(store, RUN_LEASE, ttl_s=check_ttl(ttl_s), what="run")
 
 
 def execute(p: Plan, s: Spec, *, progress: bool = False, executor_options: dict[str, Any] | None = None,
@@ -137,7 +166,9 @@ def execute(p: Plan, s: Spec, *, progress: bool = False, executor_options: dict[
         with exported(p.spec.storage), Heartbeat(store):
             idle: list[str] = []   # consecutive stages with nothing to compute: one log line
             for st in p.stages:
-                done = store.done_indices(st.name)
+                # Done = a marker of this run whose files are all there with their sizes;
+                # other markers are removed and their indices run again.
+                done = integrity.done_indices(store, p, st.name, st.fan_out)
                 todo = [i for i in range(st.fan_out) if i not in done]
                 if not todo:
                     log.info("stage %s: all %d indices already done", st.name, st.fan_out)

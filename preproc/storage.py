@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Union
 import fsspec
 from fsspec.core import split_protocol, url_to_fs
 
+from . import integrity
 from .faults import context as fault_context, failpoint
 from .errors import ConfigError, PreprocError
 
@@ -55,6 +56,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Store", "open_fs", "read_text", "read_bytes", "join", "s3_options", "preflight", "worker_env",
            "default_storage", "exported", "forget_filesystems", "is_remote", "ENV_VAR", "FS_MAX_AGE_S"]
+
+log = logging.getLogger("preproc")
 
 # The environment variable that carries a run's (secret-free) S3 settings to worker processes.
 ENV_VAR = "PREPROC_S3"
@@ -423,6 +426,35 @@ def _preflight_error(e: BaseException, key: str, uri: str, s3: "S3Spec") -> Base
     return e
 
 
+def _sweep_temporaries(folder: str, name: str) -> None:
+    """Remove ``.<name>.tmp-*`` in ``folder``: an earlier attempt's, killed before its rename
+    (only the index that writes ``name`` writes them, so they are its own)."""
+    prefix = f".{name}.tmp-"
+    try:
+        with os.scandir(folder) as it:
+            stale = [e.path for e in it if e.name.startswith(prefix)]
+    except FileNotFoundError:
+        return
+    for p in stale:
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
+
+
+def _fsync_dir(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:   # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:   # pragma: no cover - filesystems that refuse fsync on folders
+        pass
+    finally:
+        os.close(fd)
+
+
 class StorageUnavailable(PreprocError):
     """The object store keeps failing (5xx, throttling) after every retry."""
 
@@ -488,19 +520,30 @@ class Store:
     # -- writing ---------------------------------------------------------------------------
     @contextmanager
     def open_atomic(self, rel: str) -> Iterator[io.BufferedIOBase]:
-        """Write ``rel`` so that it appears whole or not at all."""
+        """Write ``rel`` so that it appears whole or not at all.
+
+        Locally the bytes go to ``.<name>.tmp-<random>`` beside it, are fsynced, renamed, and
+        the folder is fsynced (a crash never leaves a renamed file with missing bytes);
+        temporaries of ``rel`` left by a killed earlier attempt are swept first. The file's
+        size and xxh3 are recorded for the running index's marker (:mod:`preproc.integrity`).
+        """
         final = self.path(rel)
         if self.local:
             parent = posixpath.dirname(final)
             os.makedirs(parent, exist_ok=True)
-            tmp = posixpath.join(parent, f".{posixpath.basename(final)}.tmp-{uuid.uuid4().hex[:12]}")
+            base = posixpath.basename(final)
+            _sweep_temporaries(parent, base)
+            tmp = posixpath.join(parent, f".{base}.tmp-{uuid.uuid4().hex[:12]}")
             try:
                 with open(tmp, "wb") as f:
-                    yield f
+                    w = integrity.HashingWriter(f)
+                    yield w
                     f.flush()
+                    os.fsync(f.fileno())
                     # Chaos tests kill here: the bytes are written, the name not yet published.
                     failpoint("commit", fault_context.stage, fault_context.index)
                 os.replace(tmp, final)
+                _fsync_dir(parent)
             except BaseException:
                 try:
                     os.unlink(tmp)
@@ -512,8 +555,9 @@ class Store:
             # inside the block must abort the upload instead of committing a partial object.
             fs = self.fs
             f = fs.open(final, "wb")
+            w = integrity.HashingWriter(f)
             try:
-                yield f
+                yield w
                 failpoint("commit", fault_context.stage, fault_context.index)
             except BaseException:
                 discard = getattr(f, "discard", None)
@@ -524,6 +568,7 @@ class Store:
                     fs.rm(final)
                 raise
             f.close()
+        integrity.record(final, w.bytes, w.hexdigest())
 
     @_refreshing
     def write_bytes(self, rel: str, data: bytes) -> None:
@@ -555,10 +600,16 @@ class Store:
         return self.exists(self.marker_rel(stage, index))
 
     def read_marker(self, stage: str, index: int) -> dict[str, Any] | None:
+        """The marker's stats; None when absent or unreadable (a truncated or corrupt marker
+        proves nothing: the index runs again)."""
         try:
-            return self.read_json(self.marker_rel(stage, index))
+            m = self.read_json(self.marker_rel(stage, index))
         except FileNotFoundError:
             return None
+        except (ValueError, UnicodeDecodeError):
+            log.warning("%s: unreadable marker, ignored", self.url(self.marker_rel(stage, index)))
+            return None
+        return m if isinstance(m, dict) else None
 
     def done_indices(self, stage: str) -> set[int]:
         return {int(n.split(".")[0]) for n in self.ls(f"{stage}/_done") if n.endswith(".json") and n[0].isdigit()}

@@ -24,7 +24,7 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Any, Callable
 
-from .. import faults, logs, metrics, signals
+from .. import faults, integrity, logs, metrics, signals
 from ..errors import ConfigError
 from ..storage import Store
 
@@ -123,8 +123,9 @@ def run_index(plan: "Plan", stage: str, index: int, store: Store | None = None, 
     if not 0 <= index < sp.fan_out:
         raise ConfigError(f"stage {stage!r} has indices 0..{sp.fan_out - 1}; got {index}")
     done = store.read_marker(stage, index)
-    if done is not None:
+    if done is not None and done.get("run_id") == plan.run_id:
         return done
+    # (no marker, an unreadable one, or another run's: this index is not done)
     _check_previous_done(plan, stage, store)
     # Every log record of this try carries run id, stage, index and attempt (preproc.logs).
     attempt = logs.attempt_number(store, stage, index)
@@ -141,7 +142,8 @@ def _attempt(plan: "Plan", stage: str, index: int, store: Store, attempt: int, *
     signals.busy = True
     try:
         faults.failpoint("start", stage, index)
-        stats = STAGE_RUNNERS[stage](plan, index, store)
+        with integrity.recording(store) as files:
+            stats = STAGE_RUNNERS[stage](plan, index, store)
         faults.failpoint("marker", stage, index)
     except Exception as e:
         try:
@@ -156,6 +158,7 @@ def _attempt(plan: "Plan", stage: str, index: int, store: Store, attempt: int, *
         signals.busy = False
     stats["wall_time_s"] = round(time.time() - t0, 3)
     stats["run_id"] = plan.run_id
+    stats["files"] = files         # what this index committed: sizes and xxh3 (preproc.integrity)
     stats["started_s"], stats["finished_s"] = round(t0, 3), round(time.time(), 3)
     store.write_marker(stage, index, stats)
     if store.exists(store.failure_rel(stage, index)):

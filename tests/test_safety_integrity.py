@@ -1,0 +1,155 @@
+"""Integrity: markers record size and xxh3 of every committed file; resume redoes an index
+whose files are missing or of the wrong size, or whose marker is corrupt; `preproc verify`
+checks hashes; commits fsync; stale temporaries are swept."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import xxhash
+
+import preproc
+from preproc.progress import run_status
+
+from .conftest import ROOT
+from .s3server import s3, s3_server  # noqa: F401  (pytest fixtures)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "preproc", *map(str, args)], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=600)
+
+
+def _spec(demo_inputs: Path) -> dict:
+    return {"input": {"paths": [str(demo_inputs / "input" / "*")]}, "clean": {"defaults": False},
+            "tokenize": {"tokenizer": str(demo_inputs / "tokenizer.json")}}
+
+
+@pytest.fixture
+def done_run(tmp_path, demo_inputs):
+    out = tmp_path / "out"
+    r = preproc.run(_spec(demo_inputs), output=str(out), workers=1, shards=2)
+    return out, r
+
+
+def test_markers_record_size_and_xxh3_of_every_committed_file(done_run):
+    out, r = done_run
+    seen = set()
+    for marker in sorted(out.glob("*/_done/*.json")):
+        m = json.loads(marker.read_text())
+        assert m["run_id"] == r.run_id and m["files"], marker
+        for rel, rec in m["files"].items():
+            data = (out / rel).read_bytes()
+            assert rec == {"bytes": len(data), "xxh3": xxhash.xxh3_64(data).hexdigest()}, rel
+            seen.add(rel)
+    assert {"clean/part-00000.parquet", "tokens/part-00001.bin", "tokens/part-00001.idx",
+            "tokens/part-00000.parquet", "dataset.json", "stats.json"} <= seen
+    assert not any("_done" in s for s in seen)
+
+
+def test_a_truncated_file_is_not_complete_and_resume_redoes_its_index(done_run, demo_inputs):
+    out, r = done_run
+    good = (out / "tokens" / "part-00001.bin").read_bytes()
+    (out / "tokens" / "part-00001.bin").write_bytes(good[: len(good) // 2])
+    st = run_status(str(out))
+    assert not st["complete"]
+    tok = next(s for s in st["stages"] if s["stage"] == "tokenize")
+    assert tok["done"] == 1 and tok["damaged"][0]["index"] == 1 and "part-00001.bin" in tok["damaged"][0]["problem"]
+    p = _cli("status", out)
+    assert "will be redone" in p.stdout and "not complete" in p.stdout
+    preproc.run(_spec(demo_inputs), output=str(out), workers=1, shards=2)
+    assert (out / "tokens" / "part-00001.bin").read_bytes() == good
+    assert run_status(str(out))["complete"]
+
+
+def test_a_missing_file_is_redone(done_run, demo_inputs):
+    out, r = done_run
+    good = (out / "clean" / "part-00000.parquet").read_bytes()
+    os.remove(out / "clean" / "part-00000.parquet")
+    assert not run_status(str(out))["complete"]
+    preproc.run(_spec(demo_inputs), output=str(out), workers=1, shards=2)
+    assert (out / "clean" / "part-00000.parquet").read_bytes() == good
+
+
+@pytest.mark.parametrize("damage", [b"", b'{"read": 3, "docs', b"\xff\xfe"], ids=["empty", "truncated", "binary"])
+def test_a_corrupt_marker_means_the_index_is_redone(done_run, demo_inputs, damage):
+    out, r = done_run
+    marker = out / "clean" / "_done" / "00001.json"
+    marker.write_bytes(damage)
+    assert not run_status(str(out))["complete"]
+    r2 = preproc.run(_spec(demo_inputs), output=str(out), workers=1, shards=2)
+    assert json.loads(marker.read_text())["run_id"] == r.run_id
+    assert r2.stats["read"] == r.stats["read"]
+
+
+def test_verify_checks_hashes_and_repair_makes_the_next_run_redo(done_run, demo_inputs):
+    out, r = done_run
+    p = _cli("verify", out)
+    assert p.returncode == 0 and "all match" in p.stdout, p.stdout + p.stderr
+    f = out / "tokens" / "part-00000.bin"
+    good = f.read_bytes()
+    f.write_bytes(bytes([good[0] ^ 0xFF]) + good[1:])         # same size: only the hash can tell
+    assert run_status(str(out))["complete"]                   # (status checks sizes only)
+    p = _cli("verify", out)
+    assert p.returncode == 1 and "tokens/part-00000.bin" in p.stdout and "xxh3" in p.stdout
+    p = _cli("verify", out, "--repair")
+    assert p.returncode == 1 and not (out / "tokenize" / "_done" / "00000.json").exists()
+    preproc.run(_spec(demo_inputs), output=str(out), workers=1, shards=2)
+    assert f.read_bytes() == good
+    assert _cli("verify", out).returncode == 0
+
+
+def test_stale_temporaries_of_an_index_are_swept_when_it_runs_again(done_run, demo_inputs):
+    out, r = done_run
+    stale = [out / "tokens" / ".part-00001.bin.tmp-0123456789ab", out / "tokens" / ".part-00001.idx.tmp-ba9876543210"]
+    other = out / "tokens" / ".part-00000.bin.tmp-0123456789ab"       # index 0's: not index 1's business
+    for p in stale + [other]:
+        p.write_bytes(b"")
+    os.remove(out / "tokenize" / "_done" / "00001.json")
+    preproc.run(_spec(demo_inputs), output=str(out), workers=1, shards=2)
+    assert not any(p.exists() for p in stale) and other.exists()
+
+
+def test_local_commits_fsync_the_file_and_its_folder_before_publishing(tmp_path, monkeypatch):
+    from preproc.storage import Store
+
+    synced = []
+    real = os.fsync
+
+    def spy(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    store = Store(str(tmp_path / "o"))
+    with store.open_atomic("a/b.bin") as f:
+        f.write(b"x" * 10)
+        assert synced == []
+    assert synced[0].startswith(str(tmp_path / "o" / "a" / ".b.bin.tmp-"))
+    assert synced[1] == str(tmp_path / "o" / "a")
+    assert (tmp_path / "o" / "a" / "b.bin").read_bytes() == b"x" * 10
+
+
+def test_integrity_on_s3(s3, demo_inputs):
+    bucket = s3.bucket()
+    out = f"s3://{bucket}/run"
+    spec = dict(_spec(demo_inputs), storage=s3.storage)
+    preproc.run(spec, output=out, workers=1, shards=2)
+    m = json.loads(s3.get(bucket, "run/tokenize/_done/00000.json"))
+    data = s3.get(bucket, "run/tokens/part-00000.bin")
+    assert m["files"]["tokens/part-00000.bin"] == {"bytes": len(data), "xxh3": xxhash.xxh3_64(data).hexdigest()}
+    s3.client.put_object(Bucket=bucket, Key="run/tokens/part-00000.bin", Body=data[:-8])
+    from preproc.integrity import verify
+    from preproc.plan import Plan
+
+    plan = Plan.load(out, s3.storage)
+    r = verify(plan.store(), plan)
+    # (the size differs: found from the listing, before any hashing)
+    assert len(r["bad"]) == 1 and "tokens/part-00000.bin has" in r["bad"][0]["problem"] and r["files"] > 5
+    preproc.run(spec, output=out, workers=1, shards=2)       # resume: size differs, index redone
+    assert s3.get(bucket, "run/tokens/part-00000.bin") == data
