@@ -17,7 +17,7 @@ from .config import Spec, load_spec
 from .errors import ConfigError
 from .executors import get_executor
 from .plan import Plan, make_plan
-from .stages import run_index, trivial
+from .stages import prepare as prepare_stage, run_index, trivial
 from .storage import Store, exported, preflight
 from .tokenizer import choose_backend, inspect_tokenizer
 
@@ -136,6 +136,7 @@ def execute(p: Plan, s: Spec, *, progress: bool = False, executor_options: dict[
                     log.info("stage %s: nothing left to compute; %d marker(s) written by the coordinator",
                              st.name, len(todo))
                     continue
+                prepare_stage(p, st.name, store)
                 ex.run_stage(p, st.name, todo)
     finally:
         if executor is None:
