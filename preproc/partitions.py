@@ -52,7 +52,8 @@ _MAGIC = b"PPXIDX01"
 _HEADER = struct.Struct("<8sIIQQQQ")
 _ENTRY = np.dtype([("producer", "<u4"), ("consumer", "<u4"), ("offset", "<u8"), ("length", "<u8"),
                    ("rows", "<u8"), ("crc", "<u4"), ("pad", "<u4")])
-_IPC = pa.ipc.IpcWriteOptions(compression="zstd")
+# lz4: these are mostly hashes and row numbers (little to gain from zstd), read many times.
+_IPC = pa.ipc.IpcWriteOptions(compression="lz4")
 
 
 def part_name(i: int) -> str:
