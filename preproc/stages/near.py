@@ -16,7 +16,10 @@ probability >= 0.99), and ``near_shingles`` + ``near_verify`` check each one. On
 unverified 14 x 8 (datatrove's defaults) gives 0.754 / 0.986. ``verify: false`` (or
 ``bands`` and ``rows`` without a ``threshold``) skips the check.
 
-The stages, in order (``N`` shards, ``B`` = ``dedup.near.buckets``, default ``N``); all
+The stages, in order (``N`` shards, ``B`` = ``dedup.near.buckets``, default one per 128 MB
+of input: the data volume, not the shard count). Every hand-over between two stages is an
+exchange (:mod:`preproc.partitions`): one file per producer, one merged index per folder,
+each consumer reads only its byte ranges. All
 intermediates live under ``near/<canonical config>/`` (e.g. ``near/minhash-5g-16b6r-s1-v0.8``),
 so changing a knob never reuses stale results:
 
@@ -32,6 +35,10 @@ near_shingles      N        (verify) candidate partners in shard ``i`` → their
                             one row group per shard of the other document (``shingles/``)
 near_verify        N        (verify) pairs whose first document is in shard ``i``: exact
                             Jaccard of the shingle sets; pairs >= threshold → ``cc/00/``
+near_components    1        when the ``cc/00`` edges fit ``local_max_edges``: all components
+                            in memory (:func:`~preproc.components.local_components`) →
+                            converged stars in ``cc/local``, and every round below is only
+                            a marker; otherwise only a marker (``TRIVIAL``: no dispatch)
 near_cc_00..R-1    B        connected components, one large-star or small-star step per
                             round (:mod:`preproc.components`) → ``cc/<k+1>/``; once the
                             graph has converged the remaining rounds only write a marker,
