@@ -334,8 +334,9 @@ def child_clean_ceiling(a: dict) -> dict:
 
 
 def make_lines(dest: Path, *, docs: int, files: int, seed: int = 0) -> dict:
-    """``docs`` generated one-line documents (12 words) as ``files`` JSONL files, in the
-    same order whatever ``files``: about 10% exact and 10% near copies of earlier ones."""
+    """``docs`` generated one-line documents (20 words) as ``files`` JSONL files, in the
+    same order whatever ``files``: about 10% exact and 10% near copies of earlier ones (the
+    last word changed: word 5-gram Jaccard 15/17, above the 0.8 threshold)."""
     rng = random.Random(seed)
     vocab = [f"w{i}" for i in range(20000)]
     texts: list[str] = []
@@ -346,7 +347,7 @@ def make_lines(dest: Path, *, docs: int, files: int, seed: int = 0) -> dict:
         elif texts and r < 0.2:
             t = " ".join(texts[rng.randrange(len(texts))].split()[:-1] + ["tail"])
         else:
-            t = " ".join(rng.choice(vocab) for _ in range(12))
+            t = " ".join(rng.choice(vocab) for _ in range(20))
         texts.append(t)
     dest.mkdir(parents=True, exist_ok=True)
     per = -(-docs // files)
