@@ -196,7 +196,8 @@ def test_same_results_whatever_shards_and_buckets(tmp_path):
     results = []
     for shards, eb, nb in ((16, None, None), (64, None, None), (16, 5, 3), (64, 64, 64)):
         out = tmp_path / f"o{shards}-{eb}-{nb}"
-        r = _run(tmp_path / "in", out, shards=shards, exact_buckets=eb, near={"buckets": nb} if nb else {})
+        near = {"threshold": 0.8, **({"buckets": nb} if nb else {})}
+        r = _run(tmp_path / "in", out, shards=shards, exact_buckets=eb, near=near)
         results.append((_kept(out), r.stats["duplicates"]["exact"], r.stats["duplicates"]["near"]))
     kept, exact, near = results[0]
     assert exact > 0 and near > 0 and 0 < len(kept) < len(ids)
