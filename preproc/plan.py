@@ -380,5 +380,5 @@ def make_plan(spec: Spec, *, tokenizer_info: dict[str, Any] | None = None,
     if tokenizer_info.get("sha256"):
         run_id = hashlib.sha256(f"{run_id}:{tokenizer_info['sha256']}".encode()).hexdigest()[:12]
     return Plan(run_id=run_id, output=spec.output, spec=spec, shards=shards,
-                stages=pipeline_stages(spec, len(shards)), tokenizer=tokenizer_info, created_s=time.time(),
+                stages=pipeline_stages(spec, len(shards), sum(s.bytes for s in shards)), tokenizer=tokenizer_info, created_s=time.time(),
                 refresh=refresh)

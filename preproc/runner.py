@@ -21,7 +21,7 @@ from .heartbeat import HEARTBEAT, Heartbeat
 from .lease import RUN_LEASE, RUN_TTL_S, Lease, check_ttl
 from .ownership import RUN_ENTRIES, check_paths, check_run_output, remove_run  # noqa: F401  (RUN_ENTRIES re-exported)
 from .plan import Plan, make_plan
-from .stages import run_index, trivial
+from .stages import prepare as prepare_stage, run_index, trivial
 from .steps import build_steps, check_requirements
 from .storage import Store, exported, preflight
 from .tokenizer import choose_backend, inspect_tokenizer
@@ -181,6 +181,7 @@ def execute(p: Plan, s: Spec, *, progress: bool = False, executor_options: dict[
                     idle.append(st.name)
                     continue
                 _log_idle(idle)
+                prepare_stage(p, st.name, store)
                 ex.run_stage(p, st.name, todo)
             _log_idle(idle)
     finally:

@@ -335,7 +335,98 @@ def child_clean_ceiling(a: dict) -> dict:
     return {"one_s": min(one), "many_s": min(many), "rounds": {"one": one, "many": many}}
 
 
-CHILDREN = {"ours_e2e": child_ours_e2e, "ours_tokenize": child_ours_tokenize,
+def make_lines(dest: Path, *, docs: int, files: int, seed: int = 0) -> dict:
+    """``docs`` generated one-line documents (20 words) as ``files`` JSONL files, in the
+    same order whatever ``files``: about 10% exact and 10% near copies of earlier ones (the
+    last word changed: word 5-gram Jaccard 15/17, above the 0.8 threshold)."""
+    rng = random.Random(seed)
+    vocab = [f"w{i}" for i in range(20000)]
+    texts: list[str] = []
+    for k in range(docs):
+        r = rng.random()
+        if texts and r < 0.1:
+            t = texts[rng.randrange(len(texts))]
+        elif texts and r < 0.2:
+            t = " ".join(texts[rng.randrange(len(texts))].split()[:-1] + ["tail"])
+        else:
+            t = " ".join(rng.choice(vocab) for _ in range(20))
+        texts.append(t)
+    dest.mkdir(parents=True, exist_ok=True)
+    per = -(-docs // files)
+    for f in range(files):
+        chunk = texts[f * per:(f + 1) * per]
+        (dest / f"part-{f:04d}.jsonl").write_text(
+            "".join(json.dumps({"id": f"l{f * per + i}", "text": t}) + "\n" for i, t in enumerate(chunk)))
+    return {"docs": docs, "text_mb": round(sum(len(t) for t in texts) / 1e6, 2), "files": files}
+
+
+def child_ours_shards(a: dict) -> dict:
+    """One run for the shard-count section: wall time, per-stage summed time, and a digest
+    of the kept (id, input_ids) set (equal digests = the same result)."""
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    import preproc
+
+    out = a["out"]
+    shutil.rmtree(out, ignore_errors=True)
+    spec = {"input": {"paths": [os.path.join(a["input"], "*.jsonl")]}, "shards": a["shards"],
+            "clean": a.get("clean", True), "dedup": {"exact": True, "near": True}}
+    t0 = time.perf_counter()
+    r = preproc.run(spec, output=out, tokenizer=a["tokenizer"], workers=a["workers"])
+    wall = time.perf_counter() - t0
+    rows = []
+    for f in sorted(Path(out, "tokens").glob("part-*.parquet")):
+        t = pq.read_table(f, columns=["id", "input_ids"])
+        rows += [f"{i}\t{','.join(map(str, ids))}" for i, ids in zip(t.column("id").to_pylist(),
+                                                                       t.column("input_ids").to_pylist())]
+    digest = hashlib.sha256("\n".join(sorted(rows)).encode()).hexdigest()[:16]
+    plan = json.loads(Path(out, "plan.json").read_text())
+    return {"seconds": wall, "kept": r.stats.get("kept"), "duplicates": r.stats.get("duplicates"),
+            "kept_digest": digest, "fan_out": {s["name"]: s["fan_out"] for s in plan["stages"]
+                                               if not s["name"].startswith("near_cc_")},
+            "stage_wall_time_s": {k: v for k, v in r.stats.get("stage_wall_time_s", {}).items() if v >= 0.01}}
+
+
+def shard_counts(work: Path, corpus: Path, W: int, tab: "Table", *, docs: int, corpus_mb: float,
+                 counts: tuple[int, int], timeout_s: float) -> dict:
+    """The same input cut into few and many shards (one file each), 2 workers: wall time
+    at many at most 1.5x that at few, the same kept documents and drop counts."""
+    out: dict = {}
+    inputs = {}
+    for n in counts:
+        inputs[("lines", n)] = (make_lines(work / f"lines-{n}", docs=docs, files=n), work / f"lines-{n}", False)
+        if corpus_mb:
+            size = make_input(corpus, work / f"corpus-{n}", shards=n, repeat_mb=None, limit_mb=corpus_mb)
+            inputs[("corpus", n)] = (size, work / f"corpus-{n}", True)
+    for kind in ("lines", "corpus"):
+        runs = {}
+        for n in counts:
+            if (kind, n) not in inputs:
+                continue
+            size, path, clean = inputs[(kind, n)]
+            res = run_child("ours_shards", {"input": str(path), "out": str(work / f"o-{kind}-{n}"), "shards": n,
+                                            "workers": W, "tokenizer": str(TOKENIZER), "clean": clean}, timeout_s)
+            runs[n] = res
+            what = f"{kind}: {size['docs']} docs, {n} shards" if kind == "lines" else \
+                f"corpus {size['text_mb']} MB, {n} shards"
+            tab.add("shards", what, res, mb=size["text_mb"], docs=size["docs"],
+                    ratio_to=None if n == counts[0] else (f"lines: {size['docs']} docs, {counts[0]} shards"
+                                                          if kind == "lines" else
+                                                          f"corpus {size['text_mb']} MB, {counts[0]} shards"))
+        if len(runs) == 2 and all("error" not in r for r in runs.values()):
+            few, many = (runs[n] for n in counts)
+            out[kind] = {"wall_ratio": round(many["seconds"] / few["seconds"], 3),
+                         "same_result": few["kept_digest"] == many["kept_digest"]
+                         and few["duplicates"] == many["duplicates"],
+                         str(counts[0]): few, str(counts[1]): many}
+            print(f"shards {kind}: {counts[1]} vs {counts[0]} shards: wall x{out[kind]['wall_ratio']} "
+                  f"(target <= 1.5), same kept docs and drop counts: {out[kind]['same_result']}", flush=True)
+    return out
+
+
+CHILDREN = {"ours_e2e": child_ours_e2e, "ours_shards": child_ours_shards, "ours_tokenize": child_ours_tokenize,
             "datatrove_tokenize": child_datatrove_tokenize, "datatrove_e2e": child_datatrove_e2e,
             "clean_ceiling": child_clean_ceiling}
 
@@ -472,6 +563,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="read,tokenize,near,e2e,scaling",
                     help="comma list of sections to run")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per engine run")
+    ap.add_argument("--shard-counts", default="16,256", help="shards section: few,many shards")
+    ap.add_argument("--shard-docs", type=int, default=100_000, help="shards section: generated one-line docs")
+    ap.add_argument("--shard-corpus-mb", type=float, default=8,
+                    help="shards section: MB of the shared corpus (0: skip)")
     ap.add_argument("--json", dest="json_path")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--child")
@@ -621,6 +716,13 @@ def main(argv: list[str] | None = None) -> int:
                                                                   "tiktoken") and _as_res(tab.get(
                                                                       "tokenize", "ours tokenize stage, backend tiktoken")),
                 mb=tmb, docs=len(texts), ratio_to="datatrove DocumentTokenizer")
+
+    # -- shard count: the same input cut finely or coarsely (--only shards, or scale) -------
+    if only & {"shards", "scale"}:
+        few, many = (int(x) for x in a.shard_counts.split(","))
+        step(f"shards: the same input in {few} and {many} shards, {W} workers")
+        results["shards"] = guarded(shard_counts, work / "shards", Path(a.corpus), W, tab, docs=a.shard_docs,
+                                    corpus_mb=a.shard_corpus_mb, counts=(few, many), timeout_s=a.timeout)
 
     # -- near-dedup ------------------------------------------------------------------------
     if "near" in only:

@@ -72,7 +72,7 @@ def _check_run_gauges(samples, out: Path, run_id: str) -> None:
                          ("rejected", "rejected_total"), ("filtered", "filtered_total")):
         assert _value(samples, "preproc_run_documents", run_id=run_id, outcome=outcome) == stats[key]
     assert _value(samples, "preproc_run_tokens", run_id=run_id) == stats["tokens"]
-    for stage, n in (("clean", 3), ("exact_dedup", 3), ("tokenize", 3), ("finalize", 1)):
+    for stage, n in (("clean", 3), ("exact_dedup", 1), ("tokenize", 3), ("finalize", 1)):
         assert _value(samples, "preproc_run_stage_indices", run_id=run_id, stage=stage) == n
         assert _value(samples, "preproc_run_stage_indices_done", run_id=run_id, stage=stage) == n
         assert _value(samples, "preproc_run_stage_indices_failed", run_id=run_id, stage=stage) == 0
@@ -85,7 +85,7 @@ def test_textfile_metrics_after_a_run(tmp_path, demo_inputs):
     r = preproc.run(_spec(out, demo_inputs), workers=2)
     files = sorted(p.name for p in (out / "_metrics").glob("*.prom"))
     assert files == ["clean-00000.prom", "clean-00001.prom", "clean-00002.prom", "coordinator.prom",
-                     "exact_dedup-00000.prom", "exact_dedup-00001.prom", "exact_dedup-00002.prom",
+                     "exact_dedup-00000.prom",
                      "finalize-00000.prom", "tokenize-00000.prom", "tokenize-00001.prom", "tokenize-00002.prom"]
     workers = [s for f in files if f != "coordinator.prom" for s in _samples((out / "_metrics" / f).read_text())]
     _check_worker_metrics(workers, out, r.run_id)
@@ -143,7 +143,7 @@ def test_pushgateway_gets_one_group_per_index_and_the_coordinator(tmp_path, demo
     assert set(gw.methods) == {"PUT"}            # a retried index replaces its group
     rid = r.run_id
     want = {(("index", str(i)), ("job", "preproc"), ("run_id", rid), ("stage", s))
-            for s, n in (("clean", 3), ("exact_dedup", 3), ("tokenize", 3), ("finalize", 1)) for i in range(n)}
+            for s, n in (("clean", 3), ("exact_dedup", 1), ("tokenize", 3), ("finalize", 1)) for i in range(n)}
     coord = (("instance", "coordinator"), ("job", "preproc"), ("run_id", rid))
     assert set(gw.groups) == want | {coord}
     workers = [s for k, body in gw.groups.items() if k != coord for s in _samples(body)]

@@ -165,13 +165,14 @@ def test_exact_first_and_accounting(run08):
 
 @pytest.mark.parametrize("near", [{}, {"bands": 14, "rows": 8}], ids=["defaults-verified", "unverified-14x8"])
 def test_same_outputs_for_workers_and_buckets(tmp_path, small, near):
-    """Byte-identical drop lists and token files for 1, 2 and 4 workers and 3, 4 (the
-    default: shards) and 7 buckets."""
+    """Byte-identical drop lists and token files for 1, 2 and 4 workers and 1 (the
+    default for this little data), 3 and 7 buckets."""
     trees = []
     for workers, buckets in ((2, None), (1, 3), (4, 7)):
         o = tmp_path / f"w{workers}b{buckets}"
         r = _run(o, {**near, "buckets": buckets, "max_rounds": FEW}, workers=workers, inputs=[small])
-        assert len(read_tree(o, "near_drops/drops")) == 4 and r.stats["duplicates"]["near"] > 0
+        assert len([n for n in read_tree(o, "near_drops/drops") if n.endswith(".arrow")]) == 4
+        assert r.stats["duplicates"]["near"] > 0
         trees.append((read_tree(o, "near_drops/drops"), read_tree(o, "tokens")))
     assert trees[1] == trees[0] and trees[2] == trees[0]
 
@@ -193,7 +194,7 @@ def test_too_few_rounds_is_a_clear_error(tmp_path, jsonl):
     """The neardup graph needs two component steps; with one planned, the cluster stage
     refuses to guess and names the knob."""
     with pytest.raises(StageFailed) as e:
-        _run(tmp_path / "o", {"threshold": 0.8, "max_rounds": 1}, workers=2, inputs=[jsonl])
+        _run(tmp_path / "o", {"threshold": 0.8, "max_rounds": 1, "local_max_edges": 0}, workers=2, inputs=[jsonl])
     assert e.value.stage == "near_clusters" and "dedup.near.max_rounds" in str(e.value)
     assert e.value.exit_code == 2
 
@@ -231,8 +232,9 @@ def test_plan_stages_and_config_errors(tmp_path, jsonl):
     p = preproc.plan({**base, "dedup": {"near": {"threshold": 0.8, "buckets": 5, "max_rounds": 4}}},
                      output=str(tmp_path / "o"), tokenizer=str(GPT2))
     fan = {s.name: s.fan_out for s in p.stages}
-    assert list(fan)[:8] == ["clean", "exact_dedup", "near_signatures", "near_pairs", "near_shingles",
-                             "near_verify", "near_cc_00", "near_cc_01"]
+    assert list(fan)[:9] == ["clean", "exact_dedup", "near_signatures", "near_pairs", "near_shingles",
+                             "near_verify", "near_components", "near_cc_00", "near_cc_01"]
+    assert fan["near_components"] == 1
     assert fan["near_signatures"] == fan["near_verify"] == fan["near_drops"] == 3
     assert fan["near_pairs"] == fan["near_cc_03"] == fan["near_clusters"] == 5
     assert "near_cc_04" not in fan
@@ -410,7 +412,7 @@ def test_rounds_after_convergence_run_in_the_coordinator(tmp_path, small, monkey
     monkeypatch.setattr(LocalExecutor, "run_stage", recording)
     out = tmp_path / "o"
     with caplog.at_level(logging.INFO, logger="preproc"):
-        r = _run(out, True, workers=2, inputs=[small])
+        r = _run(out, {"local_max_edges": 0}, workers=2, inputs=[small])
     assert r.stats["duplicates"]["near"] > 0
     plan = json.loads((out / "plan.json").read_text())
     rounds = [s["name"] for s in plan["stages"] if s["name"].startswith("near_cc_")]
@@ -423,6 +425,7 @@ def test_rounds_after_convergence_run_in_the_coordinator(tmp_path, small, monkey
     assert work and skip and rounds == work + skip
     assert [n for n in dispatched if n.startswith("near_cc_")] == work
     assert {"near_clusters", "near_drops", "tokenize"} <= set(dispatched)
+    assert "near_components" not in dispatched and r.stats["near"]["components"] == "rounds"
 
     # The idle rounds: one INFO line in all, not "started" / "committed in 0.0s" per index.
     info = [rec.getMessage() for rec in caplog.records if rec.levelno >= logging.INFO]
@@ -446,3 +449,38 @@ def test_rounds_after_convergence_run_in_the_coordinator(tmp_path, small, monkey
     times = report_data(p, p.store())["stage_times"]
     assert [t["stage"] for t in times].count("near_cc") == 1 and not any(t["stage"].startswith("near_cc_") for t in times)
     assert next(t for t in times if t["stage"] == "near_cc")["rounds"] == len(rounds)
+
+
+def test_components_one_stage_or_rounds_same_clusters(tmp_path, small, monkeypatch):
+    """When the candidate edges fit a worker (the default budget here), the components take
+    one stage (``near_components``, one index) and no round is dispatched; with
+    ``local_max_edges: 0`` the large-/small-star rounds do it. Same clusters, same keepers,
+    byte-identical drop lists and tokens."""
+    from preproc.executors.local import LocalExecutor
+    from preproc.stages.near import read_clusters
+
+    dispatched: list[str] = []
+    run_stage = LocalExecutor.run_stage
+
+    def recording(self, plan, stage, indices):
+        dispatched.append(stage)
+        return run_stage(self, plan, stage, indices)
+
+    monkeypatch.setattr(LocalExecutor, "run_stage", recording)
+    outs = {}
+    for name, budget in (("local", None), ("rounds", 0)):
+        dispatched.clear()
+        o = tmp_path / name
+        near = {"keep_clusters": True, **({"local_max_edges": budget} if budget is not None else {})}
+        r = _run(o, near, workers=2, inputs=[small])
+        assert r.stats["near"]["components"] == name
+        rounds = [s for s in dispatched if s.startswith("near_cc_")]
+        if name == "local":
+            assert "near_components" in dispatched and rounds == []
+            assert r.stats["near"]["component_rounds"] == 0
+        else:
+            assert "near_components" not in dispatched and len(rounds) >= 2
+        c = read_clusters(str(o))
+        outs[name] = (sorted((k, tuple(v)) for k, v in zip(c.column("kept_id").to_pylist(), c.column("ids").to_pylist())),
+                      read_tree(o, "near_drops/drops"), read_tree(o, "tokens"), r.stats["duplicates"])
+    assert outs["local"][0] and outs["local"] == outs["rounds"]

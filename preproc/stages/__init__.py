@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from ..config import Spec
     from ..plan import Plan, StagePlan
 
-__all__ = ["pipeline_stages", "run_index", "trivial", "warm_up", "STAGE_RUNNERS"]
+__all__ = ["pipeline_stages", "run_index", "trivial", "prepare", "warm_up", "STAGE_RUNNERS"]
 
 log = logging.getLogger("preproc")
 
@@ -76,17 +76,19 @@ def warm_up(tokenizer: str | None = None, storage: Any = None, *, encode_special
         preload(tokenizer, storage, encode_special_tokens=encode_special_tokens)
 
 
-def pipeline_stages(spec: "Spec", num_shards: int) -> list["StagePlan"]:
-    """The stages a spec runs, in order, with their fan-out."""
+def pipeline_stages(spec: "Spec", num_shards: int, input_bytes: int = 0) -> list["StagePlan"]:
+    """The stages a spec runs, in order, with their fan-out. Dedup bucket counts follow
+    the data volume (``input_bytes``), not ``num_shards``, unless the spec sets them."""
     from ..plan import StagePlan
+    from .exact import buckets_for
 
     stages = [StagePlan("clean", num_shards)]
     if spec.dedup.exact.enabled:
-        stages.append(StagePlan("exact_dedup", spec.dedup.exact.buckets or num_shards))
+        stages.append(StagePlan("exact_dedup", spec.dedup.exact.buckets or buckets_for(input_bytes)))
     if spec.dedup.near:
         from . import near
 
-        stages.extend(near.stages(spec, num_shards))
+        stages.extend(near.stages(spec, num_shards, input_bytes))
     stages.append(StagePlan("tokenize", num_shards))
     stages.append(StagePlan("finalize", 1))
     return stages
@@ -105,6 +107,26 @@ def trivial(plan: "Plan", stage: str, store: Store) -> bool:
             _TRIVIAL = {}
     check = _TRIVIAL.get(stage)
     return check is not None and check(plan, store)
+
+
+def prepare(plan: "Plan", stage: str, store: Store) -> None:
+    """Before ``stage``'s indices are dispatched: merge the index of every exchange they
+    read (:mod:`preproc.partitions`), once, in the coordinator: N small reads and one
+    write per exchange, where each of B consumers would otherwise look at N producers."""
+    from . import exact
+    from .drops import index_drops
+    from .tokenize import drop_stages
+
+    if stage == "exact_dedup":
+        exact.prepare(plan, store)
+    elif stage in ("tokenize", "near_signatures"):
+        for st in drop_stages(plan) if stage == "tokenize" else ["exact_dedup"]:
+            if st in plan.stage_names:
+                index_drops(store, st, plan.stage(st).fan_out, plan.num_shards)
+    elif stage.startswith("near_"):
+        from . import near
+
+        near.prepare(plan, stage, store)
 
 
 def run_index(plan: "Plan", stage: str, index: int, store: Store | None = None, *,

@@ -6,9 +6,9 @@ Outputs of index ``i`` (each committed atomically, then the marker):
 * ``clean/part-i.parquet`` — ``id``, ``text``, ``source``, the spec's ``keep_fields`` and any
   columns the steps add (``language``, ...), in input order. A row's position in this file
   is its address for every later stage (``(shard, row)``), so ids need not be unique.
-* ``clean/keys/part-i.parquet`` — ``bucket, h1, h2, row`` per kept document: the 128-bit
-  xxh3 of its text, one row group per exact-dedup bucket (so bucket ``j`` reads only its
-  row group of every shard).
+* ``clean/keys/part-i.arrow`` — ``bucket, h1, h2, row`` per kept document: the 128-bit
+  xxh3 of its text, one batch per exact-dedup bucket, an exchange (:mod:`preproc.partitions`:
+  bucket ``j`` reads only its byte range of every shard's file, found in one index).
 * ``rejects/part-i.parquet`` — rejected records: file, location, reason, first bytes.
 * ``removed/part-i.parquet`` — with ``clean.keep_removed``: what the steps dropped, and why.
 """
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from ..plan import Plan
     from ..storage import Store
 
+KEYS_FOLDER = "clean/keys"
 KEYS_SCHEMA = pa.schema([("bucket", pa.uint32()), ("h1", pa.uint64()), ("h2", pa.uint64()),
                          ("row", pa.uint32())])
 REJECTS_SCHEMA = pa.schema([("file", pa.string()), ("location", pa.string()), ("reason", pa.string()),
@@ -168,8 +169,9 @@ def _write_keys(store: "Store", index: int, buckets: int, h1s: list, h2s: list) 
     order = np.lexsort((row, h2, h1, bucket))
     table = pa.table({"bucket": bucket[order], "h1": h1[order], "h2": h2[order], "row": row[order]},
                      schema=KEYS_SCHEMA)
-    # One row group per bucket: the exact-dedup index of bucket j reads only its own.
-    write_partitioned(store, f"clean/keys/{part(index)}.parquet", table)
+    # One batch per bucket, found through the exchange index: the exact-dedup index of
+    # bucket j reads only its own byte range of each shard's file.
+    write_partitioned(store, KEYS_FOLDER, index, table)
 
 
 def store_table(store: "Store", rel: str, table: pa.Table) -> None:

@@ -1,9 +1,12 @@
 """Stage ``exact_dedup``: global exact deduplication, one hash bucket per index.
 
-Bucket ``j`` reads row group ``j`` of every shard's ``clean/keys`` file (the 128-bit xxh3
-of each cleaned text), and keeps, among documents with the same hash, the one that comes
+Bucket ``j`` reads its byte range of every shard's ``clean/keys`` file (the 128-bit xxh3
+of each cleaned text), found in the exchange's index (:mod:`preproc.partitions`: no
+footer per shard), and keeps, among documents with the same hash, the one that comes
 first in input order (smallest ``(shard, row)``): deterministic whatever the worker or
-bucket count. The others go to ``exact_dedup/drops/bucket-j.parquet``.
+bucket count. The others go to ``exact_dedup/drops/part-j.arrow``.
+
+The bucket count follows the data volume (:func:`buckets_for`), not the shard count.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..partitions import read_partition
+from ..partitions import build_index, read_partition
+from .clean import KEYS_FOLDER
 from .drops import write_drops
 
 if TYPE_CHECKING:
@@ -23,11 +27,28 @@ if TYPE_CHECKING:
     from ..storage import Store
 
 
-def read_bucket(store: "Store", shard: int, bucket: int) -> pa.Table:
-    t = read_partition(store, f"clean/keys/part-{shard:05d}.parquet", bucket, ["h1", "h2", "row"])
+# A bucket per this many input bytes (about 500,000 documents of 1 KB: 12 MB of keys).
+INPUT_BYTES_PER_BUCKET = 512 * 2**20
+
+
+def buckets_for(input_bytes: int) -> int:
+    """The exact-dedup fan-out for this much input: a target of keys per bucket, so the
+    count follows the data volume, never how finely the input is cut."""
+    return max(1, -(-int(input_bytes) // INPUT_BYTES_PER_BUCKET))
+
+
+def prepare(plan: "Plan", store: "Store") -> None:
+    """Merge the exchange index of ``clean/keys`` (in the coordinator, once)."""
+    build_index(store, KEYS_FOLDER, plan.num_shards, plan.stage("exact_dedup").fan_out)
+
+
+def read_bucket(plan: "Plan", store: "Store", bucket: int) -> pa.Table:
+    """Bucket ``bucket`` of every shard's keys, with the shard as a column."""
+    t = read_partition(store, KEYS_FOLDER, bucket, ["h1", "h2", "row"], producers=plan.num_shards,
+                       consumers=plan.stage("exact_dedup").fan_out, producer_column="shard")
     if t is None:
         return pa.table({"h1": pa.array([], pa.uint64()), "h2": pa.array([], pa.uint64()),
-                         "row": pa.array([], pa.uint32())})
+                         "row": pa.array([], pa.uint32()), "shard": pa.array([], pa.uint32())})
     return t
 
 
@@ -56,15 +77,9 @@ INDEX_SCHEMA = pa.schema([("h1", pa.uint64()), ("h2", pa.uint64())])
 
 
 def run(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
-    h1s, h2s, shards, rows = [], [], [], []
-    for i in range(plan.num_shards):
-        t = read_bucket(store, i, index)
-        h1s.append(t.column("h1").to_numpy())
-        h2s.append(t.column("h2").to_numpy())
-        rows.append(t.column("row").to_numpy())
-        shards.append(np.full(t.num_rows, i, dtype=np.uint32))
-    h1, h2 = np.concatenate(h1s), np.concatenate(h2s)
-    shard, row = np.concatenate(shards), np.concatenate(rows)
+    t = read_bucket(plan, store, index)
+    h1, h2 = t.column("h1").to_numpy(), t.column("h2").to_numpy()
+    shard, row = t.column("shard").to_numpy(), t.column("row").to_numpy()
     order = np.lexsort((row, shard, h2, h1))
     h1, h2, shard, row = h1[order], h2[order], shard[order], row[order]
     dup = np.zeros(len(h1), dtype=bool)
@@ -81,7 +96,7 @@ def run(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
         stats["duplicates_of_earlier"] = int((seen & ~dup).sum())
         dup |= seen
     stats["duplicates"] = int(dup.sum())
-    write_drops(store, f"exact_dedup/drops/bucket-{index:05d}.parquet", shard[dup], row[dup])
+    write_drops(store, "exact_dedup", index, shard[dup], row[dup])
     if plan.refresh:
         # This generation's segment of the dataset's exact index: the hashes it keeps.
         out = pa.table({"h1": h1[~dup], "h2": h2[~dup]}, schema=INDEX_SCHEMA)

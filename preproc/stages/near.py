@@ -16,7 +16,10 @@ probability >= 0.99), and ``near_shingles`` + ``near_verify`` check each one. On
 unverified 14 x 8 (datatrove's defaults) gives 0.754 / 0.986. ``verify: false`` (or
 ``bands`` and ``rows`` without a ``threshold``) skips the check.
 
-The stages, in order (``N`` shards, ``B`` = ``dedup.near.buckets``, default ``N``); all
+The stages, in order (``N`` shards, ``B`` = ``dedup.near.buckets``, default one per 128 MB
+of input: the data volume, not the shard count). Every hand-over between two stages is an
+exchange (:mod:`preproc.partitions`): one file per producer, one merged index per folder,
+each consumer reads only its byte ranges. All
 intermediates live under ``near/<canonical config>/`` (e.g. ``near/minhash-5g-16b6r-s1-v0.8``),
 so changing a knob never reuses stale results:
 
@@ -32,6 +35,10 @@ near_shingles      N        (verify) candidate partners in shard ``i`` → their
                             one row group per shard of the other document (``shingles/``)
 near_verify        N        (verify) pairs whose first document is in shard ``i``: exact
                             Jaccard of the shingle sets; pairs >= threshold → ``cc/00/``
+near_components    1        when the ``cc/00`` edges fit ``local_max_edges``: all components
+                            in memory (:func:`~preproc.components.local_components`) →
+                            converged stars in ``cc/local``, and every round below is only
+                            a marker; otherwise only a marker (``TRIVIAL``: no dispatch)
 near_cc_00..R-1    B        connected components, one large-star or small-star step per
                             round (:mod:`preproc.components`) → ``cc/<k+1>/``; once the
                             graph has converged the remaining rounds only write a marker,
@@ -74,7 +81,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..components import local_components, node_partition, star_clusters, star_step, unique_edges
 from ..errors import ConfigError
 from ..minhash import MinHasher, MinHashParams, jaccard, lsh_params, shingle_hashes, shingle_sets, unit_hashes
-from ..partitions import read_partition, write_partitioned
+from ..partitions import (INDEX_NAME, build_index, index_info, read_all, read_partition, read_row_groups,
+                          write_partitioned, write_row_groups)
 from .drops import read_drops, write_drops
 
 if TYPE_CHECKING:
@@ -97,6 +105,13 @@ MAX_ROUNDS = 64
 ALL_PAIRS_MAX_GROUP = 32
 SIGNATURES, PAIRS, SHINGLES, VERIFY = "near_signatures", "near_pairs", "near_shingles", "near_verify"
 CLUSTERS, DROPS = "near_clusters", "near_drops"
+COMPONENTS = "near_components"
+# A near-dedup bucket per this many input bytes (at 1 KB per document and 16 bands, about
+# 2 million band keys, 50 MB): the fan-out follows the data, not the shard count.
+INPUT_BYTES_PER_BUCKET = 128 * 2**20
+# Edges (undirected) up to which one worker finds the components in memory in one stage
+# (about 200 bytes per edge at the peak of local_components: 1 GB).
+LOCAL_MAX_EDGES = 5_000_000
 DROP_STAGES = (DROPS,)
 
 
@@ -143,8 +158,11 @@ class NearOptions(BaseModel):
     keep: Literal["first", "longest"] = "first"
     # Write the clusters (members and kept document) to near/<config>/clusters/.
     keep_clusters: bool = False
-    # Fan-out of the pair, component and cluster stages (default: the number of shards).
+    # Fan-out of the pair, component and cluster stages (default: one per 128 MB of input).
     buckets: int | None = Field(default=None, ge=1)
+    # Edges up to which the components are found in one stage by one worker, in memory;
+    # beyond, rounds of large-/small-star over the buckets. 0: always rounds.
+    local_max_edges: int = Field(default=LOCAL_MAX_EDGES, ge=0)
     # Planned component rounds; the rounds after convergence cost a marker read.
     max_rounds: int = Field(default=20, ge=1, le=MAX_ROUNDS)
     # Documents per signature batch (memory per worker grows with it).
@@ -195,6 +213,7 @@ class NearConfig:
     buckets: int | None
     max_rounds: int
     batch_size: int
+    local_max_edges: int = LOCAL_MAX_EDGES
 
     @property
     def canonical(self) -> str:
@@ -230,7 +249,7 @@ def _resolve(raw: str) -> NearConfig | None:
     mh = MinHashParams(ngram=o.ngram, unit=o.shingle, bands=bands, rows=rows, seed=o.seed)
     return NearConfig(minhash=mh, threshold=threshold, verify=verify, keep=o.keep,
                       keep_clusters=o.keep_clusters, buckets=o.buckets, max_rounds=o.max_rounds,
-                      batch_size=o.batch_size)
+                      batch_size=o.batch_size, local_max_edges=o.local_max_edges)
 
 
 def near_config(spec: "Spec") -> NearConfig | None:
@@ -241,17 +260,23 @@ def near_config(spec: "Spec") -> NearConfig | None:
     return _resolve(json.dumps(raw, sort_keys=True))
 
 
-def stages(spec: "Spec", num_shards: int) -> list["StagePlan"]:
+def buckets_for(input_bytes: int) -> int:
+    """The default fan-out of the bucket stages for this much input."""
+    return max(1, -(-int(input_bytes) // INPUT_BYTES_PER_BUCKET))
+
+
+def stages(spec: "Spec", num_shards: int, input_bytes: int = 0) -> list["StagePlan"]:
     """The near-dedup stages of a plan, in order, with their fan-out."""
     from ..plan import StagePlan
 
     cfg = near_config(spec)
     if cfg is None:
         return []
-    b = cfg.buckets or num_shards
+    b = cfg.buckets or buckets_for(input_bytes)
     out = [StagePlan(SIGNATURES, num_shards), StagePlan(PAIRS, b)]
     if cfg.verify:
         out += [StagePlan(SHINGLES, num_shards), StagePlan(VERIFY, num_shards)]
+    out += [StagePlan(COMPONENTS, 1)]
     out += [StagePlan(round_name(k), b) for k in range(cfg.max_rounds)]
     out += [StagePlan(CLUSTERS, b), StagePlan(DROPS, num_shards)]
     return out
@@ -272,27 +297,22 @@ def _part(i: int) -> str:
     return f"part-{i:05d}.parquet"
 
 
-# -- partitioned Parquet files -------------------------------------------------------------
-# A file per producing index, sorted by its first column (the consumer's index), one row
-# group per value: consumer j reads only its row group of every producer's file.
+# -- exchanges (preproc.partitions) --------------------------------------------------------
+# A file per producing index, sorted by its first column (the consumer's index), one batch
+# per value, and one merged index per folder: consumer j reads only its byte ranges.
+# The refresh segments (read one file at a time) stay Parquet with a row group per value.
 
-_write_parts = write_partitioned
-_read_part = read_partition
-
-
-def _read_parts(store: "Store", rels: list[str], part: int, columns: list[str],
-                types: list[pa.DataType]) -> dict[str, np.ndarray]:
-    tables = [t for rel in rels if (t := _read_part(store, rel, part, columns)) is not None]
-    if not tables:
-        return {c: np.empty(0, dtype=ty.to_pandas_dtype()) for c, ty in zip(columns, types)}
-    t = pa.concat_tables(tables)
-    return {c: t.column(c).to_numpy() for c in columns}
+_read_part = read_row_groups
 
 
-def _metadata(store: "Store", rel: str) -> dict[str, str]:
-    with store.open(rel) as f:
-        md = pq.ParquetFile(f).schema_arrow.metadata or {}
-    return {k.decode(): v.decode() for k, v in md.items()}
+def _read_parts(store: "Store", folder: str, part: int, columns: list[str],
+                types: list[pa.DataType], producer_column: str | None = None) -> dict[str, np.ndarray]:
+    t = read_partition(store, folder, part, columns, producer_column=producer_column)
+    if t is None:
+        cols = columns + ([producer_column] if producer_column else [])
+        tys = types + ([pa.uint32()] if producer_column else [])
+        return {c: np.empty(0, dtype=ty.to_pandas_dtype()) for c, ty in zip(cols, tys)}
+    return {c: t.column(c).to_numpy() for c in t.column_names}
 
 
 # -- documents -----------------------------------------------------------------------------
@@ -394,7 +414,7 @@ def run_signatures(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
     order = np.lexsort((row, key, bucket))
     table = pa.table({"bucket": bucket[order], "key": key[order], "row": row[order].astype(np.uint32),
                       "prio": prio[order]}, schema=KEYS_SCHEMA)
-    _write_parts(store, f"{cfg.root}/keys/{_part(index)}", table)
+    write_partitioned(store, f"{cfg.root}/keys", index, table)
     return {"docs": docs, "skipped_exact": skipped, "no_shingles": empty, "shingles": shingles,
             "band_keys": int(len(key)), "text_bytes": text_bytes}
 
@@ -407,7 +427,7 @@ CAND_SCHEMA = pa.schema([("shard", pa.uint32()), ("role", pa.uint8()), ("a", pa.
                          ("b", pa.uint64())])
 
 
-def _write_edges(store: "Store", rel: str, x: np.ndarray, y: np.ndarray, xp: np.ndarray, yp: np.ndarray,
+def _write_edges(store: "Store", folder: str, producer: int, x: np.ndarray, y: np.ndarray, xp: np.ndarray, yp: np.ndarray,
                  parts: int, *, unconverged: int | None = None) -> int:
     """Write undirected edges both ways, each direction in the partition of its source."""
     src, dst, sp, dp = unique_edges(np.concatenate([x, y]), np.concatenate([y, x]),
@@ -417,7 +437,7 @@ def _write_edges(store: "Store", rel: str, x: np.ndarray, y: np.ndarray, xp: np.
     table = pa.table({"part": part[order], "src": src[order], "dst": dst[order], "sprio": sp[order],
                       "dprio": dp[order]}, schema=EDGE_SCHEMA)
     md = {"unconverged": str(unconverged)} if unconverged is not None else None
-    _write_parts(store, rel, table, md)
+    write_partitioned(store, folder, producer, table, md)
     return int(len(src)) // 2
 
 
@@ -564,8 +584,7 @@ def _write_segment(plan: "Plan", store: "Store", index: int, dropped_rows: np.nd
     """This generation's kept documents' band keys (and, verifying, who they are), for the
     generations after it."""
     cfg = _cfg(plan)
-    with store.open(f"{cfg.root}/keys/{_part(index)}") as f:
-        t = pq.read_table(f, columns=["bucket", "key", "row"])
+    t = read_all(store, f"{cfg.root}/keys", index, ["bucket", "key", "row"])
     row = t.column("row").to_numpy()
     keep = ~np.isin(row, dropped_rows)
     cols = {"bucket": t.column("bucket").to_numpy()[keep], "key": t.column("key").to_numpy()[keep]}
@@ -573,7 +592,7 @@ def _write_segment(plan: "Plan", store: "Store", index: int, dropped_rows: np.nd
         cols["gen"] = np.full(int(keep.sum()), int(plan.refresh["generation"]), np.uint32)
         cols["doc"] = _node(index, row[keep])
     seg = pa.table(cols, schema=VERIFIED_SEGMENT_SCHEMA if cfg.verify else SEGMENT_SCHEMA)
-    _write_parts(plan.refresh_root(), f"{plan.refresh['near_segment_out']}/{_part(index)}", seg)
+    write_row_groups(plan.refresh_root(), f"{plan.refresh['near_segment_out']}/{_part(index)}", seg)
 
 
 def compact_segments(root: "Store", segs: list[str], bucket: int, *, verified: bool) -> pa.Table:
@@ -608,18 +627,9 @@ def run_pairs(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
     candidates do not depend on the number of buckets.
     """
     cfg = _cfg(plan)
-    cols = ["key", "row", "prio"]
-    keys, nodes, prios = [], [], []
-    for i in range(plan.num_shards):
-        t = _read_part(store, f"{cfg.root}/keys/{_part(i)}", index, cols)
-        if t is None:
-            continue
-        keys.append(t.column("key").to_numpy())
-        nodes.append(_node(i, t.column("row").to_numpy()))
-        prios.append(t.column("prio").to_numpy())
-    key = np.concatenate(keys) if keys else np.empty(0, U64)
-    node = np.concatenate(nodes) if nodes else np.empty(0, U64)
-    prio = np.concatenate(prios) if prios else np.empty(0, U64)
+    d = _read_parts(store, f"{cfg.root}/keys", index, ["key", "row", "prio"],
+                    [pa.uint64(), pa.uint32(), pa.uint64()], producer_column="shard")
+    key, node, prio = d["key"], _node(d["shard"], d["row"]), d["prio"]
     earlier = None if cfg.verify else _earlier_keys(plan, index)
     n_earlier = 0
     if cfg.verify:
@@ -657,7 +667,7 @@ def run_pairs(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
         order = np.lexsort((bb, aa, role, shard))
         table = pa.table({"shard": shard[order], "role": role[order], "a": aa[order], "b": bb[order]},
                          schema=CAND_SCHEMA)
-        _write_parts(store, f"{cfg.root}/cand/{_part(index)}", table)
+        write_partitioned(store, f"{cfg.root}/cand", index, table)
         stats["candidates"] = int(len(a))
         if plan.refresh:
             stats["earlier_docs"] = n_earlier
@@ -672,7 +682,7 @@ def run_pairs(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
     ids, idx = np.unique(node, return_index=True)
     x, y, xp, yp = _contract(a, b, ids, prio[idx])
     stats["candidates"] = int(len(unique_edges(a, b)[0]))
-    stats["edges"] = _write_edges(store, f"{cfg.root}/cc/00/{_part(index)}", x, y, xp, yp, _buckets(plan))
+    stats["edges"] = _write_edges(store, f"{cfg.root}/cc/00", index, x, y, xp, yp, _buckets(plan))
     return stats
 
 
@@ -718,8 +728,7 @@ def run_shingles(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
     those of the earlier generations' documents whose global shard maps to this index,
     read from that generation's ``clean/`` part."""
     cfg = _cfg(plan)
-    b_rels = [f"{cfg.root}/cand/{_part(j)}" for j in range(_buckets(plan))]
-    d = _read_parts(store, b_rels, index, ["role", "a", "b"], [pa.uint8(), pa.uint64(), pa.uint64()])
+    d = _read_parts(store, f"{cfg.root}/cand", index, ["role", "a", "b"], [pa.uint8(), pa.uint64(), pa.uint64()])
     sel = d["role"] == 1
     a, b = d["a"][sel], d["b"][sel]
     # One copy of b's set per shard of its partners.
@@ -756,7 +765,7 @@ def run_shingles(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
     lists = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(vals[pos], pa.uint32()))
     table = pa.table({"shard": pa.array(dest, pa.uint32()), "b": pa.array(b, pa.uint64()),
                       "prio": pa.array(prio[k], pa.uint64()), "shingles": lists}, schema=SHINGLES_SCHEMA)
-    _write_parts(store, f"{cfg.root}/shingles/{_part(index)}", table)
+    write_partitioned(store, f"{cfg.root}/shingles", index, table)
     stats = {"partners": int(len(ids)), "sent": int(len(b)), "shingles_sent": int(lens.sum())}
     if plan.refresh:
         stats["earlier_partners"] = int(len(ids) - len(rows))
@@ -768,15 +777,12 @@ def run_verify(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
     """Exact Jaccard of every candidate pair whose first document is in this shard."""
     cfg = _cfg(plan)
     assert cfg.threshold is not None
-    b_rels = [f"{cfg.root}/cand/{_part(j)}" for j in range(_buckets(plan))]
-    d = _read_parts(store, b_rels, index, ["role", "a", "b"], [pa.uint8(), pa.uint64(), pa.uint64()])
+    d = _read_parts(store, f"{cfg.root}/cand", index, ["role", "a", "b"], [pa.uint8(), pa.uint64(), pa.uint64()])
     sel = d["role"] == 0
     a, b = unique_edges(d["a"][sel], d["b"][sel])[:2] if sel.any() else (np.empty(0, U64), np.empty(0, U64))
     # The partners' sets, from every shard's near_shingles output.
-    s_rels = [f"{cfg.root}/shingles/{_part(i)}" for i in range(plan.num_shards)]
-    tables = [t for rel in s_rels if (t := _read_part(store, rel, index, ["b", "prio", "shingles"])) is not None]
-    if tables:
-        st = pa.concat_tables(tables)
+    st = read_partition(store, f"{cfg.root}/shingles", index, ["b", "prio", "shingles"])
+    if st is not None:
         b_ids = st.column("b").to_numpy()
         b_prio = st.column("prio").to_numpy()
         lists = st.column("shingles").combine_chunks()
@@ -807,7 +813,7 @@ def run_verify(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
     prio = np.concatenate([a_prio, b_prio])
     order = np.argsort(ids)
     x, y, xp, yp = _contract(a[ok], b[ok], ids[order], prio[order])
-    edges = _write_edges(store, f"{cfg.root}/cc/00/{_part(index)}", x, y, xp, yp, _buckets(plan))
+    edges = _write_edges(store, f"{cfg.root}/cc/00", index, x, y, xp, yp, _buckets(plan))
     stats = {"candidates": int(len(a)), "compared": int(possible.sum()), "verified": int(ok.sum()),
              "dissimilar": int(len(a) - ok.sum()), "edges": edges}
     if plan.refresh:
@@ -820,53 +826,111 @@ def run_verify(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
 
 # -- stages: connected components ----------------------------------------------------------
 
-def _producers(plan: "Plan", cfg: NearConfig, source: str) -> list[str]:
-    n = (plan.stage(VERIFY).fan_out if cfg.verify else _buckets(plan)) if source == "cc/00" else _buckets(plan)
-    return [f"{cfg.root}/{source}/{_part(i)}" for i in range(n)]
+def _producers(plan: "Plan", cfg: NearConfig, source: str) -> int:
+    """How many indices wrote the edges in ``cc/<source>``."""
+    if source == LOCAL:
+        return 1
+    if source == "cc/00":
+        return plan.stage(VERIFY).fan_out if cfg.verify else _buckets(plan)
+    return _buckets(plan)
 
 
-def _read_edges(store: "Store", rels: list[str], part: int):
+def _edges_index(plan: "Plan", store: "Store", source: str) -> str:
+    """The folder of ``source``'s edges, its exchange index built if nobody has yet."""
+    cfg = _cfg(plan)
+    folder = f"{cfg.root}/{source}"
+    if not store.exists(f"{folder}/{INDEX_NAME}"):
+        build_index(store, folder, _producers(plan, cfg, source), _buckets(plan))
+    return folder
+
+
+def _read_edges(store: "Store", folder: str, part: int):
     cols = ["src", "dst", "sprio", "dprio"]
-    d = _read_parts(store, rels, part, cols, [pa.uint64()] * 4)
+    d = _read_parts(store, folder, part, cols, [pa.uint64()] * 4)
     return unique_edges(d["src"], d["dst"], d["sprio"], d["dprio"])
+
+
+# Where the single-stage components go: converged stars, as a round's output.
+LOCAL = "cc/local"
+
+
+def _local_fits(plan: "Plan", store: "Store") -> tuple[bool, int]:
+    """Whether the candidate graph's edges fit one worker's budget, and how many there are
+    (from the exchange index of ``cc/00``: no edge is read)."""
+    info = index_info(store, _edges_index(plan, store, "cc/00"))
+    edges = int(info["rows"]) // 2          # each undirected edge is written both ways
+    return edges <= _cfg(plan).local_max_edges, edges
+
+
+def run_components(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
+    """All components in one stage, when the edges fit a worker (``local_max_edges``):
+    every edge of ``cc/00`` in memory, :func:`~preproc.components.local_components`, and
+    the converged stars (each component's smallest node at the centre, exactly what the
+    rounds converge to) written to ``cc/local`` for ``near_clusters``; the rounds then
+    have nothing to compute. Otherwise only a marker: the rounds do the work."""
+    cfg = _cfg(plan)
+    fits, edges = _local_fits(plan, store)
+    if not fits:
+        return {"state": "rounds", "edges": edges}
+    folder = _edges_index(plan, store, "cc/00")
+    tables = [read_all(store, folder, p, ["src", "dst", "sprio", "dprio"])
+              for p in range(_producers(plan, cfg, "cc/00"))]
+    t = pa.concat_tables(tables) if tables else EDGE_SCHEMA.empty_table().select(["src", "dst", "sprio", "dprio"])
+    src, dst, sp = (t.column(c).to_numpy() for c in ("src", "dst", "sprio"))
+    ids, first = np.unique(src, return_index=True)
+    nodes, roots = local_components(src, dst)
+    leaf = nodes != roots
+    x, y = nodes[leaf], roots[leaf]
+    prio = sp[first]
+    out = _write_edges(store, f"{cfg.root}/{LOCAL}", 0, x, y, prio[np.searchsorted(ids, x)],
+                       prio[np.searchsorted(ids, y)], _buckets(plan), unconverged=0)
+    return {"state": "local", "source": LOCAL, "edges": edges, "edges_out": out,
+            "components": int(len(np.unique(roots)))}
 
 
 def run_round(k: int, plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
     """Round ``k``: large-star (even) or small-star (odd) on this partition's nodes.
 
-    Round ``k`` reads ``cc/<k>`` and writes ``cc/<k+1>``. Each output file's footer holds
-    how many of its input nodes were not yet final; when the sum over round ``k-1``'s
-    files is 0, its input had converged (and its output equals it), so this round and
-    all later ones skip, pointing at that output.
+    Round ``k`` reads ``cc/<k>`` and writes ``cc/<k+1>``. Each output carries in the
+    exchange index how many of its input nodes were not yet final; when the sum over round
+    ``k-1``'s outputs is 0, its input had converged (and its output equals it), so this
+    round and all later ones skip, pointing at that output. After the single-stage path
+    (``near_components``) every round skips.
     """
     cfg = _cfg(plan)
     source = f"cc/{k:02d}"
     done = converged_source(plan, k, store)
     if done is not None:
         return {"state": "skip", "source": done}
-    src, dst, sp, dp = _read_edges(store, _producers(plan, cfg, source), index)
+    src, dst, sp, dp = _read_edges(store, _edges_index(plan, store, source), index)
     x, y, xp, yp, unconverged = star_step(src, dst, sp, dp, large=k % 2 == 0)
     out = f"cc/{k + 1:02d}"
-    edges = _write_edges(store, f"{cfg.root}/{out}/{_part(index)}", x, y, xp, yp, _buckets(plan),
+    edges = _write_edges(store, f"{cfg.root}/{out}", index, x, y, xp, yp, _buckets(plan),
                          unconverged=unconverged)
     return {"state": "work", "source": out, "step": "large" if k % 2 == 0 else "small",
             "edges_in": int(len(src)), "edges_out": edges, "unconverged": unconverged}
 
 
 def converged_source(plan: "Plan", k: int, store: "Store") -> str | None:
-    """When the graph had converged before round ``k`` (an earlier round skipped, or round
-    ``k-1``'s outputs hold no unconverged node), the ``cc/`` folder round ``k`` and all
-    later ones point at; else None. Reads only markers and Parquet footers."""
+    """When the graph had converged before round ``k`` (found in one stage, an earlier
+    round skipped, or round ``k-1``'s outputs hold no unconverged node), the ``cc/``
+    folder round ``k`` and all later ones point at; else None. Reads only markers and one
+    exchange index."""
     if k == 0:
-        return None
+        m = store.read_marker(COMPONENTS, 0) or {}
+        return LOCAL if m.get("state") == "local" else None
     prev = store.read_marker(round_name(k - 1), 0) or {}
     if prev.get("state") == "skip":
         return prev["source"]
     source = f"cc/{k:02d}"
-    rels = _producers(plan, _cfg(plan), source)
-    if sum(int(_metadata(store, rel).get("unconverged", "1")) for rel in rels) == 0:
+    info = index_info(store, _edges_index(plan, store, source))
+    if sum(int(m.get("unconverged", "1")) for m in info["metadata"]) == 0:
         return source
     return None
+
+
+def _components_trivial(plan: "Plan", store: "Store") -> bool:
+    return not _local_fits(plan, store)[0]
 
 
 def _round_trivial(k: int):
@@ -894,7 +958,7 @@ def run_clusters(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
     cfg = _cfg(plan)
     last = store.read_marker(round_name(cfg.max_rounds - 1), 0) or {}
     source = last.get("source", f"cc/{cfg.max_rounds:02d}")
-    src, dst, sp, dp = _read_edges(store, _producers(plan, cfg, source), index)
+    src, dst, sp, dp = _read_edges(store, _edges_index(plan, store, source), index)
     unconverged = star_step(src, dst, sp, dp, large=True)[4]
     if unconverged:
         raise ConfigError(f"dedup.near.max_rounds: the duplicate clusters did not converge in "
@@ -906,7 +970,7 @@ def run_clusters(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
     table = pa.table({"shard": shard[order], "row": (members[order] & ROW_MASK).astype(np.uint32),
                       "kept_shard": (keepers[order] >> U64(32)).astype(np.uint32),
                       "kept_row": (keepers[order] & ROW_MASK).astype(np.uint32)}, schema=MEMBERS_SCHEMA)
-    _write_parts(store, f"{cfg.root}/members/{_part(index)}", table)
+    write_partitioned(store, f"{cfg.root}/members", index, table)
     kept = int(np.count_nonzero(members == keepers))
     return {"clusters": kept, "members": int(len(members)), "removed": int(len(members) - kept),
             "source": source}
@@ -919,13 +983,12 @@ CLUSTERS_SCHEMA = pa.schema([("kept_shard", pa.uint32()), ("kept_row", pa.uint32
 def run_drops(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
     """This shard's cluster members that are not their cluster's keeper → the drop list."""
     cfg = _cfg(plan)
-    rels = [f"{cfg.root}/members/{_part(j)}" for j in range(plan.stage(CLUSTERS).fan_out)]
-    d = _read_parts(store, rels, index, ["row", "kept_shard", "kept_row"], [pa.uint32()] * 3)
+    d = _read_parts(store, f"{cfg.root}/members", index, ["row", "kept_shard", "kept_row"], [pa.uint32()] * 3)
     order = np.argsort(d["row"], kind="stable")
     row, ks, kr = d["row"][order], d["kept_shard"][order], d["kept_row"][order]
     kept = (ks == index) & (kr == row)
     drop = row[~kept]
-    write_drops(store, f"{DROPS}/drops/{_part(index)}", np.full(len(drop), index, np.uint32), drop)
+    write_drops(store, DROPS, index, np.full(len(drop), index, np.uint32), drop)
     if plan.refresh and plan.refresh.get("near_segment_out"):
         _write_segment(plan, store, index, drop)
     if cfg.keep_clusters:
@@ -940,11 +1003,35 @@ def run_drops(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
 
 
 RUNNERS = {SIGNATURES: run_signatures, PAIRS: run_pairs, SHINGLES: run_shingles, VERIFY: run_verify,
+           COMPONENTS: run_components,
            **{round_name(k): _round_runner(k) for k in range(MAX_ROUNDS)},
            CLUSTERS: run_clusters, DROPS: run_drops}
 # Stages whose every index is, given what the store holds, only a marker: the runner runs
 # them in the coordinator instead of dispatching them (see preproc.stages.trivial).
-TRIVIAL = {round_name(k): _round_trivial(k) for k in range(1, MAX_ROUNDS)}
+TRIVIAL = {COMPONENTS: _components_trivial, **{round_name(k): _round_trivial(k) for k in range(MAX_ROUNDS)}}
+
+
+def prepare(plan: "Plan", stage: str, store: "Store") -> None:
+    """Merge the exchange indexes ``stage`` reads, in the coordinator, before dispatch."""
+    cfg = _cfg(plan)
+    b, n = _buckets(plan), plan.num_shards
+    if stage == PAIRS:
+        build_index(store, f"{cfg.root}/keys", n, b)
+    elif stage in (SHINGLES, VERIFY):
+        build_index(store, f"{cfg.root}/cand", b, n)
+        if stage == VERIFY:
+            build_index(store, f"{cfg.root}/shingles", n, n)
+    elif stage == COMPONENTS:
+        _edges_index(plan, store, "cc/00")
+    elif stage.startswith("near_cc_"):
+        k = int(stage.rsplit("_", 1)[1])
+        if converged_source(plan, k, store) is None:
+            _edges_index(plan, store, f"cc/{k:02d}")
+    elif stage == CLUSTERS:
+        last = store.read_marker(round_name(cfg.max_rounds - 1), 0) or {}
+        _edges_index(plan, store, last.get("source", f"cc/{cfg.max_rounds:02d}"))
+    elif stage == DROPS:
+        build_index(store, f"{cfg.root}/members", plan.stage(CLUSTERS).fan_out, n)
 
 
 # -- for users and finalize ----------------------------------------------------------------
@@ -1001,6 +1088,7 @@ def summary(plan: "Plan", store: "Store") -> dict[str, Any]:
         "documents": total(SIGNATURES, "docs"), "no_shingles": total(SIGNATURES, "no_shingles"),
         "band_groups": total(PAIRS, "groups"),
         "clusters": total(DROPS, "kept"), "duplicates": total(DROPS, "duplicates"),
+        "components": (store.read_marker(COMPONENTS, 0) or {}).get("state"),
         "component_rounds": sum(1 for k in range(cfg.max_rounds)
                                 if (store.read_marker(round_name(k), 0) or {}).get("state") == "work"),
     }
