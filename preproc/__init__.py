@@ -8,16 +8,16 @@ What training code and scripts may import is exactly ``__all__`` (pinned by a te
     print(result.tokens, result.stats["duplicates"])
 """
 
-from ._version import __version__
-from .config import Spec, load_spec
-from .errors import ConfigError, PreprocError, StageFailed
-from . import loader
-from .hf import to_hf_dataset
-from .loader import TokenDataset
-from .megatron import IndexedDataset
-from .plan import Plan
-from .refresh import RefreshResult, refresh
-from .runner import RunResult, plan, run
+from preproc._version import __version__
+from preproc.spec.model import Spec, load_spec
+from preproc.errors import ConfigError, PreprocError, StageFailed
+from preproc.training import loader
+from preproc.training.hf import to_hf_dataset
+from preproc.training.loader import TokenDataset
+from preproc.tokenize.megatron import IndexedDataset
+from preproc.engine.plan import Plan
+from preproc.engine.refresh import RefreshResult, refresh
+from preproc.engine.runner import RunResult, plan, run
 
 __all__ = [
     "__version__",

@@ -3,7 +3,7 @@
 Exit codes: 0 success; 2 a configuration or input problem found before any work (one line
 on stderr says what and where); for ``worker``, the contract in :mod:`preproc.errors`
 (1 retryable, 2 config, 3 bad shard); 75 another ``run`` or ``refresh`` holds the
-output's lease (:mod:`preproc.lease`); ``verify``: 1 when a committed file is missing or
+output's lease (:mod:`preproc.io.lease`); ``verify``: 1 when a committed file is missing or
 differs from its recorded size or hash; 1 any other failure.
 """
 
@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any, Sequence
 
-from .errors import EXIT_OK, EXIT_RETRYABLE, ConfigError, PreprocError
+from preproc.errors import EXIT_OK, EXIT_RETRYABLE, ConfigError, PreprocError
 
 log = logging.getLogger("preproc")
 
@@ -74,7 +74,7 @@ def _summary(result) -> str:
 
 
 def cmd_refresh(a: argparse.Namespace) -> int:
-    from .refresh import refresh
+    from preproc.engine.refresh import refresh
 
     t0 = time.time()
     r = refresh(a.spec, progress=True, executor_options=_executor_options(a),
@@ -92,8 +92,8 @@ def cmd_refresh(a: argparse.Namespace) -> int:
 
 class _GenResult:
     def __init__(self, r):
-        from .refresh import gen_dir
-        from .storage import join
+        from preproc.engine.refresh import gen_dir
+        from preproc.io.store import join
 
         self.stats = r.stats
         self.run_id = r.dataset["generations"][-1]["run_id"]
@@ -101,12 +101,12 @@ class _GenResult:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from .runner import run
+    from preproc.engine.runner import run
 
     if a.incremental:
         return cmd_refresh(a)
     t0 = time.time()
-    from .lease import RUN_TTL_S
+    from preproc.io.lease import RUN_TTL_S
 
     result = run(a.spec, force=a.force, progress=True, executor_options=_executor_options(a),
                  lock_ttl_s=RUN_TTL_S if a.lock_ttl is None else a.lock_ttl, **_overrides(a))
@@ -116,7 +116,7 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 
 def cmd_plan(a: argparse.Namespace) -> int:
-    from .runner import plan
+    from preproc.engine.runner import plan
 
     p = plan(a.spec, **_overrides(a))
     if a.json:
@@ -139,9 +139,9 @@ def _split_label(x) -> str:
 
 
 def cmd_worker(a: argparse.Namespace) -> int:
-    from . import signals
-    from .plan import Plan
-    from .stages import run_index
+    from preproc.engine import signals
+    from preproc.engine.plan import Plan
+    from preproc.engine.stages import run_index
 
     signals.install()
     if os.environ.get("RAYON_NUM_THREADS", "").isdigit():
@@ -166,15 +166,15 @@ def cmd_worker(a: argparse.Namespace) -> int:
 
 def status(output: str) -> dict[str, Any]:
     """Per stage: done/total, documents, tokens, throughput, ETA, failures with their inputs
-    (see :func:`preproc.progress.run_status`)."""
-    from .progress import run_status
+    (see :func:`preproc.observe.progress.run_status`)."""
+    from preproc.observe.progress import run_status
 
     return run_status(output)
 
 
 def cmd_status(a: argparse.Namespace) -> int:
-    from .outputs import readable
-    from .progress import StatusReader, format_status
+    from preproc.observe.outputs import readable
+    from preproc.observe.progress import StatusReader, format_status
 
     reader = StatusReader(a.output)
     if a.watch is None:
@@ -200,8 +200,8 @@ def cmd_status(a: argparse.Namespace) -> int:
 
 
 def cmd_verify(a: argparse.Namespace) -> int:
-    from .integrity import verify
-    from .plan import Plan
+    from preproc.io.integrity import verify
+    from preproc.engine.plan import Plan
 
     plan = Plan.load(a.output)
     store = plan.store()
@@ -229,8 +229,8 @@ def cmd_verify(a: argparse.Namespace) -> int:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    from .outputs import open_output, readable
-    from .report import render_report, report_data
+    from preproc.observe.outputs import open_output, readable
+    from preproc.observe.report import render_report, report_data
 
     opened = open_output(a.output)   # a dataset root: its latest generation
     plan = opened.plan
@@ -243,7 +243,7 @@ def cmd_report(a: argparse.Namespace) -> int:
     where = a.out or store.url("report.html")
     try:
         if a.out:
-            from .storage import open_fs
+            from preproc.io.store import open_fs
 
             fs, path = open_fs(a.out)
             with fs.open(path, "wb") as f:
@@ -258,7 +258,7 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from preproc.demo import run_demo
 
     t0 = time.time()
     result, planted = run_demo(a.output, tokenizer=a.tokenizer, workers=a.workers, progress=True)
@@ -272,18 +272,18 @@ def cmd_demo(a: argparse.Namespace) -> int:
 def cmd_manifests(a: argparse.Namespace) -> int:
     import yaml
 
-    from .config import load_spec
-    from .plan import make_plan
-    from .tokenizer import inspect_tokenizer
+    from preproc.spec.model import load_spec
+    from preproc.engine.plan import make_plan
+    from preproc.tokenize.tokenizer import inspect_tokenizer
 
     spec = load_spec(a.spec, **_overrides(a))
     kind = spec.executor.kind if a.executor is None else a.executor
     if kind == "ray":
-        from .k8s.ray import render_rayjob  # type: ignore[import-not-found]
+        from preproc.k8s.ray import render_rayjob  # type: ignore[import-not-found]
 
         objs = render_rayjob(spec)
     else:
-        from .k8s.manifests import render_manifests  # type: ignore[import-not-found]
+        from preproc.k8s.manifests import render_manifests  # type: ignore[import-not-found]
 
         info, _ = inspect_tokenizer(spec.tokenize, spec.storage)
         objs = render_manifests(spec, make_plan(spec, tokenizer_info=info))
@@ -298,7 +298,7 @@ def _add_executor_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ._version import __version__
+    from preproc._version import __version__
 
     p = argparse.ArgumentParser(prog="preproc", description="Clean, deduplicate and tokenize LLM pre-training corpora.")
     p.add_argument("--version", action="version", version=f"preproc {__version__}")
@@ -366,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    from . import logs
+    from preproc.observe import logs
 
     logs.setup(verbose=a.verbose)   # readable lines; JSON lines in pods or with PREPROC_LOG_FORMAT=json
     # With JSON logs every stderr line is a JSON object, the final error line too.

@@ -147,7 +147,7 @@ def demo_spec(root: str) -> str:
 def run_demo(root: str | os.PathLike = "preproc-demo", *, tokenizer: str | None = None,
              workers: int | None = None, force: bool = True, progress: bool = False, **overrides: Any):
     """Generate inputs (and a tokenizer unless given) under ``root`` and run the pipeline."""
-    from .runner import run
+    from preproc.engine.runner import run
 
     root = Path(root)
     inp = root / "input"

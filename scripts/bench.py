@@ -219,7 +219,7 @@ def child_ours_tokenize(a: dict) -> dict:
     from bench_tokenize import reset_tokenize
 
     from preproc.executors.local import LocalExecutor
-    from preproc.plan import Plan
+    from preproc.engine.plan import Plan
 
     out = a["out"]
     reset_tokenize(out)
@@ -470,7 +470,7 @@ def raw_hf(texts: list[str], batch: int) -> float:
 
 
 def raw_tiktoken(texts: list[str], batch: int, threads: int) -> float:
-    from preproc import tiktoken_backend
+    from preproc.tokenize import tiktoken_backend
 
     enc, why = tiktoken_backend.build(TOKENIZER.read_text(encoding="utf-8"))
     if enc is None:

@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # The child: read the bomb as the clean stage would, report what came out.
 CHILD = r"""
 import json, sys, time
-from preproc.config import InputSpec
-from preproc.readers import InputSplit, ReadLog, read_split
+from preproc.spec.model import InputSpec
+from preproc.io.readers import InputSplit, ReadLog, read_split
 t = time.perf_counter()
 log = ReadLog()
 split = InputSplit(uri=sys.argv[1], rel="bomb.jsonl.gz", format="jsonl", compression="gzip")

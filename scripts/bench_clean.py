@@ -39,7 +39,7 @@ import pyarrow as pa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from preproc.steps import CleanPipeline, Filter, Mapper, build_steps  # noqa: E402
+from preproc.clean.steps import CleanPipeline, Filter, Mapper, build_steps  # noqa: E402
 
 DEFAULT_CORPUS = ROOT.parent / "shared" / "data" / "corpus"
 DEFAULT_TOKENIZER = ROOT.parent / "shared" / "data" / "tokenizers" / "gpt2" / "tokenizer.json"

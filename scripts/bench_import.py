@@ -21,8 +21,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_S = 0.3
-HEAVY = ("preproc.executors", "preproc.stages", "preproc.report", "preproc.k8s", "preproc.runner",
-         "preproc.refresh", "preproc.metrics", "preproc.tokenizer", "kubernetes", "ray", "torch",
+HEAVY = ("preproc.executors", "preproc.engine.stages", "preproc.observe.report", "preproc.k8s", "preproc.engine.runner",
+         "preproc.engine.refresh", "preproc.observe.metrics", "preproc.tokenize.tokenizer", "kubernetes", "ray", "torch",
          "tokenizers", "prometheus_client", "pydantic", "fsspec", "pyarrow")
 
 PROBE = """

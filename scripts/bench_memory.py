@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import preproc  # noqa: E402
-from preproc.runner import prepare  # noqa: E402
+from preproc.engine.runner import prepare  # noqa: E402
 
 
 def make_input(corpus: Path, path: Path, copies: int) -> int:

@@ -7,7 +7,7 @@ Two measurements, same cores, same worker count:
    ``\\w`` words, ``bands x rows`` permutations. Each of ``--workers`` processes takes a
    contiguous slice of the documents; throughput = text bytes / the slowest worker.
 
-   * ``preproc``: :mod:`preproc.minhash` on Arrow batches (conversion to Arrow included).
+   * ``preproc``: :mod:`preproc.dedup.minhash` on Arrow batches (conversion to Arrow included).
    * ``datasketch``: ``MinHash(num_perm).update_batch`` over the same shingle strings.
    * ``datatrove``: ``MinhashDedupSignature.run`` (its own spaCy word splitting and
      simplify_text, 14 x 8 = 112 hashes, writing and sorting its signature files).
@@ -79,7 +79,7 @@ def _slice(texts: list[str], part: int, parts: int) -> list[str]:
 def _sig_preproc(texts: list[str], bands: int, rows: int, batch: int) -> None:
     import pyarrow as pa
 
-    from preproc.minhash import MinHasher, MinHashParams, shingle_hashes, unit_hashes
+    from preproc.dedup.minhash import MinHasher, MinHashParams, shingle_hashes, unit_hashes
 
     mh = MinHasher(MinHashParams(ngram=5, bands=bands, rows=rows, seed=1))
     for i in range(0, len(texts), batch):
@@ -186,8 +186,8 @@ def confusion(removed: list[str], gt: dict) -> dict:
 def _removed_preproc(out: Path) -> list[str]:
     import pyarrow.parquet as pq
 
-    from preproc.stages.drops import read_drops
-    from preproc.storage import Store
+    from preproc.dedup.drops import read_drops
+    from preproc.io.store import Store
 
     store = Store(str(out))
     plan = json.loads((out / "plan.json").read_text())

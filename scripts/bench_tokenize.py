@@ -32,9 +32,9 @@ from tokenizers import Tokenizer  # noqa: E402
 
 import preproc  # noqa: E402
 from preproc.executors.local import LocalExecutor  # noqa: E402
-from preproc.plan import Plan  # noqa: E402
-from preproc.stages import run_index  # noqa: E402
-from preproc.storage import Store  # noqa: E402
+from preproc.engine.plan import Plan  # noqa: E402
+from preproc.engine.stages import run_index  # noqa: E402
+from preproc.io.store import Store  # noqa: E402
 
 
 def load_texts(corpus: Path) -> list[str]:

@@ -26,7 +26,7 @@ import pyarrow as pa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from preproc.steps import CleanPipeline, build_steps  # noqa: E402
+from preproc.clean.steps import CleanPipeline, build_steps  # noqa: E402
 
 DEFAULT_CORPUS = ROOT.parent / "shared" / "data" / "corpus"
 STEPS = ("gopher_quality_v1", "gopher_quality_v2", "gopher_repetition_v1", "c4_v1", "c4_v2",

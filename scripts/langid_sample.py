@@ -24,7 +24,7 @@ import pyarrow as pa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from preproc.steps import CleanPipeline, build_steps  # noqa: E402
+from preproc.clean.steps import CleanPipeline, build_steps  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "data" / "corpus"
 

@@ -65,8 +65,15 @@ FIXED_MTIME = 1_700_000_000   # inputs get this mtime, so their fingerprint (siz
 MARK = ".output_hashes"       # the work folder is ours (and may be wiped) only when it holds this
 
 TIME_KEYS = frozenset({"created_s", "started_s", "finished_s", "wall_time_s"})
-TIME_MAPS = frozenset({"stage_wall_time_s"})
+TIME_MAPS = frozenset({"stage_wall_time_s", "stage_worker_time_s", "stage_span_s"})
+# A marker's "files" records each committed file's size and xxh3; the files are hashed here
+# themselves, and a file that embeds a time (stats.json) changes its marker's record.
+RECORD_KEYS = frozenset({"files"})
 EXCLUDED = {"report.html": "wall times per stage and slowest shards drawn into the page"}
+# Run-time state, not results: the coordinator's heartbeat and the output's lease hold
+# timestamps, pids and host names.
+EXCLUDED_PREFIXES = {"_coordinator.json": "heartbeat: times, pid, host",
+                     "_lease/": "the run's lease: times, pid, host"}
 _TIMED_METRIC = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*(?:_seconds|_per_second))(\{[^}]*\})?\s+\S+")
 
 NEAR_SPEC = """\
@@ -159,6 +166,7 @@ def normalize(rel: str, data: bytes) -> bytes:
         def scrub(o, in_map=False):
             if isinstance(o, dict):
                 return {k: (0 if (in_map or k in TIME_KEYS) and isinstance(v, (int, float)) else
+                            sorted(v) if k in RECORD_KEYS and isinstance(v, dict) else
                             scrub(v, k in TIME_MAPS)) for k, v in o.items()}
             if isinstance(o, list):
                 return [scrub(v) for v in o]
@@ -179,7 +187,7 @@ def hash_outputs(output: Path, prefix: str) -> dict[str, str]:
         if not p.is_file():
             continue
         rel = p.relative_to(output).as_posix()
-        if rel in EXCLUDED:
+        if rel in EXCLUDED or rel.startswith(tuple(EXCLUDED_PREFIXES)):
             continue
         out[f"{prefix}/{rel}"] = hashlib.sha256(normalize(rel, p.read_bytes())).hexdigest()
     return out
@@ -202,7 +210,7 @@ def run_all(work: Path, *, workers: int, limit: int, near_limit: int, only: list
     return {"work": str(work), "workers": workers, "limit": limit, "near_limit": near_limit,
             "preproc": preproc.__file__, "run_time_s": times,
             "normalized": {"json_time_keys": sorted(TIME_KEYS), "json_time_maps": sorted(TIME_MAPS),
-                           "prom_metrics": "*_seconds, *_per_second values", "excluded": EXCLUDED},
+                           "prom_metrics": "*_seconds, *_per_second values", "excluded": {**EXCLUDED, **EXCLUDED_PREFIXES}},
             "files": files}
 
 

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from .archcheck import MAX_LINES, OPTIONAL, PACKAGE, ROOT, load
+from tests.archcheck import MAX_LINES, OPTIONAL, PACKAGE, ROOT, load
 
 issue17 = pytest.mark.xfail(strict=True, reason="issue 17")
 
@@ -33,10 +33,10 @@ def pkg():
 
 def test_the_graph_sees_the_package(pkg):
     # Guards the checks below against passing on an empty or misread graph.
-    assert {"preproc", "preproc.config", "preproc.stages.near", "preproc.executors.k8s"} <= set(pkg.modules)
+    assert {"preproc", "preproc.spec.model", "preproc.dedup.near", "preproc.executors.k8s"} <= set(pkg.modules)
     g = pkg.edges()
-    assert "preproc.config" in g["preproc.runner"]
-    assert "preproc.stages" in g["preproc.runner"]      # `from .stages import run_index`
+    assert "preproc.spec.model" in g["preproc.engine.runner"]
+    assert "preproc.engine.stages" in g["preproc.engine.runner"]      # `from .stages import run_index`
     assert any(i.in_function for i in pkg.imports)
 
 
@@ -91,12 +91,12 @@ def test_the_engine_names_match_the_engine(pkg):
     # Guards the light-import test against passing because the modules were renamed.
     engine = _heavy(list(pkg.modules))
     assert len(engine) >= 20, engine
-    assert not _heavy(["preproc", "preproc.loader", "preproc.megatron", "preproc.errors", "rayon", "kubernetes_x"])
+    assert not _heavy(["preproc", "preproc.training.loader", "preproc.tokenize.megatron", "preproc.errors", "rayon", "kubernetes_x"])
 
 
 def test_the_import_probe_sees_preproc():
     mods = _loaded_by(f"import {PACKAGE}")
-    assert "preproc.loader" in mods and "preproc.megatron" in mods
+    assert "preproc.training.loader" in mods and "preproc.tokenize.megatron" in mods
 
 
 @issue17

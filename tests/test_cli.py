@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import ROOT, wait_for, read_tree
+from tests.conftest import ROOT, wait_for, read_tree
 
 
 def cli(*args, env=None, check=False, **kw):

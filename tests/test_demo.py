@@ -4,7 +4,7 @@ import json
 import preproc
 from preproc.demo import demo_spec, run_demo
 
-from .conftest import ROOT
+from tests.conftest import ROOT
 
 
 def test_jobs_demo_yaml_is_the_demo_spec():

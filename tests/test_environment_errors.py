@@ -23,12 +23,12 @@ import yaml
 
 import preproc
 from preproc.errors import ConfigError, StageFailed
-from preproc.readers import InputSplit, ReadLog
-from preproc.stages.clean import clean_isolating
-from preproc.steps import (CleanPipeline, Filter, Requirement, StepOptions, build_steps, check_requirements,
+from preproc.io.readers import InputSplit, ReadLog
+from preproc.clean.stage import clean_isolating
+from preproc.clean.steps import (CleanPipeline, Filter, Requirement, StepOptions, build_steps, check_requirements,
                            registered_steps)
 
-from .conftest import ROOT
+from tests.conftest import ROOT
 
 
 def _cli(*args, pythonpath: list[Path] = (), env: dict | None = None) -> subprocess.CompletedProcess:

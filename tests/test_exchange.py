@@ -1,8 +1,8 @@
-"""The exchange between stages (:mod:`preproc.partitions`): O(N + B) metadata operations,
+"""The exchange between stages (:mod:`preproc.io.exchange`): O(N + B) metadata operations,
 consumers never open producers' footers, and results that do not depend on how finely the
 input is cut or on the bucket counts.
 
-Store operations are counted by wrapping the real :class:`~preproc.storage.Store` methods
+Store operations are counted by wrapping the real :class:`~preproc.io.store.Store` methods
 (every call still goes to the real filesystem); stages run in this process through a
 small in-process executor, so every operation is seen.
 """
@@ -20,13 +20,13 @@ import pyarrow.parquet as pq
 import pytest
 
 import preproc
-from preproc import partitions
-from preproc.config import load_spec
-from preproc.runner import execute, prepare
-from preproc.stages import run_index
-from preproc.storage import Store
+from preproc.io import exchange as partitions
+from preproc.spec.model import load_spec
+from preproc.engine.runner import execute, prepare
+from preproc.engine.stages import run_index
+from preproc.io.store import Store
 
-from .conftest import GPT2, need
+from tests.conftest import GPT2, need
 
 OPS = ("open", "exists", "ls", "read_bytes", "open_atomic")
 
@@ -220,6 +220,7 @@ def test_bucket_counts_follow_the_data_not_the_shards(tmp_path):
                       "dedup": {"exact": {"buckets": 9}, "near": {"buckets": 6}}}, output=str(tmp_path / "o"),
                      tokenizer=str(GPT2))
     assert p.stage("exact_dedup").fan_out == 9 and p.stage("near_pairs").fan_out == 6
-    from preproc.stages import exact, near
+    from preproc.dedup import exact
+    from preproc.dedup import near
     assert exact.buckets_for(3 * exact.INPUT_BYTES_PER_BUCKET + 1) == 4
     assert near.buckets_for(near.INPUT_BYTES_PER_BUCKET) == 1

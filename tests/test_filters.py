@@ -16,7 +16,7 @@ import pyarrow as pa
 import pytest
 
 from preproc.errors import ConfigError
-from preproc.steps import CleanPipeline, build_steps
+from preproc.clean.steps import CleanPipeline, build_steps
 
 ALL_OFF = {"normalize": False, "length": False, "langid": False, "gopher_quality": False,
            "gopher_repetition": False, "pii": False}
@@ -367,7 +367,7 @@ def test_langid_columns_and_filtering():
 
 
 def test_langid_long_documents_are_sampled_from_start_middle_end():
-    from preproc.stages.filters.langid import sample_windows
+    from preproc.clean.filters.langid import sample_windows
 
     doc = "A" * 1000 + "B" * 1000 + "C" * 1000
     (s,) = sample_windows(pa.array([doc]), 300, 3).to_pylist()
@@ -387,7 +387,7 @@ def test_langid_model_path_must_exist():
 def test_langid_never_imports_the_downloader():
     code = textwrap.dedent("""
         import sys, pyarrow as pa
-        from preproc.steps import CleanPipeline, build_steps
+        from preproc.clean.steps import CleanPipeline, build_steps
         steps = [s for s in build_steps(True) if s.name == "langid_v1"]
         res = CleanPipeline(steps)(pa.RecordBatch.from_pydict(
             {"id": ["a"], "text": ["Hello there, this is English."], "source": ["x/en"]}))
@@ -452,7 +452,7 @@ def test_badness_regex_translation_finds_what_ftfy_finds():
     """The RE2 prefilter must flag every text ftfy's own detector flags (else a document
     that needs repair would never reach ftfy)."""
     ftfy_badness = pytest.importorskip("ftfy.badness")
-    from preproc.stages.filters.unicode import _badness_re2
+    from preproc.clean.filters.unicode import _badness_re2
     import pyarrow.compute as pc
 
     rx = _badness_re2()
@@ -479,7 +479,7 @@ def test_badness_regex_translation_finds_what_ftfy_finds():
 # -- the shared text view ----------------------------------------------------------------
 def test_derived_view_equals_a_fresh_view():
     """The view a filter registers for its surviving rows is what a fresh view would be."""
-    from preproc.stages.filters._text import TextView
+    from preproc.clean.filters._text import TextView
 
     texts = ["a b\n\nc  d e\n", "", "  lead\ttab\n\n\nx", "one\ntwo two\nthree", "é ü\n日本 語"]
     text = pa.array(texts)
@@ -530,7 +530,7 @@ def test_word_counts_equal_re2_count_of_non_space_runs(corpus):
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from preproc.steps import word_counts
+    from preproc.clean.steps import word_counts
 
     edge = ["", " ", "a", " a ", "a\x0bb", "\tx\ny\rz\x0cw  ", "é ü", "a\u00a0b", "ab", "b ", "日本語 テキスト"]
     with gzip.open(corpus / "wikipedia_7lang.jsonl.gz", "rt", encoding="utf-8") as f:

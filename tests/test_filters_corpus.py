@@ -18,7 +18,7 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from preproc.steps import CleanPipeline, build_steps
+from preproc.clean.steps import CleanPipeline, build_steps
 
 
 @pytest.fixture(scope="module")
@@ -176,9 +176,9 @@ def reference_stats(text: str) -> dict:
 
 
 def test_repetition_statistics_match_a_python_reading(table):
-    from preproc.stages.filters._dups import LineStats, ngram_fractions
-    from preproc.stages.filters._text import TextView
-    from preproc.stages.filters.gopher import _DUP_NGRAMS, _TOP_NGRAMS
+    from preproc.clean.filters._dups import LineStats, ngram_fractions
+    from preproc.clean.filters._text import TextView
+    from preproc.clean.filters.gopher import _DUP_NGRAMS, _TOP_NGRAMS
 
     rng = np.random.default_rng(7)
     idx = np.sort(rng.choice(table.num_rows, size=160, replace=False))
@@ -291,7 +291,7 @@ HAND = {
 def test_v2_statistics_equal_values_counted_by_hand(table):
     """Each statistic is checked through the step's verdict at the threshold just at and
     just past the hand-counted value (the comparison the reference code makes)."""
-    from .test_filters_scripts import run as run_step
+    from tests.test_filters_scripts import run as run_step
 
     ids = table.column("id").to_pylist()
     texts = {i: t for i, t in zip(ids, table.column("text").to_pylist()) if i in HAND}

@@ -14,11 +14,11 @@ import pytest
 from tokenizers import Tokenizer
 
 import preproc
-from preproc.hf import parquet_files, to_hf_dataset
-from preproc.megatron import IndexedDataset
+from preproc.training.hf import parquet_files, to_hf_dataset
+from preproc.tokenize.megatron import IndexedDataset
 
-from .conftest import read_tree
-from .s3server import s3, s3_server  # noqa: F401  (fixtures)
+from tests.conftest import read_tree
+from tests.s3server import s3, s3_server  # noqa: F401  (fixtures)
 
 datasets = pytest.importorskip("datasets")
 

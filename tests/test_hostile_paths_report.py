@@ -13,11 +13,11 @@ import sys
 import pytest
 
 import preproc
-from preproc.config import Spec
-from preproc.plan import list_inputs
+from preproc.spec.model import Spec
+from preproc.engine.plan import list_inputs
 
-from .conftest import ROOT
-from .test_report import _parse
+from tests.conftest import ROOT
+from tests.test_report import _parse
 
 HOSTILE = "a page that says <!--<script> and </script><script>alert(1)</script> in its text"
 

@@ -16,11 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 
 import preproc
-from preproc import readers
-from preproc.config import InputSpec
-from preproc.readers import InputSplit, ReadLog, read_split
+from preproc.io import readers
+from preproc.spec.model import InputSpec
+from preproc.io.readers import InputSplit, ReadLog, read_split
 
-from .conftest import BAD, ROOT, need
+from tests.conftest import BAD, ROOT, need
 
 
 def _invalid_utf8_strings(values: list[bytes]) -> pa.Array:

@@ -18,16 +18,16 @@ import time
 import pytest
 import yaml
 
-from preproc.config import load_spec
+from preproc.spec.model import load_spec
 from preproc.demo import demo_spec
 from preproc.errors import EXIT_CONFIG, ConfigError, StageFailed
 from preproc.executors.k8s import KubernetesExecutor
 from preproc.k8s import job_name
-from preproc.runner import prepare, run
-from preproc.storage import Store
+from preproc.engine.runner import prepare, run
+from preproc.io.store import Store
 
-from .k8s.checks import MANIFESTS, REPO, assert_valid
-from .k8s.standin import ADMIN_TOKEN, StandIn, rbac_rules_from
+from tests.k8s.checks import MANIFESTS, REPO, assert_valid
+from tests.k8s.standin import ADMIN_TOKEN, StandIn, rbac_rules_from
 
 pytestmark = pytest.mark.timeout(180)
 NS = "preproc"

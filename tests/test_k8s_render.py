@@ -11,13 +11,13 @@ import sys
 import pytest
 import yaml
 
-from preproc.config import load_spec
+from preproc.spec.model import load_spec
 from preproc.errors import EXIT_BAD_SHARD, EXIT_CONFIG, ConfigError
 from preproc.k8s import job_name, parse_indexes, format_indexes, parse_options, render_job, render_manifests
 from preproc.k8s.pss import check_restricted, check_worker_policy
-from preproc.plan import Plan, StagePlan
+from preproc.engine.plan import Plan, StagePlan
 
-from .k8s.checks import MANIFESTS, OVERLAYS, REPO, assert_valid, kustomize, schema_errors
+from tests.k8s.checks import MANIFESTS, OVERLAYS, REPO, assert_valid, kustomize, schema_errors
 
 STAGES = [("clean", 4), ("exact_dedup", 4), ("tokenize", 4), ("finalize", 1)]
 

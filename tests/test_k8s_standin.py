@@ -9,7 +9,7 @@ import pytest
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
-from .k8s.standin import StandIn
+from tests.k8s.standin import StandIn
 
 pytestmark = pytest.mark.timeout(60)
 

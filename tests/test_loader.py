@@ -15,10 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 
 import preproc
-from preproc.loader import TokenDataset, torch_dataset, window_order
-from preproc.megatron import IndexedDataset
+from preproc.training.loader import TokenDataset, torch_dataset, window_order
+from preproc.tokenize.megatron import IndexedDataset
 
-from .s3server import s3, s3_server  # noqa: F401  (fixtures)
+from tests.s3server import s3, s3_server  # noqa: F401  (fixtures)
 
 L = 64
 EOS = 50256
@@ -232,8 +232,8 @@ def test_s3_ranged_reads_with_a_local_cache(gpt2_run, s3, tmp_path):
 
 def test_package_never_imports_torch(gpt2_run):
     out, _ = gpt2_run
-    code = ("import sys, preproc, preproc.loader, preproc.hf\n"
-            f"ds = preproc.loader.TokenDataset({str(out)!r}, 16)\n"
+    code = ("import sys, preproc, preproc.training.loader, preproc.training.hf\n"
+            f"ds = preproc.training.loader.TokenDataset({str(out)!r}, 16)\n"
             "next(iter(ds)); ds.state_dict()\n"
             "assert 'torch' not in sys.modules and 'datasets' not in sys.modules, sorted(sys.modules)\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,

@@ -62,7 +62,7 @@ def test_prestarted_workers_have_the_tokenizer_before_the_plan_exists(gpt2):
 
 
 def _cache_keys() -> list[str]:
-    from preproc import tokenizer
+    from preproc.tokenize import tokenizer
 
     return sorted(tokenizer._CACHE)
 
@@ -76,7 +76,7 @@ def test_a_script_without_a_main_guard_gets_one_clear_error(tmp_path, demo_input
 
     from preproc.executors.local import SPAWN_MAIN_MESSAGE
 
-    from .conftest import ROOT
+    from tests.conftest import ROOT
 
     script = tmp_path / "prep.py"
     script.write_text(
@@ -103,7 +103,7 @@ def test_a_dying_worker_charges_only_its_own_index(tmp_path, demo_inputs, monkey
 
     from preproc.errors import StageFailed
     from preproc.executors.local import DIED
-    from preproc.progress import run_status
+    from preproc.observe.progress import run_status
 
     spec = {"input": {"paths": [str(demo_inputs / "input" / "*")]}, "shards": 4,
             "clean": {"defaults": False, "normalize": True},

@@ -13,10 +13,10 @@ import sys
 import pytest
 
 import preproc
-from preproc import logs
-from preproc.storage import Store
+from preproc.observe import logs
+from preproc.io.store import Store
 
-from .conftest import ROOT
+from tests.conftest import ROOT
 
 
 @pytest.fixture

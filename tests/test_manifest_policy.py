@@ -17,9 +17,9 @@ import pytest
 import preproc
 from preproc.k8s.ray import render_raycluster, render_rayjob
 from preproc.k8s.render import render_job
-from preproc.plan import Plan, StagePlan
+from preproc.engine.plan import Plan, StagePlan
 
-from .k8s.checks import MANIFESTS, assert_valid, kustomize
+from tests.k8s.checks import MANIFESTS, assert_valid, kustomize
 
 ALL = ["base", "overlays/pvc", "overlays/s3",
        # The demo's init container is added by a patch after the base's `images:` ran, so it

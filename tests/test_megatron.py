@@ -3,7 +3,7 @@ import struct
 import numpy as np
 import pytest
 
-from preproc.megatron import IndexedDataset, megatron_dtype, read_index, write_index
+from preproc.tokenize.megatron import IndexedDataset, megatron_dtype, read_index, write_index
 
 
 def _parse(buf: bytes):

@@ -20,16 +20,16 @@ import pyarrow.parquet as pq
 import pytest
 
 import preproc
-from preproc.components import components_by_rounds, local_components, node_partition
+from preproc.dedup.components import components_by_rounds, local_components, node_partition
 from preproc.errors import ConfigError, StageFailed
-from preproc.plan import Plan
-from preproc.minhash import (MinHasher, MinHashParams, candidate_probability, jaccard, lsh_params,
+from preproc.engine.plan import Plan
+from preproc.dedup.minhash import (MinHasher, MinHashParams, candidate_probability, jaccard, lsh_params,
                              shingle_hashes, shingle_sets, unit_hashes)
-from preproc.stages.drops import read_drops
-from preproc.stages.near import near_config, read_clusters
-from preproc.storage import Store
+from preproc.dedup.drops import read_drops
+from preproc.dedup.near import near_config, read_clusters
+from preproc.io.store import Store
 
-from .conftest import CORPUS, DATA, GPT2, need, read_tree
+from tests.conftest import CORPUS, DATA, GPT2, need, read_tree
 
 NEARDUP = DATA / "neardup"
 CLEAN = {"defaults": False, "normalize": True}     # independent of default-on quality filters
@@ -435,8 +435,8 @@ def test_rounds_after_convergence_run_in_the_coordinator(tmp_path, small, monkey
                     "markers written by the coordinator"] if len(skip) > 1 else len(idle) == 1
 
     # Status and the report: one row for the rounds, the rounds inside.
-    from preproc.progress import format_status, run_status
-    from preproc.report import report_data
+    from preproc.observe.progress import format_status, run_status
+    from preproc.observe.report import report_data
 
     st = run_status(str(out))
     names = [s["stage"] for s in st["stages"]]
@@ -457,7 +457,7 @@ def test_components_one_stage_or_rounds_same_clusters(tmp_path, small, monkeypat
     ``local_max_edges: 0`` the large-/small-star rounds do it. Same clusters, same keepers,
     byte-identical drop lists and tokens."""
     from preproc.executors.local import LocalExecutor
-    from preproc.stages.near import read_clusters
+    from preproc.dedup.near import read_clusters
 
     dispatched: list[str] = []
     run_stage = LocalExecutor.run_stage

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 
-from .archcheck import ROOT
+from tests.archcheck import ROOT
 
 _spec = importlib.util.spec_from_file_location("output_hashes", ROOT / "scripts" / "output_hashes.py")
 oh = importlib.util.module_from_spec(_spec)

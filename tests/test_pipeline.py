@@ -12,10 +12,10 @@ import pytest
 from tokenizers import Tokenizer
 
 import preproc
-from preproc.megatron import IndexedDataset
+from preproc.tokenize.megatron import IndexedDataset
 
-from .conftest import read_tree
-from .test_megatron import _parse
+from tests.conftest import read_tree
+from tests.test_megatron import _parse
 
 
 def _corpus_docs(corpus, files):
@@ -212,7 +212,7 @@ def test_forcing_tiktoken_on_an_incompatible_tokenizer_is_a_config_error(tmp_pat
 def test_tiktoken_batches_equal_hf_with_one_and_many_threads(monkeypatch, corpus, gpt2, threads, special):
     """One thread takes the direct path, more the tiktoken thread pool: both give HF's ids,
     with special strings as text (the default) or as their special ids."""
-    from preproc import tiktoken_backend
+    from preproc.tokenize import tiktoken_backend
 
     monkeypatch.setenv("RAYON_NUM_THREADS", threads)
     texts = list(_corpus_docs(corpus, ["wikitext2_en.jsonl.gz", "wikipedia_7lang.jsonl.gz"]).values())[:300] + tiktoken_backend.PROBES

@@ -10,9 +10,9 @@ import subprocess
 import sys
 
 import preproc
-from preproc.plan import MIN_SHARD_BYTES, MIN_SHARDS, default_shards
+from preproc.engine.plan import MIN_SHARD_BYTES, MIN_SHARDS, default_shards
 
-from .conftest import ROOT
+from tests.conftest import ROOT
 
 
 def _spec(paths, out, gpt2, **extra):

@@ -6,7 +6,7 @@ import pytest
 
 import preproc
 
-from .conftest import read_tree
+from tests.conftest import read_tree
 
 ray = pytest.importorskip("ray")
 

@@ -6,10 +6,10 @@ import os
 import pyarrow as pa
 import pytest
 
-from preproc.config import InputSpec
-from preproc.readers import InputSplit, ReadLog, read_split
+from preproc.spec.model import InputSpec
+from preproc.io.readers import InputSplit, ReadLog, read_split
 
-from .conftest import BAD, need
+from tests.conftest import BAD, need
 
 EXPECTED = json.loads((BAD / "expected.json").read_text()) if BAD.exists() else {}
 

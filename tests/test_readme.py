@@ -10,9 +10,9 @@ import re
 import sys
 
 
-from preproc.steps import build_steps
+from preproc.clean.steps import build_steps
 
-from .conftest import ROOT
+from tests.conftest import ROOT
 
 _spec = importlib.util.spec_from_file_location("check_install", ROOT / "scripts" / "check_install.py")
 check = importlib.util.module_from_spec(_spec)

@@ -17,11 +17,11 @@ import pytest
 import yaml
 
 import preproc
-from preproc.refresh import Lock, refresh
-from preproc.storage import Store
+from preproc.engine.refresh import Lock, refresh
+from preproc.io.store import Store
 
-from .conftest import ROOT
-from .s3server import s3, s3_server  # noqa: F401  (fixtures)
+from tests.conftest import ROOT
+from tests.s3server import s3, s3_server  # noqa: F401  (fixtures)
 
 
 def _records(path):
@@ -110,7 +110,7 @@ def test_killed_refresh_leaves_previous_generation_and_is_resumed(setup, corpus)
     assert json.loads((tmp / "ds" / "dataset.json").read_text()) == before
     assert len(_all_ids(tmp / "ds")) == before["documents"]
     # A second refresh right away takes over the lease (its holder's process is gone:
-    # preproc.lease; expiry on another machine is tested in test_safety_lease) and
+    # preproc.io.lease; expiry on another machine is tested in test_safety_lease) and
     # finishes generation 2.
     p = _cli("refresh", spath, "--workers", "2")
     assert p.returncode == 0, p.stderr
@@ -208,7 +208,7 @@ def _near_copies(bible: list[dict], cfg) -> tuple[list[dict], list[dict]]:
     import numpy as np
     import pyarrow as pa
 
-    from preproc.minhash import MinHasher, jaccard, shingle_hashes, shingle_sets, unit_hashes
+    from preproc.dedup.minhash import MinHasher, jaccard, shingle_hashes, shingle_sets, unit_hashes
 
     long_ones = [d for d in bible if len(d["text"]) > 4000]
     close = [{"id": f"close-{k}", "text": _substitute(d["text"], 60, f"c{k}")} for k, d in enumerate(long_ones[:12])]
@@ -245,7 +245,7 @@ def test_verified_refresh_drops_only_true_near_duplicates_of_earlier_generations
     dropped (the published original stays); copies that share a band key with their
     original but are below the threshold are kept, as are new documents; within the
     generation, one of two near copies stays."""
-    from preproc.stages.near import near_config
+    from preproc.dedup.near import near_config
 
     tmp, inp, spec, _ = setup
     spec = dict(spec, dedup={"exact": True, "near": True})
@@ -288,9 +288,9 @@ def test_verified_refresh_killed_and_resumed_is_byte_identical(setup, corpus, mo
     1's clean parts) and near_verify; the refresh fails, the next one resumes the pending
     generation from its markers: drop lists, tokens and the new index segment are
     byte-identical to an uninterrupted refresh."""
-    from preproc.stages.near import near_config
+    from preproc.dedup.near import near_config
 
-    from .conftest import read_tree
+    from tests.conftest import read_tree
 
     tmp, inp, spec, _ = setup
     spec = dict(spec, dedup={"exact": True, "near": True})
@@ -354,7 +354,7 @@ def test_index_compaction_keeps_dedup_against_all_generations(setup, corpus):
     assert compacted.name.startswith("compact-") and not (tmp / "ds" / "_state" / "near" / "gen-00001").exists()
     seg = pq.read_table(compacted)
     assert {"gen", "doc"} <= set(seg.column_names) and set(seg.column("gen").to_pylist()) == {1, 2}
-    from preproc.stages.near import near_config
+    from preproc.dedup.near import near_config
 
     close, far = _near_copies(bible, near_config(preproc.load_spec(spec)))
     (inp / "gen4.jsonl").write_text("\n".join(json.dumps(x) for x in close[:4] + far[:6]) + "\n")
@@ -368,7 +368,7 @@ def test_index_compaction_keeps_dedup_against_all_generations(setup, corpus):
 def test_verified_refresh_on_s3_with_compaction(setup, corpus, s3):
     """The dataset root on S3: earlier documents are read back from S3 for verification,
     and the compacted index keeps verifying against them."""
-    from preproc.stages.near import near_config
+    from preproc.dedup.near import near_config
 
     tmp, inp, spec, _ = setup
     b = s3.bucket("ds")

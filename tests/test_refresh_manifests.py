@@ -1,7 +1,7 @@
 """The refresh CronJob validates like every other object and runs what it should."""
 
-from .conftest import ROOT
-from .k8s.checks import assert_valid, kustomize
+from tests.conftest import ROOT
+from tests.k8s.checks import assert_valid, kustomize
 
 import preproc
 

@@ -16,7 +16,7 @@ import pytest
 
 import preproc
 
-from .conftest import ROOT
+from tests.conftest import ROOT
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,8 @@ import yaml
 
 import preproc
 
-from .conftest import read_tree
-from .s3server import DUMMY_SECRET, s3, s3_server  # noqa: F401  (fixtures)
+from tests.conftest import read_tree
+from tests.s3server import DUMMY_SECRET, s3, s3_server  # noqa: F401  (fixtures)
 
 CLEAN = {"defaults": False, "normalize": True}   # independent of the quality filters
 
@@ -145,7 +145,7 @@ def test_s3_inputs_split_like_local(s3, tmp_path):
     def shards(paths, storage=None):
         spec = {"input": {"paths": paths}, "output": str(tmp_path / "o"), **common, "storage": storage or {}}
         p = preproc.load_spec(spec)
-        from preproc.plan import list_inputs, plan_shards
+        from preproc.engine.plan import list_inputs, plan_shards
 
         files = list_inputs(p)
         return [[(x.rel, x.start, x.end, x.row_groups, x.row_offset, x.bytes) for x in sh.splits]

@@ -13,11 +13,11 @@ import pytest
 import yaml
 
 import preproc
-from preproc import storage
+from preproc.io import store as storage
 from preproc.errors import ConfigError
-from preproc.storage import Store, open_fs
+from preproc.io.store import Store, open_fs
 
-from .s3server import DUMMY_SECRET, s3, s3_server  # noqa: F401  (fixtures)
+from tests.s3server import DUMMY_SECRET, s3, s3_server  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -187,7 +187,7 @@ def test_status_and_report_of_an_unreachable_endpoint_say_one_line(tmp_path, com
 
 def test_reads_from_outside_a_run_have_bounded_retries():
     """A look at an output must not retry a dead endpoint for minutes like a run does."""
-    from preproc.outputs import READ_ATTEMPTS, READ_CONNECT_TIMEOUT_S, reading_storage
+    from preproc.observe.outputs import READ_ATTEMPTS, READ_CONNECT_TIMEOUT_S, reading_storage
 
     st = reading_storage({"s3": {"max_attempts": 20, "connect_timeout_s": 30, "endpoint_url": "http://x:1"}})
     assert st.s3.max_attempts == READ_ATTEMPTS <= 2 and st.s3.connect_timeout_s == READ_CONNECT_TIMEOUT_S <= 5

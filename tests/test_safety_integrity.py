@@ -14,10 +14,10 @@ import pytest
 import xxhash
 
 import preproc
-from preproc.progress import run_status
+from preproc.observe.progress import run_status
 
-from .conftest import ROOT
-from .s3server import s3, s3_server  # noqa: F401  (pytest fixtures)
+from tests.conftest import ROOT
+from tests.s3server import s3, s3_server  # noqa: F401  (pytest fixtures)
 
 
 def _cli(*args):
@@ -116,7 +116,7 @@ def test_stale_temporaries_of_an_index_are_swept_when_it_runs_again(done_run, de
 
 
 def test_local_commits_fsync_the_file_and_its_folder_before_publishing(tmp_path, monkeypatch):
-    from preproc.storage import Store
+    from preproc.io.store import Store
 
     synced = []
     real = os.fsync
@@ -144,8 +144,8 @@ def test_integrity_on_s3(s3, demo_inputs):
     data = s3.get(bucket, "run/tokens/part-00000.bin")
     assert m["files"]["tokens/part-00000.bin"] == {"bytes": len(data), "xxh3": xxhash.xxh3_64(data).hexdigest()}
     s3.client.put_object(Bucket=bucket, Key="run/tokens/part-00000.bin", Body=data[:-8])
-    from preproc.integrity import verify
-    from preproc.plan import Plan
+    from preproc.io.integrity import verify
+    from preproc.engine.plan import Plan
 
     plan = Plan.load(out, s3.storage)
     r = verify(plan.store(), plan)

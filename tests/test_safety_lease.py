@@ -1,4 +1,4 @@
-"""One writer per output: the lease (preproc.lease) on a local folder and on the moto S3
+"""One writer per output: the lease (preproc.io.lease) on a local folder and on the moto S3
 server, with real contenders (subprocesses held at a failpoint) and an injectable clock."""
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 import preproc
-from preproc.lease import Lease, LeaseHeld, LeaseLost
-from preproc.storage import Store
+from preproc.io.lease import Lease, LeaseHeld, LeaseLost
+from preproc.io.store import Store
 
-from .conftest import ROOT, wait_for
-from .s3server import s3, s3_server  # noqa: F401  (pytest fixtures)
+from tests.conftest import ROOT, wait_for
+from tests.s3server import s3, s3_server  # noqa: F401  (pytest fixtures)
 
 
 class Clock:
@@ -82,8 +82,8 @@ def test_an_expired_lease_is_taken_over_and_the_old_holder_learns_it(where):
 
 _CONTENDER = textwrap.dedent("""
     import sys
-    from preproc.lease import Lease, LeaseHeld
-    from preproc.storage import Store
+    from preproc.io.lease import Lease, LeaseHeld
+    from preproc.io.store import Store
     import json
     storage = json.loads(sys.argv[2]) or None
     try:
@@ -102,7 +102,7 @@ def test_two_contenders_for_an_expired_lease_only_one_wins(where, tmp_path):
     store = _store(where)
     stale = json.dumps({"owner": "elsewhere:1:dead", "what": "run", "host": "elsewhere", "pid": 1,
                         "expires_s": time.time() - 5, "released": False}).encode()
-    from preproc.lease import create_exclusive
+    from preproc.io.lease import create_exclusive
 
     assert create_exclusive(store, "_lease/0000000007.json", stale)
     state = tmp_path / "fp"
@@ -128,7 +128,7 @@ def test_two_contenders_for_an_expired_lease_only_one_wins(where, tmp_path):
 
 def test_a_killed_holder_on_this_machine_is_taken_over_at_once(tmp_path):
     out = tmp_path / "out"
-    code = ("from preproc.lease import Lease; from preproc.storage import Store; import sys, time\n"
+    code = ("from preproc.io.lease import Lease; from preproc.io.store import Store; import sys, time\n"
             f"Lease(Store({str(out)!r}), ttl_s=600).acquire(); print('held', flush=True); time.sleep(600)")
     p = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(ROOT)),
                          stdout=subprocess.PIPE, text=True)

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 import preproc
-from preproc.config import load_spec
+from preproc.spec.model import load_spec
 from preproc.errors import ConfigError
-from preproc.ownership import check_paths
+from preproc.io.ownership import check_paths
 
-from .conftest import ROOT
+from tests.conftest import ROOT
 
 
 def _cli(*args):
@@ -79,7 +79,7 @@ def test_a_killed_first_run_is_still_ours(tmp_path, demo_inputs):
     spec = _spec(tmp_path, demo_inputs)
     out = tmp_path / "o"
     s = load_spec(str(spec), output=str(out))
-    from preproc.runner import prepare
+    from preproc.engine.runner import prepare
 
     prepare(s)
     os.remove(out / "tokenizer.json")

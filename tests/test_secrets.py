@@ -15,9 +15,9 @@ import yaml
 
 import preproc
 from preproc.errors import ConfigError
-from preproc.secrets import check_spec, redact
+from preproc.spec.secrets import check_spec, redact
 
-from .s3server import s3, s3_server  # noqa: F401  (fixtures)
+from tests.s3server import s3, s3_server  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 VALUE = "planted-Secret-Value-42"

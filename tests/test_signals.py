@@ -10,10 +10,10 @@ import sys
 import time
 
 import preproc
-from preproc.runner import prepare
-from preproc.stages import run_index
+from preproc.engine.runner import prepare
+from preproc.engine.stages import run_index
 
-from .conftest import ROOT
+from tests.conftest import ROOT
 
 
 def test_sigterm_stops_worker_without_partial_outputs(tmp_path, corpus, gpt2):

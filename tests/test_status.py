@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import ROOT, wait_for
+from tests.conftest import ROOT, wait_for
 
 SHARDS = 8
 
@@ -85,8 +85,8 @@ def test_status_of_a_killed_run_with_a_failed_index(tmp_path, demo_inputs, monke
 
     # The coordinator was SIGKILLed: its heartbeat stops. Once it is stale, status says the
     # run stopped and when, with no ETA (not "[running] ... ETA 9s" forever).
-    from preproc.heartbeat import INTERVAL_S, STALE_AFTER
-    from preproc.progress import format_status, run_status
+    from preproc.observe.heartbeat import INTERVAL_S, STALE_AFTER
+    from preproc.observe.progress import format_status, run_status
 
     hb = json.loads((out / "_coordinator.json").read_text())
     assert hb["state"] == "running" and hb["pid"] == proc.pid
@@ -137,9 +137,9 @@ def _status_from_s3(out: Path, local: dict, monkeypatch) -> None:
 
         boto3.client("s3").create_bucket(Bucket="runs")
         s3fs.S3FileSystem(skip_instance_cache=True).put(str(out), "runs/web-v1", recursive=True)
-        from preproc.plan import Plan
-        from preproc.progress import run_status
-        from preproc.report import report_data
+        from preproc.engine.plan import Plan
+        from preproc.observe.progress import run_status
+        from preproc.observe.report import report_data
 
         st = run_status("s3://runs/web-v1")
         assert st["complete"] and st["run_id"] == local["run_id"]

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from preproc.stages.tokenize import _kept_batches
+from preproc.tokenize.stage import _kept_batches
 
 
 @pytest.mark.parametrize("seed", range(40))

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .. import faults
-from ..errors import ConfigError
-from .base import Executor
+from preproc import faults
+from preproc.errors import ConfigError
+from preproc.executors.base import Executor
 
 if TYPE_CHECKING:
-    from ..config import Spec
+    from preproc.spec.model import Spec
 
 __all__ = ["Executor", "get_executor"]
 
@@ -19,20 +19,20 @@ def get_executor(spec: "Spec", **opts: Any) -> Executor:
     kind = spec.executor.kind
     faults.share_state()   # `times=` failpoint rules count across the workers this starts
     if kind == "local":
-        from .local import LocalExecutor
+        from preproc.executors.local import LocalExecutor
 
         return LocalExecutor(workers=spec.executor.workers, retries=spec.executor.retries,
                              threads=spec.executor.threads_per_worker, progress=opts.get("progress", True))
     if kind == "k8s":
         try:
-            from .k8s import KubernetesExecutor
+            from preproc.executors.k8s import KubernetesExecutor
         except ImportError as e:
             raise ConfigError(f"executor.kind: k8s needs the kubernetes client: pip install 'preproc[k8s]' ({e})") from None
         return KubernetesExecutor(spec, context=opts.get("context"), kubeconfig=opts.get("kubeconfig"),
                                   progress=opts.get("progress", True))
     if kind == "ray":
         try:
-            from .ray import RayExecutor
+            from preproc.executors.ray import RayExecutor
         except ImportError as e:
             raise ConfigError(f"executor.kind: ray needs Ray: pip install 'preproc[ray]' ({e})") from None
         return RayExecutor(spec, address=opts.get("address"), progress=opts.get("progress", True))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from ..plan import Plan
+    from preproc.engine.plan import Plan
 
 
 class Executor(Protocol):

@@ -33,14 +33,14 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..errors import EXIT_BAD_SHARD, EXIT_CONFIG, ConfigError, StageFailed
-from ..k8s.indexes import format_indexes, parse_indexes
-from ..k8s.options import KubernetesOptions, parse_options
-from ..k8s.render import ANNOTATION_OUTPUT, CONTAINER_NAME, LABEL_RUN, LABEL_STAGE, label_value, render_job
+from preproc.errors import EXIT_BAD_SHARD, EXIT_CONFIG, ConfigError, StageFailed
+from preproc.k8s.indexes import format_indexes, parse_indexes
+from preproc.k8s.options import KubernetesOptions, parse_options
+from preproc.k8s.render import ANNOTATION_OUTPUT, CONTAINER_NAME, LABEL_RUN, LABEL_STAGE, label_value, render_job
 
 if TYPE_CHECKING:
-    from ..config import Spec
-    from ..plan import Plan
+    from preproc.spec.model import Spec
+    from preproc.engine.plan import Plan
 
 __all__ = ["KubernetesExecutor", "load_api_client"]
 
@@ -147,7 +147,7 @@ class KubernetesExecutor:
         """Create (or adopt) the stage's Job, watch it to the end, check the markers."""
         if not indices:
             return
-        from ..storage import Store
+        from preproc.io.store import Store
 
         store = Store(plan.output, plan.spec.storage)
         job = render_job(plan, stage, self.options, retries=self.retries)
@@ -265,7 +265,7 @@ class _StageRun:
         self.unschedulable_logged: set[str] = set()
         self.last_change = time.monotonic()
         self.last_status: Any = None
-        from ..progress import Progress
+        from preproc.observe.progress import Progress
 
         total = plan.stage(stage).fan_out
         self.bar = Progress(stage, total=total, done=total - len(indices), enabled=ex.progress, plan=plan)

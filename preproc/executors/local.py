@@ -6,7 +6,7 @@ Each worker's thread pools (``RAYON_NUM_THREADS`` for the Rust tokenizers and ti
 Arrow's CPU pool) get ``executor.threads_per_worker`` threads, by default ``cores // workers``,
 so that threads do not oversubscribe the cores. A worker killed by the OS (OOM, SIGKILL) breaks the pool; the
 pool is rebuilt and the unfinished indices are retried, counting against their retries.
-Workers die with the coordinator (:mod:`preproc.lifeline`): a ``kill -9`` of ``preproc run``
+Workers die with the coordinator (:mod:`preproc.executors.lifeline`): a ``kill -9`` of ``preproc run``
 leaves no worker behind.
 """
 
@@ -20,16 +20,16 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
 
-from .. import logs
-from ..errors import ConfigError, PreprocError, StageFailed
-from ..lifeline import watch_parent
-from ..secrets import install_log_redaction
-from ..progress import Progress  # noqa: F401  (re-exported: the k8s executor imports it from here)
-from ..stages import warm_up
+from preproc.observe import logs
+from preproc.errors import ConfigError, PreprocError, StageFailed
+from preproc.executors.lifeline import watch_parent
+from preproc.spec.secrets import install_log_redaction
+from preproc.observe.progress import Progress  # noqa: F401  (re-exported: the k8s executor imports it from here)
+from preproc.engine.stages import warm_up
 
 if TYPE_CHECKING:
-    from ..config import Spec
-    from ..plan import Plan
+    from preproc.spec.model import Spec
+    from preproc.engine.plan import Plan
 
 log = logging.getLogger("preproc")
 
@@ -52,7 +52,7 @@ def _spawn_guard() -> None:
 
 
 def _init_worker(threads: int, explicit: bool, started: Any = None, parent_pid: int | None = None) -> None:
-    from .. import signals
+    from preproc.engine import signals
 
     watch_parent(parent_pid)   # no orphans: die with the coordinator, even on kill -9
     install_log_redaction()    # a worker's records (even through logging.lastResort) are redacted
@@ -71,8 +71,8 @@ def _init_worker(threads: int, explicit: bool, started: Any = None, parent_pid: 
 
 
 def _run_one(output: str, stage: str, index: int) -> dict[str, Any]:
-    from ..plan import Plan
-    from ..stages import run_index
+    from preproc.engine.plan import Plan
+    from preproc.engine.stages import run_index
 
     plan = _plan_cache.get(output)
     if plan is None:

@@ -1,6 +1,6 @@
 """Ray executor: one Ray task per index, stages in order with a barrier.
 
-Tasks call the same :func:`preproc.stages.run_index` as every other executor and exchange
+Tasks call the same :func:`preproc.engine.stages.run_index` as every other executor and exchange
 nothing through the object store but small stats dicts: they read the plan and inputs from
 storage and commit outputs there, so a lost node or a restarted RayJob resumes from the
 markers, not from scratch.
@@ -8,7 +8,7 @@ markers, not from scratch.
 With no address a local Ray is started (the laptop default, sized to this machine's
 cores); ``auto`` joins the cluster this process runs in (a RayJob's entrypoint), and
 ``ray://host:10001`` connects a client to a remote cluster. A local Ray started here dies
-with the coordinator, even on ``kill -9`` (:func:`preproc.lifeline.reaper`).
+with the coordinator, even on ``kill -9`` (:func:`preproc.executors.lifeline.reaper`).
 
 Options (spec ``executor.options`` or ``--ray-address``)::
 
@@ -31,15 +31,15 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..config import Size
-from ..errors import ConfigError, StageFailed
-from ..lifeline import Reaper, reaper
-from ..secrets import install_log_redaction
-from .local import Progress
+from preproc.spec.model import Size
+from preproc.errors import ConfigError, StageFailed
+from preproc.executors.lifeline import Reaper, reaper
+from preproc.spec.secrets import install_log_redaction
+from preproc.executors.local import Progress
 
 if TYPE_CHECKING:
-    from ..config import Spec
-    from ..plan import Plan
+    from preproc.spec.model import Spec
+    from preproc.engine.plan import Plan
 
 log = logging.getLogger("preproc")
 
@@ -73,9 +73,9 @@ def ray_options(spec: "Spec", address: str | None = None) -> RayOptions:
 def _task(output: str, stage: str, index: int) -> dict[str, Any]:
     """Runs inside a Ray worker. Config/bad-shard errors come back as values (retrying
     cannot help them); anything else raises, and Ray retries the task."""
-    from ..errors import PreprocError
-    from ..plan import Plan
-    from ..stages import run_index
+    from preproc.errors import PreprocError
+    from preproc.engine.plan import Plan
+    from preproc.engine.stages import run_index
 
     install_log_redaction()
     try:
@@ -106,7 +106,7 @@ class RayExecutor:
                 ray.init(address=self.options.address, **kw)
             else:
                 # A local Ray we start is ours to take down, even if we are killed (-9):
-                # every Ray process carries the reaper's tag (preproc.lifeline).
+                # every Ray process carries the reaper's tag (preproc.executors.lifeline).
                 self._reaper = reaper()
                 with self._reaper.tagging():
                     ray.init(num_cpus=self.options.local_cpus or os.cpu_count() or 1, include_dashboard=False, **kw)

@@ -5,10 +5,10 @@ everything that needs no cluster (and no ``kubernetes`` client), so ``preproc ma
 works with the base install.
 """
 
-from .indexes import format_indexes, parse_indexes
-from .manifests import dump_yaml_stream, render_manifests
-from .options import KubernetesOptions, PVCVolume, Resources, S3Access, Toleration, parse_options
-from .render import job_name, render_job, render_spec_configmap
+from preproc.k8s.indexes import format_indexes, parse_indexes
+from preproc.k8s.manifests import dump_yaml_stream, render_manifests
+from preproc.k8s.options import KubernetesOptions, PVCVolume, Resources, S3Access, Toleration, parse_options
+from preproc.k8s.render import job_name, render_job, render_spec_configmap
 
 __all__ = [
     "KubernetesOptions", "PVCVolume", "Resources", "S3Access", "Toleration", "parse_options",

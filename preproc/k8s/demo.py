@@ -15,7 +15,7 @@ from pathlib import Path
 
 def write_demo_inputs(root: str | Path) -> Path:
     """The same corpus and tokenizer as ``preproc demo``, under ``root``; returns root."""
-    from ..demo import make_corpus, train_tokenizer
+    from preproc.demo import make_corpus, train_tokenizer
 
     root = Path(root)
     inputs, tok = root / "input", root / "tokenizer.json"

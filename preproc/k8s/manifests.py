@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from .render import render_job, render_spec_configmap
+from preproc.k8s.render import render_job, render_spec_configmap
 
 __all__ = ["render_manifests", "dump_yaml_stream"]
 

@@ -26,8 +26,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .._version import __version__
-from ..errors import ConfigError
+from preproc._version import __version__
+from preproc.errors import ConfigError
 
 __all__ = ["KubernetesOptions", "Resources", "PVCVolume", "S3Access", "Toleration", "parse_options"]
 

@@ -30,10 +30,10 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError
 
-from ..errors import ConfigError
-from ..storage import worker_env
-from .options import KubernetesOptions, Resources
-from .render import common_labels, job_name
+from preproc.errors import ConfigError
+from preproc.io.store import worker_env
+from preproc.k8s.options import KubernetesOptions, Resources
+from preproc.k8s.render import common_labels, job_name
 
 __all__ = ["KubeRayOptions", "render_rayjob", "render_raycluster"]
 
@@ -163,7 +163,7 @@ def render_rayjob(spec: Any, run_id: str | None = None) -> list[dict[str, Any]]:
     if spec.executor.kind != "ray":
         spec = spec.model_copy(update={"executor": spec.executor.model_copy(update={"kind": "ray"})})
     o = parse_kuberay(spec)
-    from ..executors.ray import ray_options
+    from preproc.executors.ray import ray_options
 
     ray_options(spec)   # the Ray executor's own options must be valid where the job runs
     if not spec.output:

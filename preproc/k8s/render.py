@@ -13,10 +13,10 @@ from typing import Any
 
 import yaml
 
-from .._version import __version__
-from ..errors import EXIT_BAD_SHARD, EXIT_CONFIG
-from ..storage import worker_env
-from .options import KubernetesOptions, parse_options
+from preproc._version import __version__
+from preproc.errors import EXIT_BAD_SHARD, EXIT_CONFIG
+from preproc.io.store import worker_env
+from preproc.k8s.options import KubernetesOptions, parse_options
 
 __all__ = [
     "CONTAINER_NAME", "LABEL_RUN", "LABEL_STAGE", "job_name", "configmap_name", "common_labels",
@@ -103,7 +103,7 @@ def render_job(plan: Any, stage: str, options: KubernetesOptions | dict[str, Any
     """The ``batch/v1`` Job that runs every index of ``stage`` of ``plan``.
 
     ``plan`` needs ``run_id``, ``output``, ``spec`` and ``stage(name).fan_out`` (a
-    :class:`preproc.plan.Plan`). Options default to ``plan.spec.executor.options`` and retries
+    :class:`preproc.engine.plan.Plan`). Options default to ``plan.spec.executor.options`` and retries
     to ``plan.spec.executor.retries``.
     """
     spec = plan.spec
@@ -246,6 +246,6 @@ def _fan_out(plan: Any, stage: str) -> int:
         if s.name == stage:
             return int(s.fan_out)
     names = ", ".join(s.name for s in plan.stages)
-    from ..errors import ConfigError
+    from preproc.errors import ConfigError
 
     raise ConfigError(f"stage {stage!r} is not in this run's plan; stages: {names}")

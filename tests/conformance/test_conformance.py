@@ -20,7 +20,7 @@ import pytest
 
 import preproc
 
-from ..conftest import read_tree
+from tests.conftest import read_tree
 
 EXECUTORS = ["local", "ray", "k8s"]
 TRIALS = {"local": 20, "ray": 5, "k8s": 5}
@@ -55,8 +55,8 @@ class Harness:
             if ray.is_initialized():
                 ray.shutdown()
         elif kind == "k8s":
-            from ..k8s.checks import MANIFESTS
-            from ..k8s.standin import StandIn, rbac_rules_from
+            from tests.k8s.checks import MANIFESTS
+            from tests.k8s.standin import StandIn, rbac_rules_from
 
             self.cluster = StandIn(tokens={"t": rbac_rules_from(MANIFESTS / "base" / "rbac.yaml")})
             self.cluster.__enter__()

@@ -6,10 +6,10 @@ and once it is back the same command resumes from the markers."""
 from __future__ import annotations
 
 import preproc
-from preproc.runner import prepare
-from preproc.stages import run_index
+from preproc.engine.runner import prepare
+from preproc.engine.stages import run_index
 
-from ..s3server import s3, s3_server  # noqa: F401  (fixtures)
+from tests.s3server import s3, s3_server  # noqa: F401  (fixtures)
 
 CLEAN = {"defaults": False, "normalize": True, "length": {"min_chars": 50}}
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from ..conftest import SHARED, need
+from tests.conftest import SHARED, need
 
 CRDS = SHARED / "schemas" / "kuberay"
 

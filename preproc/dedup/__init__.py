@@ -1,0 +1,1 @@
+"""Deduplication: exact, near (MinHash LSH, verification, components), drop lists."""

@@ -1,0 +1,1 @@
+"""The run: plan, stage registry, runner, finalize, incremental refresh."""

@@ -1,0 +1,384 @@
+"""Planning: list the inputs, split them, balance the splits into shards, write ``plan.json``.
+
+The plan is the single source of truth of a run. Every worker rebuilds what it needs from
+``<output>/plan.json`` (never from a pickle), so a pod, a Ray task and a local process run
+the same index the same way. The coordinator's cost grows with files and shards, not with
+documents: it lists files and reads Parquet footers, nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import posixpath
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from preproc.spec.model import Spec, load_spec
+from preproc.errors import ConfigError
+from preproc.io.ownership import check_paths, run_writes
+from preproc.io.readers import InputSplit
+from preproc.io.store import Store, open_fs
+
+__all__ = ["Plan", "Shard", "StagePlan", "make_plan", "list_inputs"]
+
+PLAN_VERSION = 1
+_GLOB_CHARS = "*?["
+_EXT_FORMATS = [
+    (".jsonl", "jsonl"), (".ndjson", "jsonl"), (".json", "jsonl"),
+    (".parquet", "parquet"), (".pq", "parquet"), (".arrow", "arrow"), (".txt", "text"),
+]
+_COMPRESSION = {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd"}
+# JSONL files smaller than this are never cut in pieces (the cost is a request per piece).
+MIN_SPLIT_BYTES = 2**20
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int
+    splits: tuple[InputSplit, ...]
+
+    @property
+    def bytes(self) -> int:
+        return sum(s.bytes for s in self.splits)
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    name: str
+    fan_out: int
+
+
+@dataclass
+class Plan:
+    """What ``plan.json`` holds. Build with :func:`make_plan`, read with :meth:`load`."""
+
+    run_id: str
+    output: str
+    spec: Spec
+    shards: list[Shard]
+    stages: list[StagePlan]
+    tokenizer: dict[str, Any] = field(default_factory=dict)
+    created_s: float = 0.0
+    version: int = PLAN_VERSION
+    # Set for a generation of an incremental refresh (see preproc.engine.refresh): the dataset
+    # root, the generation number and the dedup index segments of earlier generations.
+    refresh: dict[str, Any] | None = None
+
+    @property
+    def num_shards(self) -> int:
+        return len(self.shards)
+
+    @property
+    def input_bytes(self) -> int:
+        return sum(s.bytes for s in self.shards)
+
+    def stage(self, name: str) -> StagePlan:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise ConfigError(f"stage {name!r} is not in this run's plan; stages: {', '.join(self.stage_names)}")
+
+    @property
+    def stage_names(self) -> list[str]:
+        return [s.name for s in self.stages]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "run_id": self.run_id,
+            "output": self.output,
+            "created_s": self.created_s,
+            "spec": self.spec.to_json(),
+            "tokenizer": self.tokenizer,
+            "refresh": self.refresh,
+            "stages": [{"name": s.name, "fan_out": s.fan_out} for s in self.stages],
+            # The run record: what this run writes at the top of its output (--force removes these).
+            "writes": run_writes(self.stage_names),
+            "shards": [{"index": s.index, "splits": [x.to_json() for x in s.splits]} for s in self.shards],
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], output: str | None = None) -> "Plan":
+        if d.get("version") != PLAN_VERSION:
+            raise ConfigError(f"plan.json has version {d.get('version')}; this preproc reads version {PLAN_VERSION}")
+        return cls(
+            run_id=d["run_id"],
+            # The output as the reader sees it (a PVC may be mounted elsewhere than on the
+            # machine that planned); the plan's own value is only a default.
+            output=output or d["output"],
+            spec=load_spec(d["spec"]),
+            tokenizer=d.get("tokenizer", {}),
+            stages=[StagePlan(s["name"], s["fan_out"]) for s in d["stages"]],
+            shards=[Shard(s["index"], tuple(InputSplit.from_json(x) for x in s["splits"])) for s in d["shards"]],
+            created_s=d.get("created_s", 0.0),
+            refresh=d.get("refresh"),
+        )
+
+    @classmethod
+    def load(cls, output: str, storage: Any = None) -> "Plan":
+        """Read ``output/plan.json``. ``storage`` reaches the output (default: ``$PREPROC_S3``
+        and the AWS environment); the plan's own ``storage`` settings apply to everything after."""
+        store = Store(output, storage)
+        try:
+            return cls.from_json(store.read_json("plan.json"), output=output)
+        except FileNotFoundError:
+            raise ConfigError(f"{store.url('plan.json')}: no plan here; run `preproc run` first") from None
+
+    def store(self) -> Store:
+        """The run's output, reached with the run's storage settings."""
+        return Store(self.output, self.spec.storage)
+
+    def refresh_root(self) -> Store:
+        """A refresh generation's dataset root (``_state/`` and the earlier generations)."""
+        if not self.refresh:
+            raise ConfigError("this plan is not a refresh generation")
+        return Store(self.refresh["root"], self.spec.storage)
+
+    def summary(self) -> str:
+        lines = [f"run {self.run_id}  output {self.output}",
+                 f"inputs: {len({x.uri for s in self.shards for x in s.splits})} file(s), "
+                 f"{_human(self.input_bytes)}, {self.num_shards} shard(s)"]
+        for s in self.stages:
+            lines.append(f"  stage {s.name:<14} {s.fan_out} index(es)")
+        why = self.few_shards_reason()
+        if why:
+            lines.append(f"note: {why}")
+        return "\n".join(lines)
+
+    def few_shards_reason(self) -> str | None:
+        """Why a local run gets fewer than two shards per worker (some workers would idle),
+        or None when it does not."""
+        ex = self.spec.executor
+        if ex.kind != "local":
+            return None
+        workers = ex.workers or os.cpu_count() or 1
+        n = self.num_shards
+        if n >= 2 * workers:
+            return None
+        head = f"{n} shard(s) for {workers} worker(s), so some workers will idle: "
+        if self.spec.shards:
+            if n < self.spec.shards:
+                return head + (f"shards: {self.spec.shards} asked, but compressed files are not cut and "
+                               f"there are only {n} piece(s)")
+            return head + f"the spec sets shards: {self.spec.shards}"
+        want = default_shards(self.input_bytes, self.spec.target_shard_bytes)
+        if n < want:
+            return head + f"compressed files are not cut, and there are only {n} piece(s)"
+        return head + (f"the input ({_human(self.input_bytes)}) is not cut into shards smaller than "
+                       f"{_human(MIN_SHARD_BYTES)}; set shards: N to cut finer")
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+def _detect(path: str, fmt: str) -> tuple[str | None, str | None]:
+    """(format, compression) from the file name; format None = not an input file."""
+    name = posixpath.basename(path).lower()
+    comp = None
+    for ext, c in _COMPRESSION.items():
+        if name.endswith(ext):
+            comp = c
+            name = name[: -len(ext)]
+            break
+    if fmt != "auto":
+        return fmt, comp
+    for ext, f in _EXT_FORMATS:
+        if name.endswith(ext):
+            return f, comp
+    return None, comp
+
+
+def _base_dir(pattern: str) -> str:
+    """The folder part of a pattern before its first glob character."""
+    cut = min([pattern.find(c) for c in _GLOB_CHARS if c in pattern] or [len(pattern)])
+    head = pattern[:cut]
+    return head if head.endswith("/") else posixpath.dirname(head)
+
+
+@dataclass(frozen=True)
+class InputFile:
+    uri: str
+    rel: str
+    format: str
+    compression: str | None
+    bytes: int
+    fingerprint: str      # size + mtime/etag: what changes when the file does
+
+
+def list_inputs(spec: Spec) -> list[InputFile]:
+    """Every input file the spec's patterns match, sorted, with its format and size."""
+    found: dict[str, InputFile] = {}
+    for pattern in spec.input.paths:
+        try:
+            fs, path = open_fs(pattern, spec.storage)
+        except (ImportError, ValueError) as e:
+            raise ConfigError(f"input.paths: cannot open {pattern!r}: {e}") from None
+        proto = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
+        prefix = "" if proto in ("file", "local") else f"{proto}://"
+        entries: dict[str, dict[str, Any]]
+        # A path that exists as written is taken literally, even with glob characters in
+        # its name (`data[1].jsonl`).
+        is_glob = any(c in path for c in _GLOB_CHARS) and not fs.exists(path)
+        if is_glob:
+            entries = fs.glob(path, detail=True)
+            base = _base_dir(path)
+        elif fs.isdir(path):
+            base = path
+            entries = _dir_entries(fs, path)
+        elif fs.exists(path):
+            entries = {path: fs.info(path)}
+            base = posixpath.dirname(path)
+        else:
+            raise ConfigError(f"input.paths: {pattern!r} does not exist")
+        matched = 0
+        for p, info in sorted(entries.items()):
+            if info.get("type") == "directory":
+                continue
+            name = posixpath.basename(p)
+            if name.startswith((".", "_")):
+                continue  # _SUCCESS, .crc, hidden files
+            fmt, comp = _detect(p, spec.input.format)
+            if fmt is None:
+                if is_glob or not fs.isdir(path):
+                    raise ConfigError(f"input.paths: cannot tell the format of {prefix}{p}; set input.format")
+                continue
+            rel = posixpath.relpath(p, base) if base else p
+            stamp = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""
+            size = int(info.get("size") or 0)
+            found[prefix + p] = InputFile(prefix + p, rel, fmt, comp, size, f"{size}:{stamp}")
+            matched += 1
+        if matched == 0:
+            raise ConfigError(f"input.paths: no input files match {pattern!r}")
+    return sorted(found.values(), key=lambda f: f.uri)
+
+
+def _dir_entries(fs, path: str) -> dict[str, dict[str, Any]]:
+    # A `datasets.save_to_disk` folder: its state.json names the Arrow files, in order.
+    state = posixpath.join(path, "state.json")
+    if fs.exists(state):
+        with fs.open(state, "rb") as f:
+            st = json.loads(f.read())
+        files = [posixpath.join(path, d["filename"]) for d in st.get("_data_files", [])]
+        if files:
+            return {p: fs.info(p) for p in files}
+    return fs.find(path, detail=True)
+
+
+def _splits(f: InputFile, target: int, storage: Any = None) -> list[InputSplit]:
+    base = InputSplit(uri=f.uri, rel=f.rel, format=f.format, compression=f.compression, bytes=f.bytes)
+    if f.format == "jsonl" and f.compression is None and f.bytes > max(target, MIN_SPLIT_BYTES):
+        n = math.ceil(f.bytes / target)
+        step = math.ceil(f.bytes / n)
+        return [InputSplit(uri=f.uri, rel=f.rel, format="jsonl", bytes=min(step, f.bytes - s), start=s,
+                           end=min(s + step, f.bytes)) for s in range(0, f.bytes, step)]
+    if f.format == "parquet":
+        fs, path = open_fs(f.uri, storage)
+        try:
+            with fs.open(path, "rb") as fh:
+                md = pq.ParquetFile(fh).metadata
+        except Exception:
+            # Unreadable footers are the reader's business: it reports a file error.
+            return [base]
+        if md.num_row_groups <= 1 or f.bytes <= target:
+            return [base]
+        sizes = [md.row_group(g).total_byte_size for g in range(md.num_row_groups)]
+        total = sum(sizes) or 1
+        out, cur, cur_bytes, row, first_row = [], [], 0.0, 0, 0
+        for g, sz in enumerate(sizes):
+            if not cur:
+                first_row = row
+            cur.append(g)
+            cur_bytes += f.bytes * sz / total
+            row += md.row_group(g).num_rows
+            if cur_bytes >= target:
+                out.append(InputSplit(uri=f.uri, rel=f.rel, format="parquet", bytes=int(cur_bytes),
+                                      row_groups=tuple(cur), row_offset=first_row))
+                cur, cur_bytes = [], 0.0
+        if cur:
+            out.append(InputSplit(uri=f.uri, rel=f.rel, format="parquet", bytes=int(cur_bytes),
+                                  row_groups=tuple(cur), row_offset=first_row))
+        return out
+    return [base]
+
+
+# Without `shards`, a small corpus is still cut into up to MIN_SHARDS shards (of at least
+# MIN_SHARD_BYTES): a 36 MB corpus in one 128 MiB shard leaves all workers but one idle. The
+# default depends on the input only, never on the worker count, so that outputs stay
+# byte-identical however many workers run them.
+MIN_SHARDS = 16
+MIN_SHARD_BYTES = 2**20
+
+
+def default_shards(total_bytes: int, target_shard_bytes: int) -> int:
+    """Shards when the spec sets none: ``target_shard_bytes`` each, but at least
+    :data:`MIN_SHARDS` when the input holds that many :data:`MIN_SHARD_BYTES`."""
+    return max(1, math.ceil(total_bytes / target_shard_bytes), min(MIN_SHARDS, total_bytes // MIN_SHARD_BYTES))
+
+
+def plan_shards(files: list[InputFile], *, shards: int | None, target_shard_bytes: int,
+                storage: Any = None) -> list[Shard]:
+    """Balance splits into shards by bytes, keeping input order (deterministic, local reads).
+
+    With ``shards`` given, aim for exactly that many (fewer when there are fewer pieces than
+    shards: compressed files are not cut); otherwise :func:`default_shards`.
+    """
+    total = sum(max(f.bytes, 1) for f in files)
+    n = shards or default_shards(total, target_shard_bytes)
+    target = max(1, math.ceil(total / n))
+    splits = [s for f in files for s in _splits(f, target, storage)]
+    # Cut the cumulative byte line at multiples of total/n: a split goes to the shard its
+    # midpoint falls in.
+    if len(splits) <= n:
+        return [Shard(i, (s,)) for i, s in enumerate(splits)]
+    buckets: list[list[InputSplit]] = [[] for _ in range(n)]
+    cum = 0
+    for s in splits:
+        w = max(s.bytes, 1)
+        k = min(n - 1, int((cum + w / 2) * n // total))
+        buckets[k].append(s)
+        cum += w
+    return [Shard(i, tuple(b)) for i, b in enumerate(b for b in buckets if b)]
+
+
+def run_fingerprint(spec: Spec, files: list[InputFile]) -> str:
+    """The run id: changes with the spec's processing parts and the inputs, not with how it runs."""
+    sj = spec.to_json()
+    for k in ("executor", "output", "storage", "metrics"):
+        sj.pop(k, None)
+    h = hashlib.sha256()
+    h.update(json.dumps(sj, sort_keys=True).encode())
+    for f in files:
+        h.update(f"{f.uri}\0{f.fingerprint}\0".encode())
+    return h.hexdigest()[:12]
+
+
+def make_plan(spec: Spec, *, tokenizer_info: dict[str, Any] | None = None,
+              files: list[InputFile] | None = None, refresh: dict[str, Any] | None = None) -> Plan:
+    """List inputs (unless given) and build the plan (writes nothing)."""
+    from preproc.engine.stages import pipeline_stages
+
+    if not spec.output:
+        raise ConfigError("output: no output location; set `output:` in the spec or pass --output")
+    check_paths(spec)    # never an output that holds, or lies in, its own inputs
+    if files is None:
+        files = list_inputs(spec)
+    shards = plan_shards(files, shards=spec.shards, target_shard_bytes=spec.target_shard_bytes,
+                         storage=spec.storage)
+    tokenizer_info = tokenizer_info or {}
+    run_id = run_fingerprint(spec, files)
+    if tokenizer_info.get("sha256"):
+        run_id = hashlib.sha256(f"{run_id}:{tokenizer_info['sha256']}".encode()).hexdigest()[:12]
+    return Plan(run_id=run_id, output=spec.output, spec=spec, shards=shards,
+                stages=pipeline_stages(spec, len(shards), sum(s.bytes for s in shards)), tokenizer=tokenizer_info, created_s=time.time(),
+                refresh=refresh)

@@ -1,0 +1,220 @@
+"""Stages: pure functions of (plan, stage, index) that commit their outputs, then a marker.
+
+Stages know nothing about executors; executors know nothing about text. The only meeting
+point is :func:`run_index`, which every executor calls (in a pool process, a pod, a Ray task)
+through ``preproc worker OUTPUT --stage NAME --index I``.
+
+Default pipeline, in order:
+
+=============  =================  ========================================================
+stage          fan-out            does
+=============  =================  ========================================================
+clean          shards             read input splits, reject bad records, clean steps,
+                                  write ``clean/part-i.parquet`` + exact-dedup keys
+exact_dedup    buckets            one hash bucket across all shards → ids to drop
+tokenize       shards             clean part minus drops → tokens (Parquet, Megatron)
+finalize       1                  ``dataset.json``, ``stats.json``, accounting check
+=============  =================  ========================================================
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from typing import TYPE_CHECKING, Any, Callable
+
+from preproc import faults
+from preproc.io import integrity
+from preproc.observe import logs
+from preproc.observe import metrics
+from preproc.engine import signals
+from preproc.errors import ConfigError
+from preproc.io.store import Store
+
+if TYPE_CHECKING:
+    from preproc.spec.model import Spec
+    from preproc.engine.plan import Plan, StagePlan
+
+__all__ = ["pipeline_stages", "run_index", "trivial", "prepare", "warm_up", "STAGE_RUNNERS"]
+
+log = logging.getLogger("preproc")
+
+StageRunner = Callable[["Plan", int, Store], dict[str, Any]]
+
+
+def _runners() -> dict[str, StageRunner]:
+    from preproc.clean import stage as clean
+    from preproc.dedup import exact
+    from preproc.engine import finalize
+    from preproc.tokenize import stage as tokenize
+
+    runners = {"clean": clean.run, "exact_dedup": exact.run, "tokenize": tokenize.run,
+               "finalize": finalize.run}
+    try:
+        from preproc.dedup import near
+    except ImportError:  # pragma: no cover - near-dedup stages not present
+        return runners
+    runners.update(near.RUNNERS)
+    return runners
+
+
+STAGE_RUNNERS: dict[str, StageRunner] = {}
+# Stage name -> check that every index of the stage would only write a marker (see trivial).
+_TRIVIAL: dict[str, Callable[["Plan", Store], bool]] | None = None
+
+
+def warm_up(tokenizer: str | None = None, storage: Any = None, *, encode_special_tokens: bool = True) -> None:
+    """Pay now what a worker process's first task would (~0.8 s): the stage modules'
+    imports, pyarrow's lazy import of pandas on its first conversion of Python objects, the
+    default clean steps' first call (models, compiled patterns), and the tokenizer at
+    ``tokenizer`` (cached by content). An executor calls it in a fresh worker before the
+    plan exists; it reads no input and writes nothing."""
+    import pyarrow as pa
+
+    from preproc.clean.steps import CleanPipeline, build_steps
+    from preproc.tokenize.tokenizer import preload
+
+    if not STAGE_RUNNERS:
+        STAGE_RUNNERS.update(_runners())
+    text = "The quick brown fox jumps over the lazy dog, and then it runs back home again.\n" * 8
+    CleanPipeline(build_steps(True))(pa.record_batch({"id": ["warm"], "text": [text], "source": ["warm"]}))
+    if tokenizer:
+        preload(tokenizer, storage, encode_special_tokens=encode_special_tokens)
+
+
+def pipeline_stages(spec: "Spec", num_shards: int, input_bytes: int = 0) -> list["StagePlan"]:
+    """The stages a spec runs, in order, with their fan-out. Dedup bucket counts follow
+    the data volume (``input_bytes``), not ``num_shards``, unless the spec sets them."""
+    from preproc.engine.plan import StagePlan
+    from preproc.dedup.exact import buckets_for
+
+    stages = [StagePlan("clean", num_shards)]
+    if spec.dedup.exact.enabled:
+        stages.append(StagePlan("exact_dedup", spec.dedup.exact.buckets or buckets_for(input_bytes)))
+    if spec.dedup.near:
+        from preproc.dedup import near
+
+        stages.extend(near.stages(spec, num_shards, input_bytes))
+    stages.append(StagePlan("tokenize", num_shards))
+    stages.append(StagePlan("finalize", 1))
+    return stages
+
+
+def trivial(plan: "Plan", stage: str, store: Store) -> bool:
+    """True when every index of ``stage`` would only write a marker (e.g. a near-dedup
+    component round after convergence): the runner then runs them in the coordinator,
+    where they cost a few file reads, instead of a pool round-trip locally, a Job and its
+    pods on Kubernetes, or Ray tasks. Same function, same markers: only the place differs."""
+    global _TRIVIAL
+    if _TRIVIAL is None:
+        try:
+            from preproc.dedup.near import TRIVIAL as _TRIVIAL
+        except ImportError:  # pragma: no cover - near-dedup stages not present
+            _TRIVIAL = {}
+    check = _TRIVIAL.get(stage)
+    return check is not None and check(plan, store)
+
+
+def prepare(plan: "Plan", stage: str, store: Store) -> None:
+    """Before ``stage``'s indices are dispatched: merge the index of every exchange they
+    read (:mod:`preproc.io.exchange`), once, in the coordinator: N small reads and one
+    write per exchange, where each of B consumers would otherwise look at N producers."""
+    from preproc.dedup import exact
+    from preproc.dedup.drops import index_drops
+    from preproc.tokenize.stage import drop_stages
+
+    if stage == "exact_dedup":
+        exact.prepare(plan, store)
+    elif stage in ("tokenize", "near_signatures"):
+        for st in drop_stages(plan) if stage == "tokenize" else ["exact_dedup"]:
+            if st in plan.stage_names:
+                index_drops(store, st, plan.stage(st).fan_out, plan.num_shards)
+    elif stage.startswith("near_"):
+        from preproc.dedup import near
+
+        near.prepare(plan, stage, store)
+
+
+def run_index(plan: "Plan", stage: str, index: int, store: Store | None = None, *,
+              quiet: bool = False) -> dict[str, Any]:
+    """Run one index of one stage unless its marker exists; return its stats.
+
+    Idempotent: the stage overwrites its own outputs (each committed atomically) and the
+    marker is written last, so a killed attempt leaves nothing a reader trusts. ``quiet``:
+    its "started" and "committed" lines at DEBUG (markers the coordinator writes for rounds
+    with nothing to compute would otherwise drown the progress bars).
+    """
+    if not STAGE_RUNNERS:
+        STAGE_RUNNERS.update(_runners())
+    store = store or plan.store()
+    sp = plan.stage(stage)
+    if not 0 <= index < sp.fan_out:
+        raise ConfigError(f"stage {stage!r} has indices 0..{sp.fan_out - 1}; got {index}")
+    done = store.read_marker(stage, index)
+    if done is not None and done.get("run_id") == plan.run_id:
+        return done
+    # (no marker, an unreadable one, or another run's: this index is not done)
+    _check_previous_done(plan, stage, store)
+    # Every log record of this try carries run id, stage, index and attempt (preproc.observe.logs).
+    attempt = logs.attempt_number(store, stage, index)
+    with logs.context(run_id=plan.run_id, stage=stage, index=index, attempt=attempt):
+        return _attempt(plan, stage, index, store, attempt, level=logging.DEBUG if quiet else logging.INFO)
+
+
+def _attempt(plan: "Plan", stage: str, index: int, store: Store, attempt: int, *,
+             level: int = logging.INFO) -> dict[str, Any]:
+    """One try of one index: run it, write its marker (or failure record), publish metrics."""
+    t0 = time.time()
+    log.log(level, "%s %d: started (attempt %d)", stage, index, attempt)
+    faults.context.stage, faults.context.index = stage, index
+    signals.busy = True
+    try:
+        faults.failpoint("start", stage, index)
+        with integrity.recording(store) as files:
+            stats = STAGE_RUNNERS[stage](plan, index, store)
+        faults.failpoint("marker", stage, index)
+    except Exception as e:
+        try:
+            store.write_json(store.failure_rel(stage, index), {
+                "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-4000:],
+                "time_s": time.time(), "attempt": attempt, "host": logs.HOST})
+        except Exception:  # noqa: BLE001 - reporting must not hide the real error
+            pass
+        metrics.publish_index(plan, stage, index, None, ok=False, attempt=attempt, duration_s=time.time() - t0)
+        raise
+    finally:
+        signals.busy = False
+    stats["wall_time_s"] = round(time.time() - t0, 3)
+    stats["run_id"] = plan.run_id
+    stats["files"] = files         # what this index committed: sizes and xxh3 (preproc.io.integrity)
+    stats["started_s"], stats["finished_s"] = round(t0, 3), round(time.time(), 3)
+    store.write_marker(stage, index, stats)
+    if store.exists(store.failure_rel(stage, index)):
+        store.rm(store.failure_rel(stage, index))
+    log.log(level, "%s %d: committed in %.1fs", stage, index, stats["wall_time_s"],
+             extra={"event": "index_done", "wall_time_s": stats["wall_time_s"]})
+    metrics.publish_index(plan, stage, index, stats, ok=True, attempt=attempt, duration_s=stats["wall_time_s"])
+    return stats
+
+
+def _check_previous_done(plan: "Plan", stage: str, store: Store) -> None:
+    names = plan.stage_names
+    pos = names.index(stage)
+    if pos == 0:
+        return
+    prev = plan.stages[pos - 1]
+    have = store.done_indices(prev.name)
+    if len(have & set(range(prev.fan_out))) < prev.fan_out:
+        # An executor ran stages out of order: retrying cannot fix that, stop the run.
+        raise ConfigError(f"stage {stage!r} cannot start: stage {prev.name!r} has "
+                           f"{len(have)}/{prev.fan_out} indices done")
+
+
+def near_drop_stages(plan: "Plan") -> list[str]:
+    """Names of near-duplicate stages that write drop lists (empty when near dedup is off)."""
+    if not plan.spec.dedup.near:
+        return []
+    from preproc.dedup import near
+
+    return list(near.DROP_STAGES)

@@ -1,0 +1,1 @@
+"""Watching a run: progress and status, metrics, logs, the report."""

@@ -1,0 +1,1 @@
+"""Tokenizing: HF tokenizers, the tiktoken backend, the tokenize stage and its writers."""

@@ -1,0 +1,155 @@
+"""Stage ``tokenize``: a shard's clean part, minus the rows dedup dropped, to token files.
+
+Outputs of index ``i``:
+
+* ``tokens/part-i.parquet`` — ``id`` (string), ``input_ids`` (list of uint16 when every id
+  fits, else uint32), ``num_tokens`` (int32); readable by ``datasets.load_dataset("parquet")``.
+* ``tokens/part-i.bin`` + ``tokens/part-i.idx`` — Megatron-LM's indexed dataset
+  (see :mod:`preproc.tokenize.megatron`).
+
+Documents are encoded with ``encode_batch_fast`` (no offsets, all cores through the Rust
+pool) in batches of ``tokenize.batch_size``; BOS/EOS ids are placed by numpy index
+arithmetic on the flat id array, not per document in Python.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from itertools import chain
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from preproc.tokenize.megatron import megatron_dtype, write_index
+from preproc.observe.report import log2_histogram
+from preproc.tokenize.tokenizer import Encoder
+from preproc.dedup.drops import read_drops
+
+if TYPE_CHECKING:
+    from preproc.engine.plan import Plan
+    from preproc.io.store import Store
+
+
+
+def drop_stages(plan: "Plan") -> list[str]:
+    """Stages whose drop lists apply to tokenize (every dedup stage that has them)."""
+    from preproc.engine.stages import near_drop_stages
+
+    return [s for s in ("exact_dedup", *near_drop_stages(plan)) if s in plan.stage_names]
+
+
+def encode(tok: Encoder, texts: list[str], *, bos_id: int | None, eos_id: int | None,
+           dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """``(flat ids, offsets)`` for ``texts``, with BOS/EOS around each document."""
+    id_lists = tok.ids(texts)
+    lens = np.fromiter((len(x) for x in id_lists), dtype=np.int64, count=len(id_lists))
+    total = int(lens.sum())
+    body = np.fromiter(chain.from_iterable(id_lists), dtype=dtype, count=total)
+    extra = (bos_id is not None) + (eos_id is not None)
+    if not extra:
+        return body, np.concatenate([[0], np.cumsum(lens)])
+    new_lens = lens + extra
+    offsets = np.zeros(len(lens) + 1, dtype=np.int64)
+    np.cumsum(new_lens, out=offsets[1:])
+    out = np.empty(int(offsets[-1]), dtype=dtype)
+    old_starts = np.zeros(len(lens), dtype=np.int64)
+    if len(lens) > 1:
+        np.cumsum(lens[:-1], out=old_starts[1:])
+    shift = offsets[:-1] + (bos_id is not None) - old_starts
+    out[np.arange(total, dtype=np.int64) + np.repeat(shift, lens)] = body
+    if bos_id is not None:
+        out[offsets[:-1]] = bos_id
+    if eos_id is not None:
+        out[offsets[1:] - 1] = eos_id
+    return out, offsets
+
+
+def _kept_batches(pf: pq.ParquetFile, drops: np.ndarray, max_docs: int, max_bytes: int,
+                  counts: dict[str, int]):
+    """The clean part's rows minus ``drops``, regrouped into batches of at most ``max_docs``
+    documents and about ``max_bytes`` of text: token lists are Python ints until they reach
+    numpy, so bounding the text per call bounds the worker's memory, whatever the shard."""
+    pending: list[pa.RecordBatch] = []
+    size = 0
+    row0 = 0
+    for batch in pf.iter_batches(batch_size=256, columns=["id", "text"]):
+        n = batch.num_rows
+        if len(drops):
+            rows = np.arange(row0, row0 + n, dtype=np.uint32)
+            keep = ~np.isin(rows, drops, assume_unique=True)
+            counts["dropped"] += int(n - keep.sum())
+            batch = batch.filter(pa.array(keep))
+        row0 += n
+        if batch.num_rows == 0:
+            continue
+        lens = pc.binary_length(batch.column("text")).to_numpy(zero_copy_only=False)
+        cum = np.cumsum(lens)
+        # Cut inside the small batch too, so that one huge document travels alone.
+        start = 0
+        while start < batch.num_rows:
+            room = max_bytes - size
+            base = cum[start - 1] if start else 0
+            k = int(np.searchsorted(cum[start:] - base, room, side="right"))
+            if k == 0 and pending:      # the next document does not fit: send what we have
+                yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+                pending, size = [], 0
+                continue
+            k = max(1, min(k, max_docs - sum(p.num_rows for p in pending)))
+            k = min(k, batch.num_rows - start)
+            piece = batch.slice(start, k)
+            pending.append(piece)
+            size += int(cum[start + k - 1] - base)
+            start += k
+            if size >= max_bytes or sum(p.num_rows for p in pending) >= max_docs:
+                yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+                pending, size = [], 0
+    if pending:
+        yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+
+
+def run(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
+    cfg = plan.spec.tokenize
+    info = plan.tokenizer
+    tok = Encoder(store, info, encode_special_tokens=cfg.encode_special_tokens)
+    dtype = np.dtype(info["dtype"])
+    mdtype = megatron_dtype(info["max_id"])
+    drops = read_drops(store, drop_stages(plan), index)
+    name = f"part-{index:05d}"
+    want_pq = "parquet" in cfg.formats
+    want_mg = "megatron" in cfg.formats
+    schema = pa.schema([("id", pa.string()), ("input_ids", pa.list_(pa.from_numpy_dtype(dtype))),
+                        ("num_tokens", pa.int32())])
+    docs = tokens = 0
+    counts = {"dropped": 0}
+    lengths: list[np.ndarray] = []
+    with contextlib.ExitStack() as stack:
+        fpq = stack.enter_context(store.open_atomic(f"tokens/{name}.parquet")) if want_pq else None
+        fbin = stack.enter_context(store.open_atomic(f"tokens/{name}.bin")) if want_mg else None
+        # No dictionary encoding: token ids and document ids gain nothing from it, and trying
+        # it costs as much as the compression (halves the writing time, and a smaller file).
+        writer = stack.enter_context(pq.ParquetWriter(fpq, schema, compression="zstd", use_dictionary=False)) if fpq else None
+        with store.open(f"clean/{name}.parquet") as f:
+            for batch in _kept_batches(pq.ParquetFile(f), drops, cfg.batch_size, cfg.batch_bytes, counts):
+                flat, offsets = encode(tok, batch.column("text").to_pylist(), bos_id=info.get("bos_id"),
+                                       eos_id=info.get("eos_id"), dtype=dtype)
+                lens = np.diff(offsets).astype(np.int32)
+                if writer is not None:
+                    ids = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(flat))
+                    writer.write_batch(pa.RecordBatch.from_arrays(
+                        [batch.column("id"), ids, pa.array(lens)], schema=schema))
+                if fbin is not None:
+                    fbin.write(flat.astype(mdtype, copy=False).tobytes())
+                lengths.append(lens)
+                docs += batch.num_rows
+                tokens += int(offsets[-1])
+    dropped = counts["dropped"]
+    if want_mg:
+        with store.open_atomic(f"tokens/{name}.idx") as f:
+            write_index(f, np.concatenate(lengths) if lengths else np.empty(0, np.int32), mdtype)
+    return {"docs": docs, "tokens": tokens, "dropped": dropped, "dtype": str(dtype),
+            "hist_tokens": log2_histogram(np.concatenate(lengths) if lengths else np.empty(0, np.int32)),
+            "backend": info.get("backend", "hf"),
+            "megatron_dtype": str(mdtype)}
