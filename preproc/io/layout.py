@@ -1,0 +1,149 @@
+"""The output layout: every path under a run's output or a refresh dataset root.
+
+This module is the only place that formats a path inside an output. Stages, the engine,
+status and the report ask it; nobody else writes ``f"part-{i:05d}"``. Changing a name here
+changes the on-disk format, which ``tests/io/test_layout.py`` pins and
+``scripts/output_hashes.py`` checks end to end.
+
+A run's output::
+
+    plan.json                      the run record (see preproc.io.ownership)
+    tokenizer.json                 the run's copy of its tokenizer
+    dataset.json  stats.json  report.html
+    _coordinator.json  _lease/  _metrics/
+    clean/part-00000.parquet       cleaned documents of shard 0
+    clean/keys/                    exact-dedup keys (an exchange, see preproc.io.exchange)
+    rejects/part-00000.parquet  removed/part-00000.parquet
+    <stage>/_done/00000.json       index 0's marker;  <stage>/_failed/00000.json  its failure
+    <stage>/drops/                 rows a dedup stage removed (an exchange)
+    near/<canonical>/...           near dedup's working folders
+    tokens/part-00000.parquet  tokens/part-00000.bin  tokens/part-00000.idx
+
+A refresh dataset root::
+
+    dataset.json                   the published manifest
+    generations/00001/             one run per generation (the layout above)
+    _state/state.json  _state/lease/  _state/manifests/dataset-v00001.json
+    _state/exact/gen-00001/  _state/exact/compact-00003/   (bucket-00000.parquet ...)
+    _state/near/gen-00001/   _state/near/compact-00003/
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# ---- top level of a run's output ------------------------------------------------------
+PLAN = "plan.json"
+TOKENIZER = "tokenizer.json"
+DATASET = "dataset.json"
+STATS = "stats.json"
+REPORT = "report.html"
+HEARTBEAT = "_coordinator.json"
+RUN_LEASE = "_lease"
+METRICS = "_metrics"
+CLEAN = "clean"
+REJECTS = "rejects"
+REMOVED = "removed"
+TOKENS = "tokens"
+NEAR = "near"
+
+
+def part(i: int) -> str:
+    """``part-00042``: the one place that zero-pads a shard or partition index."""
+    return f"part-{i:05d}"
+
+
+def bucket(j: int) -> str:
+    """``bucket-00042.parquet``: one hash bucket of a dedup index."""
+    return f"bucket-{j:05d}.parquet"
+
+
+def done_dir(stage: str) -> str:
+    return f"{stage}/_done"
+
+
+def failed_dir(stage: str) -> str:
+    return f"{stage}/_failed"
+
+
+def marker(stage: str, index: int) -> str:
+    """An index's commit marker: written last, the only proof that the index is done."""
+    return f"{done_dir(stage)}/{index:05d}.json"
+
+
+def failure(stage: str, index: int) -> str:
+    """An index's failure record (what failed, which attempt)."""
+    return f"{failed_dir(stage)}/{index:05d}.json"
+
+
+def marker_index(name: str) -> int | None:
+    """The index a marker's (or failure record's) file name holds; None for other names."""
+    stem, dot, ext = name.rpartition(".")
+    return int(stem) if dot and ext == "json" and stem.isdigit() else None
+
+
+# ---- clean ----------------------------------------------------------------------------
+def clean_part(i: int) -> str:
+    return f"{CLEAN}/{part(i)}.parquet"
+
+
+CLEAN_KEYS = f"{CLEAN}/keys"
+
+
+def rejects(i: int) -> str:
+    return f"{REJECTS}/{part(i)}.parquet"
+
+
+def removed(i: int) -> str:
+    return f"{REMOVED}/{part(i)}.parquet"
+
+
+# ---- dedup ----------------------------------------------------------------------------
+def drops_dir(stage: str) -> str:
+    """The exchange where dedup stage ``stage`` lists the rows it removed."""
+    return f"{stage}/drops"
+
+
+def near_root(canonical: str) -> str:
+    """Near dedup's working folder: its canonical string names it, so changing a knob never
+    overwrites earlier results."""
+    return f"{NEAR}/{canonical}"
+
+
+# ---- tokenize -------------------------------------------------------------------------
+def tokens(i: int) -> str:
+    """Prefix of shard ``i``'s token files (``.parquet``, ``.bin``, ``.idx`` are added)."""
+    return f"{TOKENS}/{part(i)}"
+
+
+# ---- a refresh dataset root -----------------------------------------------------------
+STATE = "_state/state.json"
+REFRESH_LEASE = "_state/lease"
+
+
+def generation(n: int) -> str:
+    return f"generations/{n:05d}"
+
+
+def manifest(n: int) -> str:
+    return f"_state/manifests/dataset-v{n:05d}.json"
+
+
+def segment(kind: str, n: int, *, compact: bool = False) -> str:
+    """The dedup index segment of ``kind`` (``exact`` or ``near``) written by generation
+    ``n``, or compacted at generation ``n``."""
+    return f"_state/{kind}/{'compact' if compact else 'gen'}-{n:05d}"
+
+
+# ---- labels ---------------------------------------------------------------------------
+def split_label(split: Any, *, short: bool = False) -> str:
+    """How status and the report (``uri``) or a worker's messages (``short``: the path
+    relative to the input root) name an input split, with its byte range or row groups when
+    it is only part of a file."""
+    name = split.rel if short else split.uri
+    if getattr(split, "end", None) is not None:
+        return f"{name}[{split.start}:{split.end}]"
+    if getattr(split, "row_groups", None) is not None:
+        rg = "rg" if short else "row groups"
+        return f"{name}[{rg} {split.row_groups[0]}..{split.row_groups[-1]}]"
+    return name
