@@ -97,16 +97,16 @@ def _run_with_failpoint(tmp_path, demo_inputs, monkeypatch, rule: str, **extra):
 
 
 @pytest.mark.parametrize("error,needle", [
-    ("ImportError", "clean.gopher_quality: step gopher_quality_v1 cannot import what it needs: ImportError: "),
-    ("MemoryError", "clean.gopher_quality: step gopher_quality_v1 ran out of memory (MemoryError: "),
-    ("RuntimeError", "clean.gopher_quality: step gopher_quality_v1 raised RuntimeError: failpoint clean_step "),
+    ("ImportError", "clean.gopher_quality: step gopher_quality_v2 cannot import what it needs: ImportError: "),
+    ("MemoryError", "clean.gopher_quality: step gopher_quality_v2 ran out of memory (MemoryError: "),
+    ("RuntimeError", "clean.gopher_quality: step gopher_quality_v2 raised RuntimeError: failpoint clean_step "),
 ])
 def test_environment_error_mid_run_fails_the_index_with_exit_2(tmp_path, demo_inputs, monkeypatch, error, needle):
     """Index 0 runs clean; index 1 meets the error in its first batch: the run stops with
     exit code 2, index 1 leaves no marker and no rejects. A RuntimeError counts when every
     document of a batch raises it."""
     e, out = _run_with_failpoint(tmp_path, demo_inputs, monkeypatch,
-                                 f"point=clean_step,step=gopher_quality_v1,stage=clean,index=1,action=raise,error={error}")
+                                 f"point=clean_step,step=gopher_quality_v2,stage=clean,index=1,action=raise,error={error}")
     assert e.exit_code == 2 and list(e.failures) == [1], e
     assert e.failures[1].startswith("ConfigError: ") and needle in e.failures[1], e.failures[1]
     if error == "RuntimeError":

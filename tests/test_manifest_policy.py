@@ -22,9 +22,9 @@ from preproc.engine.plan import Plan, StagePlan
 from tests.k8s.checks import MANIFESTS, assert_valid, kustomize
 
 ALL = ["base", "overlays/pvc", "overlays/s3",
-       # The demo's init container is added by a patch after the base's `images:` ran, so it
-       # is still the bare "preproc": fixed with the demo overlay's own `images:` (issue 15).
-       pytest.param("overlays/demo", marks=pytest.mark.xfail(strict=True, reason="demo init image untagged (issue 15)")),
+       # The demo's init container comes from a patch after the base's `images:` ran: the
+       # demo overlay pins it with its own `images:` rule (issue 15).
+       "overlays/demo",
        "overlays/refresh", "overlays/kuberay"]
 _PINNED = re.compile(r"^[^:@\s]+(:[\w][\w.\-]{0,127})(@sha256:[0-9a-f]{64})?$|^[^:@\s]+@sha256:[0-9a-f]{64}$")
 
