@@ -18,6 +18,7 @@ import time
 from typing import Any, Sequence
 
 from preproc.errors import EXIT_OK, EXIT_RETRYABLE, ConfigError, PreprocError
+from preproc.io.layout import split_label
 
 log = logging.getLogger("preproc")
 
@@ -124,18 +125,10 @@ def cmd_plan(a: argparse.Namespace) -> int:
         return EXIT_OK
     print(p.summary())
     for sh in p.shards:
-        files = ", ".join(_split_label(x) for x in sh.splits[:3]) + (f", +{len(sh.splits) - 3} more" if len(sh.splits) > 3 else "")
+        files = ", ".join(split_label(x, short=True) for x in sh.splits[:3]) + (f", +{len(sh.splits) - 3} more" if len(sh.splits) > 3 else "")
         print(f"  shard {sh.index:>5}: {sh.bytes:>14,} B  {files}")
     print("(nothing written)")
     return EXIT_OK
-
-
-def _split_label(x) -> str:
-    if x.end is not None:
-        return f"{x.rel}[{x.start}:{x.end}]"
-    if x.row_groups is not None:
-        return f"{x.rel}[rg {x.row_groups[0]}..{x.row_groups[-1]}]"
-    return x.rel
 
 
 def cmd_worker(a: argparse.Namespace) -> int:
