@@ -159,15 +159,15 @@ def cmd_worker(a: argparse.Namespace) -> int:
 
 def status(output: str) -> dict[str, Any]:
     """Per stage: done/total, documents, tokens, throughput, ETA, failures with their inputs
-    (see :func:`preproc.observe.progress.run_status`)."""
-    from preproc.observe.progress import run_status
+    (see :func:`preproc.observe.status.run_status`)."""
+    from preproc.observe.status import run_status
 
     return run_status(output)
 
 
 def cmd_status(a: argparse.Namespace) -> int:
     from preproc.observe.outputs import readable
-    from preproc.observe.progress import StatusReader, format_status
+    from preproc.observe.status import StatusReader, format_status
 
     reader = StatusReader(a.output)
     if a.watch is None:
