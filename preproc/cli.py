@@ -18,6 +18,7 @@ import time
 from typing import Any, Sequence
 
 from preproc.errors import EXIT_OK, EXIT_RETRYABLE, ConfigError, PreprocError
+from preproc.io.layout import split_label
 
 log = logging.getLogger("preproc")
 
@@ -124,18 +125,10 @@ def cmd_plan(a: argparse.Namespace) -> int:
         return EXIT_OK
     print(p.summary())
     for sh in p.shards:
-        files = ", ".join(_split_label(x) for x in sh.splits[:3]) + (f", +{len(sh.splits) - 3} more" if len(sh.splits) > 3 else "")
+        files = ", ".join(split_label(x, short=True) for x in sh.splits[:3]) + (f", +{len(sh.splits) - 3} more" if len(sh.splits) > 3 else "")
         print(f"  shard {sh.index:>5}: {sh.bytes:>14,} B  {files}")
     print("(nothing written)")
     return EXIT_OK
-
-
-def _split_label(x) -> str:
-    if x.end is not None:
-        return f"{x.rel}[{x.start}:{x.end}]"
-    if x.row_groups is not None:
-        return f"{x.rel}[rg {x.row_groups[0]}..{x.row_groups[-1]}]"
-    return x.rel
 
 
 def cmd_worker(a: argparse.Namespace) -> int:
@@ -166,15 +159,15 @@ def cmd_worker(a: argparse.Namespace) -> int:
 
 def status(output: str) -> dict[str, Any]:
     """Per stage: done/total, documents, tokens, throughput, ETA, failures with their inputs
-    (see :func:`preproc.observe.progress.run_status`)."""
-    from preproc.observe.progress import run_status
+    (see :func:`preproc.observe.status.run_status`)."""
+    from preproc.observe.status import run_status
 
     return run_status(output)
 
 
 def cmd_status(a: argparse.Namespace) -> int:
     from preproc.observe.outputs import readable
-    from preproc.observe.progress import StatusReader, format_status
+    from preproc.observe.status import StatusReader, format_status
 
     reader = StatusReader(a.output)
     if a.watch is None:

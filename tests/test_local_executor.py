@@ -103,7 +103,7 @@ def test_a_dying_worker_charges_only_its_own_index(tmp_path, demo_inputs, monkey
 
     from preproc.errors import StageFailed
     from preproc.executors.local import DIED
-    from preproc.observe.progress import run_status
+    from preproc.observe.status import run_status
 
     spec = {"input": {"paths": [str(demo_inputs / "input" / "*")]}, "shards": 4,
             "clean": {"defaults": False, "normalize": True},

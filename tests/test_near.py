@@ -435,7 +435,7 @@ def test_rounds_after_convergence_run_in_the_coordinator(tmp_path, small, monkey
                     "markers written by the coordinator"] if len(skip) > 1 else len(idle) == 1
 
     # Status and the report: one row for the rounds, the rounds inside.
-    from preproc.observe.progress import format_status, run_status
+    from preproc.observe.status import format_status, run_status
     from preproc.observe.report import report_data
 
     st = run_status(str(out))

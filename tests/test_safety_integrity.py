@@ -14,7 +14,7 @@ import pytest
 import xxhash
 
 import preproc
-from preproc.observe.progress import run_status
+from preproc.observe.status import run_status
 
 from tests.conftest import ROOT
 from tests.s3server import s3, s3_server  # noqa: F401  (pytest fixtures)

@@ -86,7 +86,7 @@ def test_status_of_a_killed_run_with_a_failed_index(tmp_path, demo_inputs, monke
     # The coordinator was SIGKILLed: its heartbeat stops. Once it is stale, status says the
     # run stopped and when, with no ETA (not "[running] ... ETA 9s" forever).
     from preproc.observe.heartbeat import INTERVAL_S, STALE_AFTER
-    from preproc.observe.progress import format_status, run_status
+    from preproc.observe.status import format_status, run_status
 
     hb = json.loads((out / "_coordinator.json").read_text())
     assert hb["state"] == "running" and hb["pid"] == proc.pid
@@ -138,7 +138,7 @@ def _status_from_s3(out: Path, local: dict, monkeypatch) -> None:
         boto3.client("s3").create_bucket(Bucket="runs")
         s3fs.S3FileSystem(skip_instance_cache=True).put(str(out), "runs/web-v1", recursive=True)
         from preproc.engine.plan import Plan
-        from preproc.observe.progress import run_status
+        from preproc.observe.status import run_status
         from preproc.observe.report import report_data
 
         st = run_status("s3://runs/web-v1")

@@ -26,7 +26,8 @@ import xxhash
 from preproc.errors import ConfigError
 from preproc.io.exchange import write_partitioned
 from preproc.io.readers import ReadLog, read_split
-from preproc.observe.report import CleanProfile
+from preproc.observe.stats import CleanProfile
+from preproc.tokenize.tokenizer import Encoder
 from preproc.clean.steps import ENVIRONMENT_ERRORS, CleanPipeline, CleanResult, build_steps
 
 if TYPE_CHECKING:
@@ -157,7 +158,7 @@ def run(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
         "text_bytes": text_bytes,
         "input_bytes": shard.bytes,
         "file_errors": log.file_errors,
-        **profile.finish(plan, store),   # bounded histograms, counts, examples for report.html
+        **profile.finish(plan, store, Encoder),   # bounded histograms, counts, examples for report.html
     }
 
 

@@ -14,6 +14,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from preproc.errors import AccountingError
+from preproc.observe.report import write_report
+from preproc.observe.stats import collect_stats
 from preproc.tokenize.stage import drop_stages
 
 if TYPE_CHECKING:
@@ -21,64 +23,6 @@ if TYPE_CHECKING:
     from preproc.io.store import Store
 
 DATASET_FORMAT = 1
-
-
-def _merge(dicts) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for d in dicts:
-        for k, v in (d or {}).items():
-            out[k] = out.get(k, 0) + v
-    return dict(sorted(out.items()))
-
-
-def _dup_kind(stage: str) -> str:
-    return "exact" if stage == "exact_dedup" else "near"
-
-
-def collect_stats(plan: "Plan", store: "Store") -> dict[str, Any]:
-    clean = store.read_markers("clean")
-    tok = store.read_markers("tokenize")
-    duplicates = {"exact": 0, "near": 0}
-    for stage in drop_stages(plan):
-        for m in store.read_markers(stage).values():
-            duplicates[_dup_kind(stage)] += int(m.get("duplicates", 0))
-    filtered = _merge(m.get("filtered") for m in clean.values())
-    rejected = _merge(m.get("rejected") for m in clean.values())
-    read = sum(m["read"] for m in clean.values())
-    kept = sum(m["docs"] for m in tok.values())
-    file_errors = [e for i in sorted(clean) for e in clean[i].get("file_errors", [])]
-    markers = {s.name: store.read_markers(s.name) for s in plan.stages if s.name != "finalize"}
-    # Worker time: the indices' own times added up (N workers busy for 10 s = 10×N s).
-    worker_time = {k: round(sum(m.get("wall_time_s", 0.0) for m in ms.values()), 3) for k, ms in markers.items()}
-    # Wall time: first index started to last index finished, what a user waited.
-    wall = {k: _span(ms) for k, ms in markers.items()}
-    return {
-        "run_id": plan.run_id,
-        "read": read,
-        "kept": kept,
-        "filtered": filtered,
-        "filtered_total": sum(filtered.values()),
-        "duplicates": duplicates,
-        "duplicates_total": sum(duplicates.values()),
-        "rejected": rejected,
-        "rejected_total": sum(rejected.values()),
-        "tokens": sum(m["tokens"] for m in tok.values()),
-        "blank_lines": sum(m.get("blank_lines", 0) for m in clean.values()),
-        "counters": _merge(m.get("counters") for m in clean.values()),
-        "file_errors": file_errors,
-        "input_bytes": sum(m.get("input_bytes", 0) for m in clean.values()),
-        "text_bytes_after_clean": sum(m.get("text_bytes", 0) for m in clean.values()),
-        "stage_worker_time_s": worker_time,
-        "stage_span_s": wall,
-        "_clean_docs": sum(m["docs"] for m in clean.values()),
-        "_tokenize_dropped": sum(m.get("dropped", 0) for m in tok.values()),
-    }
-
-
-def _span(markers: dict[int, dict[str, Any]]) -> float:
-    starts = [float(m["started_s"]) for m in markers.values() if m.get("started_s")]
-    ends = [float(m["finished_s"]) for m in markers.values() if m.get("finished_s")]
-    return round(max(ends) - min(starts), 3) if starts and ends else 0.0
 
 
 def check_accounting(stats: dict[str, Any]) -> None:
@@ -96,15 +40,13 @@ def check_accounting(stats: dict[str, Any]) -> None:
 def _write_report(plan: "Plan", store: "Store", stats: dict[str, Any]) -> None:
     """``report.html``; a report that cannot be drawn is a warning, never a failed run."""
     try:
-        from preproc.observe.report import write_report
-
         write_report(store, plan, stats)
     except Exception:  # noqa: BLE001
         logging.getLogger("preproc").warning("report.html not written", exc_info=True)
 
 
 def run(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
-    stats = collect_stats(plan, store)
+    stats = collect_stats(plan, store, drop_stages(plan))
     check_accounting(stats)
     for k in [k for k in stats if k.startswith("_")]:
         del stats[k]

@@ -35,7 +35,7 @@ from preproc.spec.model import Size
 from preproc.errors import ConfigError, StageFailed
 from preproc.executors.lifeline import Reaper, reaper
 from preproc.spec.secrets import install_log_redaction
-from preproc.executors.local import Progress
+from preproc.observe.progress import Progress
 
 if TYPE_CHECKING:
     from preproc.spec.model import Spec

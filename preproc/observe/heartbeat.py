@@ -18,6 +18,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from preproc.io import layout
+
 if TYPE_CHECKING:
     from preproc.io.store import Store
 
@@ -25,7 +27,7 @@ __all__ = ["Heartbeat", "HEARTBEAT", "INTERVAL_S", "STALE_AFTER", "coordinator_s
 
 log = logging.getLogger("preproc")
 
-HEARTBEAT = "_coordinator.json"
+HEARTBEAT = layout.HEARTBEAT   # the file, named by the output layout
 INTERVAL_S = 10.0
 STALE_AFTER = 3.0   # intervals without a beat before a "running" coordinator counts as gone
 

@@ -74,6 +74,14 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable
 
+from prometheus_client import CollectorRegistry, generate_latest, push_to_gateway
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import basic_auth_handler, default_handler
+
+from preproc.io import layout
+from preproc.io.store import Store
+from preproc.observe.stats import documents_in
+
 if TYPE_CHECKING:
     from preproc.engine.plan import Plan
 
@@ -126,8 +134,6 @@ def metrics_config(plan: "Plan") -> MetricsConfig:
 def _push_handler(cfg: MetricsConfig) -> Any:
     """Basic auth from ``cfg.auth_file`` (a mounted Secret holding ``user:password``), read at
     each push so a rotated Secret is picked up; never from the URL, which is logged."""
-    from prometheus_client.exposition import basic_auth_handler, default_handler
-
     if not cfg.auth_file:
         return default_handler
 
@@ -157,8 +163,6 @@ class _Families:
         return iter(self.families)
 
     def registry(self):
-        from prometheus_client import CollectorRegistry
-
         reg = CollectorRegistry(auto_describe=False)
         reg.register(self)  # type: ignore[arg-type]
         return reg
@@ -177,8 +181,6 @@ def _dropped(stage: str, stats: dict[str, Any]) -> list[tuple[str, str, int]]:
 
 def _documents(stage: str, stats: dict[str, Any]) -> tuple[int | None, int | None]:
     """(read, written) of an index, whatever its stage."""
-    from preproc.observe.progress import documents_in
-
     if not stats:
         return None, None
     if stage == "exact_dedup" or ("keys" in stats and "docs" not in stats):
@@ -191,8 +193,6 @@ def _documents(stage: str, stats: dict[str, Any]) -> tuple[int | None, int | Non
 def index_families(plan_run_id: str, stage: str, index: int, stats: dict[str, Any] | None, *,
                    ok: bool, attempt: int, duration_s: float, finished_s: float | None = None) -> list[Any]:
     """The metric families of one index attempt (see the module docstring)."""
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
     base = ["run_id", "stage", "index"]
     lv = [plan_run_id, stage, str(index)]
     fams: list[Any] = []
@@ -237,8 +237,6 @@ def index_families(plan_run_id: str, stage: str, index: int, stats: dict[str, An
 # -- sending ----------------------------------------------------------------------------------
 
 def _store(plan: "Plan", uri: str | None):
-    from preproc.io.store import Store
-
     storage = getattr(plan.spec, "storage", None)
     if uri is None:
         return plan.store() if hasattr(plan, "store") else Store(plan.output)
@@ -252,8 +250,6 @@ def _send(cfg: MetricsConfig, plan: "Plan", families: list[Any], *, grouping: di
     """Push ``families`` to the Pushgateway (replacing ``grouping``'s group) or write the textfile."""
     reg = _Families(families).registry()
     if cfg.pushgateway:
-        from prometheus_client import push_to_gateway
-
         try:
             push_to_gateway(cfg.pushgateway, job=JOB, registry=reg, grouping_key=grouping, timeout=PUSH_TIMEOUT_S,
                             handler=_push_handler(cfg))
@@ -261,10 +257,8 @@ def _send(cfg: MetricsConfig, plan: "Plan", families: list[Any], *, grouping: di
             _warn_once(f"push:{cfg.pushgateway}", "metrics: cannot push to %s (%s: %s); going on without",
                        cfg.pushgateway, type(e).__name__, e)
         return
-    from prometheus_client import generate_latest
-
     try:
-        rel = filename if cfg.textfile_dir else f"_metrics/{filename}"
+        rel = filename if cfg.textfile_dir else f"{layout.METRICS}/{filename}"
         _store(plan, cfg.textfile_dir).write_bytes(rel, generate_latest(reg))
     except Exception as e:  # noqa: BLE001
         _warn_once(f"textfile:{cfg.textfile_dir}", "metrics: cannot write %s (%s: %s); going on without",
@@ -279,9 +273,6 @@ def publish_index(plan: "Plan", stage: str, index: int, stats: dict[str, Any] | 
         if not cfg.enabled:
             return
         fams = index_families(plan.run_id, stage, index, stats, ok=ok, attempt=attempt, duration_s=duration_s)
-    except ImportError:
-        _warn_once("import", "metrics: prometheus-client is not installed; pip install prometheus-client")
-        return
     except Exception:  # noqa: BLE001
         log.warning("metrics: cannot build the metrics of %s %d", stage, index, exc_info=True)
         return
@@ -313,15 +304,13 @@ class RunMetrics:
 
     def _read_totals(self) -> None:
         try:
-            stats = _store(self.plan, None).read_json("stats.json")
+            stats = _store(self.plan, None).read_json(layout.STATS)
         except Exception:  # noqa: BLE001 - not there (yet): no totals
             return
         self.complete = True
         self.totals = stats
 
     def families(self) -> list[Any]:
-        from prometheus_client.core import GaugeMetricFamily
-
         rid = self.plan.run_id
         ex = getattr(getattr(self.plan.spec, "executor", None), "kind", "")
         info = GaugeMetricFamily("preproc_run_info", "A preproc run (always 1).", labels=["run_id", "output", "executor"])
@@ -373,11 +362,7 @@ class RunMetrics:
         if not force and now - self.last_publish < COORDINATOR_EVERY_S:
             return
         self.last_publish = now
-        try:
-            fams = self.families()
-        except ImportError:
-            _warn_once("import", "metrics: prometheus-client is not installed; pip install prometheus-client")
-            return
+        fams = self.families()
         _send(self.cfg, self.plan, fams, grouping={"run_id": self.plan.run_id, "instance": "coordinator"},
               filename="coordinator.prom")
 

@@ -18,7 +18,7 @@ from typing import Any, Callable, TypeVar
 
 from preproc.errors import ConfigError
 from preproc.engine.plan import Plan
-from preproc.engine.refresh import STATE, gen_dir
+from preproc.io import layout
 from preproc.io.store import Store, _as_storage, _preflight_error, join
 
 __all__ = ["OpenedOutput", "open_output", "reading_storage", "readable", "READ_ATTEMPTS", "READ_CONNECT_TIMEOUT_S"]
@@ -73,7 +73,7 @@ def open_output(output: str, storage: Any = None) -> OpenedOutput:
 
     def find() -> OpenedOutput:
         here = Store(output, storage)
-        if here.exists("plan.json"):
+        if here.exists(layout.PLAN):
             plan = Plan.load(output, storage)
             return OpenedOutput(output, plan, Store(plan.output, reading_storage(plan.spec.storage)))
         gens = _generations(here)
@@ -93,21 +93,21 @@ def _generations(root: Store) -> list[dict[str, Any]]:
     """Published generations (from ``dataset.json``) plus the one in progress (from
     ``_state/state.json``), oldest first; [] when ``root`` is no dataset root."""
     try:
-        ds = root.read_json("dataset.json")
+        ds = root.read_json(layout.DATASET)
     except FileNotFoundError:
         ds = {}
     try:
-        state = root.read_json(STATE)
+        state = root.read_json(layout.STATE)
     except FileNotFoundError:
         state = {}
-    gens = [{"generation": g["generation"], "path": g.get("path") or gen_dir(g["generation"]),
+    gens = [{"generation": g["generation"], "path": g.get("path") or layout.generation(g["generation"]),
              "run_id": g.get("run_id"), "documents": g.get("documents"), "tokens": g.get("tokens"),
              "state": "published"} for g in ds.get("generations") or []]
     pend = state.get("pending")
     if pend and not any(g["generation"] == pend["generation"] for g in gens):
         n = pend["generation"]
-        if root.exists(f"{gen_dir(n)}/plan.json"):
-            gens.append({"generation": n, "path": gen_dir(n), "run_id": None, "documents": None, "tokens": None,
+        if root.exists(f"{layout.generation(n)}/{layout.PLAN}"):
+            gens.append({"generation": n, "path": layout.generation(n), "run_id": None, "documents": None, "tokens": None,
                          "state": "in progress"})
     return gens
 

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from preproc.tokenize.megatron import megatron_dtype, write_index
-from preproc.observe.report import log2_histogram
+from preproc.observe.stats import log2_histogram
 from preproc.tokenize.tokenizer import Encoder
 from preproc.dedup.drops import read_drops
 
