@@ -1,5 +1,5 @@
 """The Kubernetes executor end to end, through the real ``kubernetes`` client, against the
-API-server stand-in of tests/k8s/standin.py (pods are local ``preproc worker`` processes).
+API-server stand-in of tests/k8s/standin/ (pods are local ``preproc worker`` processes).
 
 The coordinator authenticates with a token that may do only what the Role in
 manifests/base/rbac.yaml allows, so these tests also prove that Role is enough.

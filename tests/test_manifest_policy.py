@@ -16,7 +16,7 @@ import pytest
 
 import preproc
 from preproc.k8s.ray import render_raycluster, render_rayjob
-from preproc.k8s.render import render_job
+from preproc.k8s.job import render_job
 from preproc.engine.plan import Plan, StagePlan
 
 from tests.k8s.checks import MANIFESTS, assert_valid, kustomize

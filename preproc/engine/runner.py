@@ -123,9 +123,8 @@ def run(spec: "Spec | str | Path | dict[str, Any]", *, force: bool = False, prog
     try:
         # Local workers start (and import) while the coordinator plans; with the run's S3
         # settings, as in execute().
-        if hasattr(ex, "prestart"):
-            with exported(s.storage):
-                ex.prestart(s)
+        with exported(s.storage):
+            ex.prestart(s)
         planned = _new_plan(s)       # every check before the lease is written into the output
         lease = _output_lease(s, lock_ttl_s)
         with lease:

@@ -1,4 +1,8 @@
-"""Executors: local processes (default), Kubernetes Indexed Jobs, Ray tasks."""
+"""Executors: local processes (default), Kubernetes Indexed Jobs, Ray tasks.
+
+The Kubernetes and Ray executors are imported only when a spec asks for them: their clients
+(``kubernetes``, ``ray``) are optional dependencies.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,12 @@ from typing import TYPE_CHECKING, Any
 from preproc import faults
 from preproc.errors import ConfigError
 from preproc.executors.base import Executor
+from preproc.executors.local import LocalExecutor
 
 if TYPE_CHECKING:
     from preproc.spec.model import Spec
 
-__all__ = ["Executor", "get_executor"]
+__all__ = ["Executor", "LocalExecutor", "get_executor"]
 
 
 def get_executor(spec: "Spec", **opts: Any) -> Executor:
@@ -19,8 +24,6 @@ def get_executor(spec: "Spec", **opts: Any) -> Executor:
     kind = spec.executor.kind
     faults.share_state()   # `times=` failpoint rules count across the workers this starts
     if kind == "local":
-        from preproc.executors.local import LocalExecutor
-
         return LocalExecutor(workers=spec.executor.workers, retries=spec.executor.retries,
                              threads=spec.executor.threads_per_worker, progress=opts.get("progress", True))
     if kind == "k8s":

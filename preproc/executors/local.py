@@ -20,16 +20,19 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
 
-from preproc.observe import logs
+import pyarrow as pa
+
+from preproc.engine import signals
+from preproc.engine.plan import Plan
+from preproc.engine.stages import run_index, warm_up
 from preproc.errors import ConfigError, PreprocError, StageFailed
 from preproc.executors.lifeline import watch_parent
+from preproc.observe import logs
+from preproc.observe.progress import Progress
 from preproc.spec.secrets import install_log_redaction
-from preproc.observe.progress import Progress  # noqa: F401  (re-exported: the k8s executor imports it from here)
-from preproc.engine.stages import warm_up
 
 if TYPE_CHECKING:
     from preproc.spec.model import Spec
-    from preproc.engine.plan import Plan
 
 log = logging.getLogger("preproc")
 
@@ -52,8 +55,6 @@ def _spawn_guard() -> None:
 
 
 def _init_worker(threads: int, explicit: bool, started: Any = None, parent_pid: int | None = None) -> None:
-    from preproc.engine import signals
-
     watch_parent(parent_pid)   # no orphans: die with the coordinator, even on kill -9
     install_log_redaction()    # a worker's records (even through logging.lastResort) are redacted
 
@@ -65,15 +66,10 @@ def _init_worker(threads: int, explicit: bool, started: Any = None, parent_pid: 
     else:   # the environment's setting, if any, wins over our division of the cores
         threads = int(os.environ.setdefault("RAYON_NUM_THREADS", str(threads)))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
-    import pyarrow as pa
-
     pa.set_cpu_count(max(1, threads))
 
 
 def _run_one(output: str, stage: str, index: int) -> dict[str, Any]:
-    from preproc.engine.plan import Plan
-    from preproc.engine.stages import run_index
-
     plan = _plan_cache.get(output)
     if plan is None:
         plan = _plan_cache[output] = Plan.load(output)

@@ -29,54 +29,25 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from preproc.spec.model import Size
-from preproc.errors import ConfigError, StageFailed
+from preproc.engine.plan import Plan
+from preproc.engine.stages import run_index
+from preproc.errors import PreprocError, StageFailed
 from preproc.executors.lifeline import Reaper, reaper
-from preproc.spec.secrets import install_log_redaction
+from preproc.k8s.ray_options import ray_options
 from preproc.observe.progress import Progress
+from preproc.spec.secrets import install_log_redaction
 
 if TYPE_CHECKING:
     from preproc.spec.model import Spec
-    from preproc.engine.plan import Plan
+
+__all__ = ["RayExecutor"]
 
 log = logging.getLogger("preproc")
-
-
-class RayOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    address: str | None = None
-    num_cpus: float = Field(default=1.0, gt=0)
-    memory: Size | None = None
-    runtime_env: dict[str, Any] = {}
-    # Local Ray only: how many CPUs to give it (default: this machine's cores).
-    local_cpus: int | None = Field(default=None, ge=1)
-    # Rendering a RayJob (preproc manifests --executor ray); validated there.
-    kuberay: dict[str, Any] = {}
-
-
-def ray_options(spec: "Spec", address: str | None = None) -> RayOptions:
-    opts = dict(spec.executor.options)
-    if address is not None:
-        opts["address"] = address
-    try:
-        return RayOptions.model_validate(opts)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"] if err["type"] != "extra_forbidden" else f"unknown option; allowed: {', '.join(RayOptions.model_fields)}"
-        raise ConfigError(f"executor.options.{loc}: {msg}") from None
 
 
 def _task(output: str, stage: str, index: int) -> dict[str, Any]:
     """Runs inside a Ray worker. Config/bad-shard errors come back as values (retrying
     cannot help them); anything else raises, and Ray retries the task."""
-    from preproc.errors import PreprocError
-    from preproc.engine.plan import Plan
-    from preproc.engine.stages import run_index
-
     install_log_redaction()
     try:
         return {"ok": True, "stats": run_index(Plan.load(output), stage, index)}
@@ -116,7 +87,10 @@ class RayExecutor:
             res["memory"] = self.options.memory
         self._remote = ray.remote(max_retries=self.retries, retry_exceptions=True, **res)(_task)
 
-    def run_stage(self, plan: "Plan", stage: str, indices: list[int]) -> None:
+    def prestart(self, spec: "Spec") -> None:
+        """Nothing to start before the plan: Ray (and its workers) started in ``__init__``."""
+
+    def run_stage(self, plan: Plan, stage: str, indices: list[int]) -> None:
         ray = self.ray
         total = plan.stage(stage).fan_out
         bar = Progress(stage, total=total, done=total - len(indices), enabled=self.progress, plan=plan)

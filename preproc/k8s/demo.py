@@ -12,11 +12,11 @@ import json
 import sys
 from pathlib import Path
 
+from preproc.demo import make_corpus, train_tokenizer
+
 
 def write_demo_inputs(root: str | Path) -> Path:
     """The same corpus and tokenizer as ``preproc demo``, under ``root``; returns root."""
-    from preproc.demo import make_corpus, train_tokenizer
-
     root = Path(root)
     inputs, tok = root / "input", root / "tokenizer.json"
     if not (inputs.is_dir() and any(inputs.iterdir())):

@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-from preproc.k8s.render import render_job, render_spec_configmap
+from preproc.k8s.job import render_job
+from preproc.k8s.render import render_spec_configmap
 
 __all__ = ["render_manifests", "dump_yaml_stream"]
 

@@ -25,6 +25,8 @@ k8s executor: namespace, image, pvc, s3, node_selector, tolerations, ...)::
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 import yaml
@@ -33,6 +35,7 @@ from pydantic import Field, ValidationError
 from preproc.errors import ConfigError
 from preproc.io.store import worker_env
 from preproc.k8s.options import KubernetesOptions, Resources
+from preproc.k8s.ray_options import ray_options
 from preproc.k8s.render import common_labels, job_name
 
 __all__ = ["KubeRayOptions", "render_rayjob", "render_raycluster"]
@@ -163,8 +166,6 @@ def render_rayjob(spec: Any, run_id: str | None = None) -> list[dict[str, Any]]:
     if spec.executor.kind != "ray":
         spec = spec.model_copy(update={"executor": spec.executor.model_copy(update={"kind": "ray"})})
     o = parse_kuberay(spec)
-    from preproc.executors.ray import ray_options
-
     ray_options(spec)   # the Ray executor's own options must be valid where the job runs
     if not spec.output:
         raise ConfigError("output: no output location; set `output:` in the spec or pass --output")
@@ -204,7 +205,4 @@ def render_raycluster(spec: Any, name: str = "preproc") -> dict[str, Any]:
 
 
 def _spec_id(spec: Any) -> str:
-    import hashlib
-    import json
-
     return hashlib.sha256(json.dumps(spec.to_json(), sort_keys=True).encode()).hexdigest()[:12]
