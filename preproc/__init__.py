@@ -14,7 +14,7 @@ from preproc.errors import ConfigError, PreprocError, StageFailed
 from preproc.training import loader
 from preproc.training.hf import to_hf_dataset
 from preproc.training.loader import TokenDataset
-from preproc.tokenize.megatron import IndexedDataset
+from preproc.training.megatron import IndexedDataset
 from preproc.engine.plan import Plan
 from preproc.engine.refresh import RefreshResult, refresh
 from preproc.engine.runner import RunResult, plan, run

@@ -16,7 +16,7 @@ import pytest
 
 import preproc
 from preproc.training.loader import TokenDataset, torch_dataset, window_order
-from preproc.tokenize.megatron import IndexedDataset
+from preproc.training.megatron import IndexedDataset
 
 from tests.s3server import s3, s3_server  # noqa: F401  (fixtures)
 
