@@ -39,7 +39,6 @@ from typing import Any, ClassVar, Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from preproc import faults
