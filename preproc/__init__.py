@@ -11,10 +11,10 @@ What training code and scripts may import is exactly ``__all__`` (pinned by a te
 from preproc._version import __version__
 from preproc.spec.model import Spec, load_spec
 from preproc.errors import ConfigError, PreprocError, StageFailed
-from preproc.training import loader
+from preproc import loader
 from preproc.training.hf import to_hf_dataset
 from preproc.training.loader import TokenDataset
-from preproc.tokenize.megatron import IndexedDataset
+from preproc.training.megatron import IndexedDataset
 from preproc.engine.plan import Plan
 from preproc.engine.refresh import RefreshResult, refresh
 from preproc.engine.runner import RunResult, plan, run

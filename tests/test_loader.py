@@ -16,7 +16,7 @@ import pytest
 
 import preproc
 from preproc.training.loader import TokenDataset, torch_dataset, window_order
-from preproc.tokenize.megatron import IndexedDataset
+from preproc.training.megatron import IndexedDataset
 
 from tests.s3server import s3, s3_server  # noqa: F401  (fixtures)
 
@@ -232,10 +232,23 @@ def test_s3_ranged_reads_with_a_local_cache(gpt2_run, s3, tmp_path):
 
 def test_package_never_imports_torch(gpt2_run):
     out, _ = gpt2_run
-    code = ("import sys, preproc, preproc.training.loader, preproc.training.hf\n"
-            f"ds = preproc.training.loader.TokenDataset({str(out)!r}, 16)\n"
+    code = ("import sys, preproc, preproc.loader, preproc.training, preproc.training.hf\n"
+            f"ds = preproc.loader.TokenDataset({str(out)!r}, 16)\n"
             "next(iter(ds)); ds.state_dict()\n"
             "assert 'torch' not in sys.modules and 'datasets' not in sys.modules, sorted(sys.modules)\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        cwd=str(Path(__file__).resolve().parents[1]))
     assert p.returncode == 0, p.stderr[-2000:]
+
+
+def test_public_loader_path_is_the_training_loader():
+    # README: ``from preproc.loader import torch_dataset``; the face re-exports, nothing more.
+    import preproc.loader
+    import preproc.training
+    import preproc.training.loader as impl
+
+    assert preproc.loader is sys.modules["preproc.loader"] and preproc.loader.__all__ == impl.__all__
+    for name in impl.__all__:
+        assert getattr(preproc.loader, name) is getattr(impl, name), name
+    assert preproc.training.torch_dataset is impl.torch_dataset
+    assert preproc.training.IndexedDataset is IndexedDataset is preproc.IndexedDataset

@@ -3,7 +3,8 @@ import struct
 import numpy as np
 import pytest
 
-from preproc.tokenize.megatron import IndexedDataset, megatron_dtype, read_index, write_index
+from preproc.tokenize.megatron import megatron_dtype, write_index
+from preproc.training.megatron import IndexedDataset, read_index
 
 
 def _parse(buf: bytes):

@@ -12,7 +12,7 @@ import pytest
 from tokenizers import Tokenizer
 
 import preproc
-from preproc.tokenize.megatron import IndexedDataset
+from preproc.training.megatron import IndexedDataset
 
 from tests.conftest import read_tree
 from tests.test_megatron import _parse

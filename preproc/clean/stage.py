@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import xxhash
 
 from preproc.errors import ConfigError
+from preproc.io import layout
 from preproc.io.exchange import write_partitioned
 from preproc.io.readers import ReadLog, read_split
 from preproc.observe.stats import CleanProfile
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from preproc.engine.plan import Plan
     from preproc.io.store import Store
 
-KEYS_FOLDER = "clean/keys"
+KEYS_FOLDER = layout.CLEAN_KEYS
 KEYS_SCHEMA = pa.schema([("bucket", pa.uint32()), ("h1", pa.uint64()), ("h2", pa.uint64()),
                          ("row", pa.uint32())])
 REJECTS_SCHEMA = pa.schema([("file", pa.string()), ("location", pa.string()), ("reason", pa.string()),
@@ -43,10 +44,6 @@ REJECTS_SCHEMA = pa.schema([("file", pa.string()), ("location", pa.string()), ("
 # failures (which must fail the index so that it is retried, never silently skip data).
 _DATA_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, ValueError,
                 UnicodeError, EOFError)
-
-
-def part(index: int) -> str:
-    return f"part-{index:05d}"
 
 
 def text_hashes(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -86,7 +83,7 @@ def run(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
     chars = 0
     text_bytes = 0
     writer: pq.ParquetWriter | None = None
-    with store.open_atomic(f"clean/{part(index)}.parquet") as f:
+    with store.open_atomic(layout.clean_part(index)) as f:
         for split in shard.splits:
             pending = 0      # rows handed on by the reader (counted read) and not yet accounted
             try:
@@ -142,9 +139,9 @@ def run(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
     if buckets:
         _write_keys(store, index, buckets, keys_h1, keys_h2)
     if log.rejects:
-        store_table(store, f"rejects/{part(index)}.parquet", pa.Table.from_pylist(log.rejects, schema=REJECTS_SCHEMA))
+        store_table(store, layout.rejects(index), pa.Table.from_pylist(log.rejects, schema=REJECTS_SCHEMA))
     if removed:
-        store_table(store, f"removed/{part(index)}.parquet", pa.concat_tables(removed, promote_options="default"))
+        store_table(store, layout.removed(index), pa.concat_tables(removed, promote_options="default"))
     kept_after = rows
     profile.observe_rejects(log.rejects)
     return {

@@ -18,7 +18,10 @@ applies the steps in registry order, removes dropped rows, counts drops under
 To add a step: subclass :class:`Filter` or :class:`Mapper`, give it ``name``, ``family``,
 ``order``, an ``Options`` model and ``default_on``, list the packages it imports beyond the
 base install in ``requires`` (each with the extra that provides it), decorate it with
-:func:`register`.
+:func:`register`, and import its module from ``preproc/clean/__init__.py``. This module is
+the framework only and imports no step: the package's ``__init__`` imports it, then the
+step modules (which register themselves), so importing anything under ``preproc.clean``
+fills the registry.
 
 What the pipeline lets through and what it stops: a step that raises on some documents is
 the documents' problem (the clean stage isolates and rejects them); a step that cannot run
@@ -36,7 +39,6 @@ from typing import Any, ClassVar, Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from preproc import faults
@@ -140,18 +142,10 @@ def register(cls: type[Step]) -> type[Step]:
 
 
 def registered_steps() -> dict[str, type[Step]]:
-    _load_builtin_steps()
+    """Every registered step by versioned name. The built-in steps are registered by
+    importing :mod:`preproc.clean` (its ``__init__`` imports them), which any import of
+    this module already does."""
     return dict(_REGISTRY)
-
-
-def _load_builtin_steps() -> None:
-    # Importing the modules registers their steps.
-    from preproc.clean import basic as clean_steps  # noqa: F401
-    try:
-        from preproc.clean import filters  # noqa: F401  (the quality filters, when present)
-    except ImportError as e:  # pragma: no cover - only while the package is incomplete
-        if "filters" not in str(e):
-            raise
 
 
 def _newest_by_family() -> dict[str, type[Step]]:
@@ -177,7 +171,6 @@ def build_steps(clean: bool | dict[str, Any]) -> list[Step]:
     ``True`` → every step whose ``default_on`` is set, with default options; ``False`` → none;
     a mapping starts from the defaults and switches or configures steps by family or name.
     """
-    _load_builtin_steps()
     if clean is False:
         return []
     newest = _newest_by_family()

@@ -18,17 +18,20 @@ token files as they are.
 
 We write one sequence per document, so the document indices are ``0, 1, ..., S``.
 Megatron has no uint32 code: a vocabulary over 65,535 ids is written as int32 (code 4).
+
+This module is the writer and owns the format's constants. The reader training code uses,
+:mod:`preproc.training.megatron`, imports them from here, so this module must stay light
+(numpy only).
 """
 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from typing import BinaryIO
 
 import numpy as np
 
-__all__ = ["MAGIC", "DTYPE_CODES", "megatron_dtype", "write_index", "read_index", "IndexedDataset"]
+__all__ = ["MAGIC", "VERSION", "DTYPE_CODES", "megatron_dtype", "write_index"]
 
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
@@ -43,6 +46,8 @@ def megatron_dtype(max_token_id: int) -> np.dtype:
 
 
 def write_index(f: BinaryIO, lengths: np.ndarray, dtype: np.dtype) -> None:
+    """Write the ``.idx`` of a ``.bin`` holding one sequence per document, ``lengths[i]``
+    tokens of ``dtype`` each, back to back."""
     lengths = np.asarray(lengths, dtype=np.int32)
     n = len(lengths)
     pointers = np.zeros(n, dtype=np.int64)
@@ -56,51 +61,3 @@ def write_index(f: BinaryIO, lengths: np.ndarray, dtype: np.dtype) -> None:
     f.write(lengths.tobytes(order="C"))
     f.write(pointers.tobytes(order="C"))
     f.write(np.arange(n + 1, dtype=np.int64).tobytes(order="C"))
-
-
-@dataclass
-class Index:
-    dtype: np.dtype
-    lengths: np.ndarray
-    pointers: np.ndarray
-    doc_idx: np.ndarray
-
-
-def read_index(data: bytes | memoryview) -> Index:
-    """Parse an ``.idx`` buffer, checking the header as Megatron does."""
-    buf = memoryview(data)
-    if bytes(buf[:9]) != MAGIC:
-        raise ValueError("not a Megatron index: bad magic")
-    (version,) = struct.unpack("<Q", buf[9:17])
-    if version != VERSION:
-        raise ValueError(f"unsupported Megatron index version {version}")
-    (code,) = struct.unpack("<B", buf[17:18])
-    (s,) = struct.unpack("<Q", buf[18:26])
-    (d,) = struct.unpack("<Q", buf[26:34])
-    off = 34
-    lengths = np.frombuffer(buf, dtype=np.int32, count=s, offset=off)
-    off += 4 * s
-    pointers = np.frombuffer(buf, dtype=np.int64, count=s, offset=off)
-    off += 8 * s
-    doc_idx = np.frombuffer(buf, dtype=np.int64, count=d, offset=off)
-    return Index(np.dtype(DTYPE_CODES[code]), lengths, pointers, doc_idx)
-
-
-class IndexedDataset:
-    """A read-only view of one ``prefix.bin``/``prefix.idx`` pair (local files, memory-mapped).
-
-    >>> ds = IndexedDataset("out/tokens/part-00000")   # doctest: +SKIP
-    >>> ds[0]                                           # tokens of the first document
-    """
-
-    def __init__(self, prefix: str):
-        with open(prefix + ".idx", "rb") as f:
-            self.index = read_index(f.read())
-        self.bin = np.memmap(prefix + ".bin", dtype=self.index.dtype, mode="r")
-
-    def __len__(self) -> int:
-        return len(self.index.lengths)
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        start = self.index.pointers[i] // self.index.dtype.itemsize
-        return np.asarray(self.bin[start:start + self.index.lengths[i]])

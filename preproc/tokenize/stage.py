@@ -27,6 +27,8 @@ from preproc.tokenize.megatron import megatron_dtype, write_index
 from preproc.observe.stats import log2_histogram
 from preproc.tokenize.tokenizer import Encoder
 from preproc.dedup.drops import read_drops
+from preproc.dedup.near import DROP_STAGES as NEAR_DROP_STAGES
+from preproc.io import layout
 
 if TYPE_CHECKING:
     from preproc.engine.plan import Plan
@@ -36,9 +38,8 @@ if TYPE_CHECKING:
 
 def drop_stages(plan: "Plan") -> list[str]:
     """Stages whose drop lists apply to tokenize (every dedup stage that has them)."""
-    from preproc.engine.stages import near_drop_stages
-
-    return [s for s in ("exact_dedup", *near_drop_stages(plan)) if s in plan.stage_names]
+    near = NEAR_DROP_STAGES if plan.spec.dedup.near else ()
+    return [s for s in ("exact_dedup", *near) if s in plan.stage_names]
 
 
 def encode(tok: Encoder, texts: list[str], *, bos_id: int | None, eos_id: int | None,
@@ -117,7 +118,7 @@ def run(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
     dtype = np.dtype(info["dtype"])
     mdtype = megatron_dtype(info["max_id"])
     drops = read_drops(store, drop_stages(plan), index)
-    name = f"part-{index:05d}"
+    prefix = layout.tokens(index)
     want_pq = "parquet" in cfg.formats
     want_mg = "megatron" in cfg.formats
     schema = pa.schema([("id", pa.string()), ("input_ids", pa.list_(pa.from_numpy_dtype(dtype))),
@@ -126,12 +127,12 @@ def run(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
     counts = {"dropped": 0}
     lengths: list[np.ndarray] = []
     with contextlib.ExitStack() as stack:
-        fpq = stack.enter_context(store.open_atomic(f"tokens/{name}.parquet")) if want_pq else None
-        fbin = stack.enter_context(store.open_atomic(f"tokens/{name}.bin")) if want_mg else None
+        fpq = stack.enter_context(store.open_atomic(f"{prefix}.parquet")) if want_pq else None
+        fbin = stack.enter_context(store.open_atomic(f"{prefix}.bin")) if want_mg else None
         # No dictionary encoding: token ids and document ids gain nothing from it, and trying
         # it costs as much as the compression (halves the writing time, and a smaller file).
         writer = stack.enter_context(pq.ParquetWriter(fpq, schema, compression="zstd", use_dictionary=False)) if fpq else None
-        with store.open(f"clean/{name}.parquet") as f:
+        with store.open(layout.clean_part(index)) as f:
             for batch in _kept_batches(pq.ParquetFile(f), drops, cfg.batch_size, cfg.batch_bytes, counts):
                 flat, offsets = encode(tok, batch.column("text").to_pylist(), bos_id=info.get("bos_id"),
                                        eos_id=info.get("eos_id"), dtype=dtype)
@@ -147,7 +148,7 @@ def run(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
                 tokens += int(offsets[-1])
     dropped = counts["dropped"]
     if want_mg:
-        with store.open_atomic(f"tokens/{name}.idx") as f:
+        with store.open_atomic(f"{prefix}.idx") as f:
             write_index(f, np.concatenate(lengths) if lengths else np.empty(0, np.int32), mdtype)
     return {"docs": docs, "tokens": tokens, "dropped": dropped, "dtype": str(dtype),
             "hist_tokens": log2_histogram(np.concatenate(lengths) if lengths else np.empty(0, np.int32)),

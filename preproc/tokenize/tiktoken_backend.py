@@ -15,6 +15,7 @@ encoding from the run's ``tokenizer.json``.
 from __future__ import annotations
 
 import json
+import os
 from functools import lru_cache
 from typing import Any
 
@@ -127,8 +128,6 @@ def encode_batch(enc, texts: list[str], *, encode_special_tokens: bool) -> list[
 
 
 def _threads() -> int:
-    import os
-
     return int(os.environ.get("RAYON_NUM_THREADS") or os.cpu_count() or 1)
 
 

@@ -15,7 +15,9 @@ from tokenizers import Tokenizer
 
 from preproc.spec.model import TokenizeSpec
 from preproc.errors import ConfigError
+from preproc.io.readers import ReadLog, read_split
 from preproc.io.store import Store, read_bytes
+from preproc.tokenize import tiktoken_backend  # imports tiktoken itself only when used (optional)
 
 __all__ = ["inspect_tokenizer", "load_run_tokenizer", "choose_backend", "Encoder", "preload"]
 
@@ -121,8 +123,6 @@ def preload(uri: str, storage: Any = None, *, encode_special_tokens: bool) -> No
     """Parse the tokenizer at ``uri`` (and its tiktoken twin, where one can be built) into
     this process's cache: a worker started while the coordinator plans has it ready for its
     first task. Best effort: any failure is left to the real load."""
-    from preproc.tokenize import tiktoken_backend
-
     try:
         data = read_bytes(uri, storage)
         sha = hashlib.sha256(data).hexdigest()
@@ -139,8 +139,6 @@ SAMPLE_BYTES = 256 * 1024
 
 def _sample_texts(plan, storage_options=None) -> list[str]:
     """Up to SAMPLE_BYTES of documents from the first input splits (bounded planning cost)."""
-    from preproc.io.readers import ReadLog, read_split
-
     texts: list[str] = []
     size = 0
     for shard in plan.shards[:2]:
@@ -187,8 +185,6 @@ class Encoder:
         self.special = encode_special_tokens
         self.tk = None
         if info.get("backend") == "tiktoken":
-            from preproc.tokenize import tiktoken_backend
-
             def build():
                 enc, why = tiktoken_backend.build(self.hf.to_str())
                 if enc is None:
@@ -199,7 +195,5 @@ class Encoder:
 
     def ids(self, texts: list[str]) -> list[list[int]]:
         if self.tk is not None:
-            from preproc.tokenize.tiktoken_backend import encode_batch
-
-            return encode_batch(self.tk, texts, encode_special_tokens=self.special)
+            return tiktoken_backend.encode_batch(self.tk, texts, encode_special_tokens=self.special)
         return [e.ids for e in self.hf.encode_batch_fast(texts, add_special_tokens=False)]

@@ -32,7 +32,7 @@ share one token and every token is an input exactly once per epoch::
 
 :func:`torch_dataset` wraps a dataset as a ``torch.utils.data.IterableDataset`` that splits
 its rank's windows across DataLoader workers without duplicates. This module never imports
-torch; only that function does.
+torch; only that function does (through :mod:`preproc.training.torch`).
 """
 
 from __future__ import annotations
@@ -424,7 +424,9 @@ def torch_dataset(source: "TokenDataset | str | os.PathLike", seq_len: int | Non
     >>> ds = torch_dataset("/data/web-v1", 2048, batch_size=8, rank=rank, world_size=ws)  # doctest: +SKIP
     >>> loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=4)          # doctest: +SKIP
     """
-    from preproc.training.torch_dataset import TorchTokenDataset  # the only place torch is imported
+    # Function-level on purpose: torch is an optional dependency (preproc[torch]) and
+    # preproc.training.torch imports it at module level; nothing else loads that module.
+    from preproc.training.torch import TorchTokenDataset
 
     if not isinstance(source, TokenDataset):
         if seq_len is None:

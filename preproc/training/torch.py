@@ -1,13 +1,21 @@
-"""The torch side of :mod:`preproc.training.loader`; imported only by :func:`preproc.training.loader.torch_dataset`."""
+"""The torch side of :mod:`preproc.training.loader`: :class:`TorchTokenDataset`, a
+``torch.utils.data.IterableDataset`` over a :class:`~preproc.training.loader.TokenDataset`.
+
+The one module of the package that imports torch (an optional dependency, ``pip install
+'preproc[torch]'``), at module level. Only :func:`preproc.training.loader.torch_dataset`
+imports it, inside the function, so training code that never asks for torch never loads
+it. It needs ``TokenDataset`` only for annotations, so it does not import the loader back.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from preproc.training.loader import TokenDataset
+if TYPE_CHECKING:
+    from preproc.training.loader import TokenDataset
 
 
 class TorchTokenDataset(IterableDataset):
