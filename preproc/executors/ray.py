@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from preproc.spec.model import Size
+from preproc.spec.sizes import Size
 from preproc.errors import ConfigError, StageFailed
 from preproc.executors.lifeline import Reaper, reaper
 from preproc.spec.secrets import install_log_redaction

@@ -15,7 +15,7 @@ import yaml
 
 from preproc._version import __version__
 from preproc.errors import EXIT_BAD_SHARD, EXIT_CONFIG
-from preproc.io.store import worker_env
+from preproc.io.s3 import worker_env
 from preproc.k8s.options import KubernetesOptions, parse_options
 
 __all__ = [
