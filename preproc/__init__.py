@@ -9,7 +9,7 @@ What training code and scripts may import is exactly ``__all__`` (pinned by a te
 """
 
 from preproc._version import __version__
-from preproc.spec.model import Spec, load_spec
+from preproc.spec import Spec, load_spec
 from preproc.errors import ConfigError, PreprocError, StageFailed
 from preproc import loader
 from preproc.training.hf import to_hf_dataset

@@ -94,7 +94,7 @@ def cmd_refresh(a: argparse.Namespace) -> int:
 class _GenResult:
     def __init__(self, r):
         from preproc.engine.refresh import gen_dir
-        from preproc.io.store import join
+        from preproc.io.s3 import join
 
         self.stats = r.stats
         self.run_id = r.dataset["generations"][-1]["run_id"]
@@ -236,7 +236,7 @@ def cmd_report(a: argparse.Namespace) -> int:
     where = a.out or store.url("report.html")
     try:
         if a.out:
-            from preproc.io.store import open_fs
+            from preproc.io.s3 import open_fs
 
             fs, path = open_fs(a.out)
             with fs.open(path, "wb") as f:
@@ -265,7 +265,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 def cmd_manifests(a: argparse.Namespace) -> int:
     import yaml
 
-    from preproc.spec.model import load_spec
+    from preproc.spec import load_spec
     from preproc.engine.plan import make_plan
     from preproc.tokenize.tokenizer import inspect_tokenizer
 

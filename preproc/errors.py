@@ -20,6 +20,10 @@ Killed processes (SIGKILL, OOM killer: 137) are retryable like code 1.
 
 from __future__ import annotations
 
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
 EXIT_OK = 0
 EXIT_RETRYABLE = 1
 EXIT_CONFIG = 2
@@ -71,3 +75,38 @@ class AccountingError(PreprocError):
     """read != kept + filtered + duplicates + rejected: a document went missing or doubled."""
 
     exit_code = EXIT_RETRYABLE
+
+
+def format_error(err: ValidationError, where: str, model: type[BaseModel] | None = None) -> str:
+    """One line for a pydantic validation error: ``<where>: <dotted key>: <what is wrong>``.
+
+    Shared by every validated settings object (the spec, the storage settings), so that all
+    of them name the key the same way. ``model`` is the root that was validated: an unknown
+    key's message then lists the keys allowed at its place.
+    """
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "union[", "literal[")))
+    msg = e["msg"]
+    if e["type"] == "extra_forbidden":
+        allowed = _allowed_keys(model, e["loc"][:-1])
+        msg = "unknown key" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
+    elif "input" in e and e["type"] not in ("missing",):
+        got = repr(e["input"])
+        msg = f"{msg} (got {got[:80]})"
+    more = f" (+{len(err.errors()) - 1} more problem(s))" if len(err.errors()) > 1 else ""
+    return f"{where}: {loc or '<top>'}: {msg}{more}"
+
+
+def _allowed_keys(root: type[BaseModel] | None, loc: tuple) -> list[str]:
+    model: Any = root
+    if model is None:
+        return []
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        if model is None:
+            return []
+    return list(model.model_fields)

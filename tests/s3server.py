@@ -289,7 +289,7 @@ def s3_server():
 @pytest.fixture
 def s3(s3_server, tmp_path, monkeypatch):
     """A loopback S3 server with dummy credentials in the environment of this test."""
-    from preproc.io.store import forget_filesystems
+    from preproc.io.s3 import forget_filesystems
 
     for k in _HIDE:
         monkeypatch.delenv(k, raising=False)

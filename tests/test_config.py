@@ -1,6 +1,6 @@
 import pytest
 
-from preproc.spec.model import load_spec, parse_size
+from preproc.spec import load_spec, parse_size
 from preproc.errors import ConfigError
 
 

@@ -21,7 +21,7 @@ import pytest
 
 import preproc
 from preproc.io import exchange as partitions
-from preproc.spec.model import load_spec
+from preproc.spec import load_spec
 from preproc.engine.runner import execute, prepare
 from preproc.engine.stages import run_index
 from preproc.io.store import Store

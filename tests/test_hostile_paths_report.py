@@ -14,7 +14,7 @@ import pytest
 
 import preproc
 from preproc.spec.model import Spec
-from preproc.engine.plan import list_inputs
+from preproc.io.listing import list_inputs
 
 from tests.conftest import ROOT
 from tests.test_report import _parse

@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import preproc
-from preproc.io import readers
-from preproc.spec.model import InputSpec
+from preproc.io.readers import stream
+from preproc.spec import InputSpec
 from preproc.io.readers import InputSplit, ReadLog, read_split
 
 from tests.conftest import BAD, ROOT, need
@@ -188,8 +188,8 @@ def _peak_while(fn) -> tuple[object, int]:
 
 @pytest.mark.parametrize("comp", [None, "gzip"])
 def test_a_line_longer_than_max_doc_bytes_is_skipped_while_scanned(tmp_path, monkeypatch, comp):
-    monkeypatch.setattr(readers, "CHUNK_BYTES", 16 * 2**10)
-    monkeypatch.setattr(readers, "GZ_READ_BYTES", 4 * 2**10)
+    monkeypatch.setattr(stream, "CHUNK_BYTES", 16 * 2**10)
+    monkeypatch.setattr(stream, "GZ_READ_BYTES", 4 * 2**10)
     limit = 64 * 2**10
     huge = b'{"id": "huge", "text": "' + b"a" * (8 * 2**20) + b'"}\n'
     good = b'{"id": "after", "text": "a good document after the bomb"}\n'
@@ -198,7 +198,7 @@ def test_a_line_longer_than_max_doc_bytes_is_skipped_while_scanned(tmp_path, mon
     p.write_bytes(gzip.compress(data) if comp else data)
     del huge, data
     sizes: list[int] = []
-    real = readers._lines
+    real = stream.lines
 
     def spy(chunks, *a, **kw):
         def seen():
@@ -207,7 +207,7 @@ def test_a_line_longer_than_max_doc_bytes_is_skipped_while_scanned(tmp_path, mon
                 yield c
         return real(seen(), *a, **kw)
 
-    monkeypatch.setattr(readers, "_lines", spy)
+    monkeypatch.setattr(stream, "lines", spy)
     (table, log), peak = _peak_while(lambda: _read(p, fmt="jsonl", comp=comp, max_doc_bytes=limit))
     assert table.column("id").to_pylist() == ["before", "after"]
     assert log.rejected == {"doc_too_large": 1} and log.rejects[0]["head"].startswith('{"id": "huge"')
@@ -218,7 +218,7 @@ def test_a_line_longer_than_max_doc_bytes_is_skipped_while_scanned(tmp_path, mon
 
 @pytest.mark.parametrize("comp", [None, "gzip"])
 def test_text_files_obey_max_doc_bytes_and_stream(tmp_path, monkeypatch, comp):
-    monkeypatch.setattr(readers, "CHUNK_BYTES", 16 * 2**10)
+    monkeypatch.setattr(stream, "CHUNK_BYTES", 16 * 2**10)
     big = b"word " * (2 * 2**20)
     p = tmp_path / ("big.txt.gz" if comp else "big.txt")
     p.write_bytes(gzip.compress(big) if comp else big)

@@ -18,7 +18,7 @@ import time
 import pytest
 import yaml
 
-from preproc.spec.model import load_spec
+from preproc.spec import load_spec
 from preproc.demo import demo_spec
 from preproc.errors import EXIT_CONFIG, ConfigError, StageFailed
 from preproc.executors.k8s import KubernetesExecutor

@@ -11,7 +11,7 @@ import sys
 import pytest
 import yaml
 
-from preproc.spec.model import load_spec
+from preproc.spec import load_spec
 from preproc.errors import EXIT_BAD_SHARD, EXIT_CONFIG, ConfigError
 from preproc.k8s import job_name, parse_indexes, format_indexes, parse_options, render_job, render_manifests
 from preproc.k8s.pss import check_restricted, check_worker_policy

@@ -145,7 +145,8 @@ def test_s3_inputs_split_like_local(s3, tmp_path):
     def shards(paths, storage=None):
         spec = {"input": {"paths": paths}, "output": str(tmp_path / "o"), **common, "storage": storage or {}}
         p = preproc.load_spec(spec)
-        from preproc.engine.plan import list_inputs, plan_shards
+        from preproc.engine.plan import plan_shards
+        from preproc.io.listing import list_inputs
 
         files = list_inputs(p)
         return [[(x.rel, x.start, x.end, x.row_groups, x.row_offset, x.bytes) for x in sh.splits]

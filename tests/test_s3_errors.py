@@ -13,9 +13,10 @@ import pytest
 import yaml
 
 import preproc
-from preproc.io import store as storage
+from preproc.io import s3 as storage
 from preproc.errors import ConfigError
-from preproc.io.store import Store, open_fs
+from preproc.io.s3 import open_fs
+from preproc.io.store import Store
 
 from tests.s3server import DUMMY_SECRET, s3, s3_server  # noqa: F401  (fixtures)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import preproc
-from preproc.spec.model import load_spec
+from preproc.spec import load_spec
 from preproc.errors import ConfigError
 from preproc.io.ownership import check_paths
 

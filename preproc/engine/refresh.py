@@ -43,13 +43,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from preproc.spec.model import Spec, load_spec
+from preproc.spec import Spec, load_spec
 from preproc.errors import ConfigError
 from preproc.io.ownership import check_dataset_root, check_paths
 from preproc.io.lease import EXIT_LOCKED, Lease, LeaseHeld, check_ttl  # noqa: F401  (EXIT_LOCKED re-exported)
-from preproc.engine.plan import InputFile, Plan, list_inputs
+from preproc.engine.plan import Plan
+from preproc.io.listing import InputFile, list_inputs
 from preproc.engine.runner import execute, prepare
-from preproc.io.store import Store, join
+from preproc.io.s3 import join
+from preproc.io.store import Store
 
 __all__ = ["refresh", "RefreshResult", "RefreshLocked"]
 

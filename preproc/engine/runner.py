@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from preproc.io import integrity
-from preproc.spec.model import Spec, load_spec
+from preproc.spec import Spec, load_spec
 from preproc.errors import ConfigError
 from preproc.executors import get_executor
 from preproc.observe.heartbeat import HEARTBEAT, Heartbeat
@@ -23,7 +23,9 @@ from preproc.io.ownership import RUN_ENTRIES, check_paths, check_run_output, rem
 from preproc.engine.plan import Plan, make_plan
 from preproc.engine.stages import prepare as prepare_stage, run_index, trivial
 from preproc.clean.steps import build_steps, check_requirements
-from preproc.io.store import Store, exported, preflight
+from preproc.io.preflight import preflight
+from preproc.io.s3 import exported
+from preproc.io.store import Store
 from preproc.tokenize.tokenizer import choose_backend, inspect_tokenizer
 
 __all__ = ["run", "plan", "RunResult"]

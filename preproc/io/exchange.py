@@ -40,6 +40,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from preproc.io import layout
+
 if TYPE_CHECKING:
     from preproc.io.store import Store
 
@@ -58,11 +60,11 @@ _IPC = pa.ipc.IpcWriteOptions(compression="lz4")
 
 def part_name(i: int) -> str:
     """The data file of producer ``i`` in an exchange folder."""
-    return f"part-{i:05d}.arrow"
+    return f"{layout.part(i)}.arrow"
 
 
 def _sidecar(i: int) -> str:
-    return f"part-{i:05d}.idx.json"
+    return f"{layout.part(i)}.idx.json"
 
 
 def _join(folder: str, name: str) -> str:

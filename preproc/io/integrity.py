@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import xxhash
 
+from preproc.io import layout
+
 if TYPE_CHECKING:
     from preproc.engine.plan import Plan
     from preproc.io.store import Store
@@ -34,7 +36,7 @@ __all__ = ["HashingWriter", "recording", "record", "check_stage", "verify", "fil
 log = logging.getLogger("preproc")
 
 # report.html is a view that `preproc report` redraws on purpose; it is not data a reader trusts.
-UNTRACKED = frozenset({"report.html"})
+UNTRACKED = frozenset({layout.REPORT})
 _READ_BYTES = 8 * 2**20
 
 _active: contextvars.ContextVar[tuple[str, dict[str, dict[str, Any]]] | None] = \
@@ -99,7 +101,7 @@ def record(path: str, nbytes: int, digest: str) -> None:
     if not path.startswith(root + "/"):
         return
     rel = path[len(root) + 1:]
-    if rel in UNTRACKED or "/_done/" in f"/{rel}" or "/_failed/" in f"/{rel}":
+    if rel in UNTRACKED or layout.is_marker(rel):
         return
     files[rel] = {"bytes": int(nbytes), "xxh3": digest}
 

@@ -30,6 +30,7 @@ A refresh dataset root::
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 # ---- top level of a run's output ------------------------------------------------------
@@ -46,6 +47,15 @@ REJECTS = "rejects"
 REMOVED = "removed"
 TOKENS = "tokens"
 NEAR = "near"
+EXACT_DEDUP = "exact_dedup"     # the exact-dedup stage's folder (markers, drops)
+FINALIZE = "finalize"           # the finalize stage's folder (markers)
+DONE = "_done"
+FAILED = "_failed"
+
+
+def lease_version(lease: str, n: int) -> str:
+    """Version ``n`` of the lease in folder ``lease`` (see :mod:`preproc.io.lease`)."""
+    return f"{lease}/{n:010d}.json"
 
 
 def part(i: int) -> str:
@@ -59,11 +69,11 @@ def bucket(j: int) -> str:
 
 
 def done_dir(stage: str) -> str:
-    return f"{stage}/_done"
+    return f"{stage}/{DONE}"
 
 
 def failed_dir(stage: str) -> str:
-    return f"{stage}/_failed"
+    return f"{stage}/{FAILED}"
 
 
 def marker(stage: str, index: int) -> str:
@@ -76,10 +86,31 @@ def failure(stage: str, index: int) -> str:
     return f"{failed_dir(stage)}/{index:05d}.json"
 
 
+def is_marker(rel: str) -> bool:
+    """True for a marker or failure record (bookkeeping of an index, not one of its outputs)."""
+    return f"/{DONE}/" in f"/{rel}" or f"/{FAILED}/" in f"/{rel}"
+
+
 def marker_index(name: str) -> int | None:
     """The index a marker's (or failure record's) file name holds; None for other names."""
     stem, dot, ext = name.rpartition(".")
     return int(stem) if dot and ext == "json" and stem.isdigit() else None
+
+
+# ---- temporaries ----------------------------------------------------------------------
+def temporary(name: str, token: str) -> str:
+    """Where an atomic write of ``name`` puts its bytes before the rename (same folder)."""
+    return f".{name}.tmp-{token}"
+
+
+def lease_temporary(token: str) -> str:
+    """A lease version's bytes before ``os.link`` publishes them (same folder)."""
+    return f".lease-{token}"
+
+
+# What our own interrupted writes leave at the top of an output (the run lease, temporaries
+# of :func:`temporary` and :func:`lease_temporary`): never a sign of someone else's files.
+LEFTOVER = re.compile(rf"^({re.escape(RUN_LEASE)}|\..+\.tmp-[0-9a-f]{{12}}|\.lease-[0-9a-f]{{32}})$")
 
 
 # ---- clean ----------------------------------------------------------------------------
@@ -119,6 +150,8 @@ def tokens(i: int) -> str:
 # ---- a refresh dataset root -----------------------------------------------------------
 STATE = "_state/state.json"
 REFRESH_LEASE = "_state/lease"
+STATE_DIR = "_state"
+GENERATIONS = "generations"
 
 
 def generation(n: int) -> str:

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from preproc.errors import ConfigError, PreprocError
 from preproc.faults import failpoint
+from preproc.io import layout
 
 if TYPE_CHECKING:
     from preproc.io.store import Store
@@ -52,7 +53,7 @@ __all__ = ["Lease", "LeaseHeld", "LeaseLost", "create_exclusive", "check_ttl", "
 log = logging.getLogger("preproc")
 
 EXIT_LOCKED = 75     # EX_TEMPFAIL: another writer holds the output; try again later
-RUN_LEASE = "_lease"
+RUN_LEASE = layout.RUN_LEASE
 # A killed run on another machine blocks the next one for at most this long (a run on this
 # machine whose process is gone is taken over at once).
 RUN_TTL_S = 120.0
@@ -113,7 +114,7 @@ def create_exclusive(store: "Store", rel: str, data: bytes) -> bool:
     if store.local:
         d = os.path.dirname(path)
         os.makedirs(d, exist_ok=True)
-        tmp = os.path.join(d, f".lease-{uuid.uuid4().hex}")
+        tmp = os.path.join(d, layout.lease_temporary(uuid.uuid4().hex))
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
@@ -161,7 +162,7 @@ class Lease:
 
     # -- the chain ----------------------------------------------------------------------
     def _name(self, n: int) -> str:
-        return f"{self.rel}/{n:010d}.json"
+        return layout.lease_version(self.rel, n)
 
     def _versions(self) -> list[int]:
         return sorted(int(n[:-5]) for n in self.store.ls(self.rel) if n.endswith(".json") and n[:-5].isdigit())

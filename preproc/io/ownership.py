@@ -18,11 +18,11 @@ from __future__ import annotations
 import json
 import os
 import posixpath
-import re
 from typing import TYPE_CHECKING, Any
 
 from preproc.errors import ConfigError
-from preproc.observe.heartbeat import HEARTBEAT
+from preproc.io import layout
+from preproc.io.listing import GLOB_CHARS
 
 if TYPE_CHECKING:
     from preproc.spec.model import Spec
@@ -32,15 +32,15 @@ if TYPE_CHECKING:
 __all__ = ["check_paths", "check_run_output", "check_dataset_root", "run_writes", "remove_run",
            "RUN_ENTRIES", "RECORD"]
 
-RECORD = "plan.json"
+RECORD = layout.PLAN
 # What a run writes at the top of its output (besides one folder per stage); a plan records
 # the list it wrote, and `--force` removes exactly those names.
-RUN_ENTRIES = ("plan.json", "tokenizer.json", "dataset.json", "stats.json", "report.html", "rejects",
-               "removed", "clean", "exact_dedup", "tokens", "finalize", "near", "_metrics", HEARTBEAT)
-_GLOB = "*?["
+RUN_ENTRIES = (layout.PLAN, layout.TOKENIZER, layout.DATASET, layout.STATS, layout.REPORT, layout.REJECTS,
+               layout.REMOVED, layout.CLEAN, layout.EXACT_DEDUP, layout.TOKENS, layout.FINALIZE, layout.NEAR,
+               layout.METRICS, layout.HEARTBEAT)
 # Our own leftovers that never make a folder foreign: the lease and temporary files of an
-# interrupted atomic write (storage.Store.open_atomic names them like this).
-_OURS = re.compile(r"^(_lease|\..+\.tmp-[0-9a-f]{12}|\.lease-[0-9a-f]{32})$")
+# interrupted atomic write (named by preproc.io.layout).
+_OURS = layout.LEFTOVER
 
 
 def run_writes(stage_names: list[str]) -> list[str]:
@@ -70,7 +70,7 @@ def _inside(child: str, parent: str) -> bool:
 
 def _glob_base(pattern: str) -> tuple[str, str]:
     """(folder before the first glob character, the pattern's rest)."""
-    cut = min(pattern.find(c) for c in _GLOB if c in pattern)
+    cut = min(pattern.find(c) for c in GLOB_CHARS if c in pattern)
     head = pattern[:cut]
     base = head if head.endswith("/") else posixpath.dirname(head)
     return base, pattern[len(base):].lstrip("/")
@@ -91,7 +91,7 @@ def check_paths(spec: "Spec") -> None:
             raise ConfigError(f"output: {spec.output!r} is {'the root folder' if opath == '/' else 'your home folder'}; "
                               f"choose a folder of its own for the run")
     for pattern in spec.input.paths:
-        glob = any(c in pattern for c in _GLOB)
+        glob = any(c in pattern for c in GLOB_CHARS)
         base, rest = _glob_base(pattern) if glob else (pattern, "")
         ikind, ipath = _where(base or ".")
         if ikind != okind:
@@ -141,7 +141,7 @@ def check_run_output(store: "Store") -> dict[str, Any] | None:
         return rec
     first = _foreign(store)
     if first is not None:
-        hint = (" (it holds a refresh dataset: use `preproc refresh`)" if first in ("_state", "generations")
+        hint = (" (it holds a refresh dataset: use `preproc refresh`)" if first in (layout.STATE_DIR, layout.GENERATIONS)
                 else "")
         raise ConfigError(f"output: {store.url()} is not empty and holds no preproc run record (plan.json); "
                           f"first foreign entry: {first!r}{hint}. preproc writes only into an empty folder or "
@@ -154,10 +154,10 @@ def check_dataset_root(store: "Store", state_rel: str) -> bool:
     it is new (empty, but for our lease); ConfigError when it holds anything else."""
     if store.exists(state_rel):
         return True
-    first = _foreign(store, {"_state"})
+    first = _foreign(store, {layout.STATE_DIR})
     if first is None:
         state_dir = posixpath.dirname(state_rel)
-        first = next((f"{state_dir}/{n}" for n in store.ls(state_dir) if n != "lease"), None)
+        first = next((f"{state_dir}/{n}" for n in store.ls(state_dir) if n != posixpath.basename(layout.REFRESH_LEASE)), None)
     if first is not None:
         raise ConfigError(f"output: {store.url()} is not empty and holds no preproc dataset record "
                           f"({state_rel}); first foreign entry: {first!r}. refresh writes only into an empty "

@@ -33,7 +33,7 @@ import yaml
 from pydantic import Field, ValidationError
 
 from preproc.errors import ConfigError
-from preproc.io.store import worker_env
+from preproc.io.s3 import worker_env
 from preproc.k8s.options import KubernetesOptions, Resources
 from preproc.k8s.ray_options import ray_options
 from preproc.k8s.render import common_labels, job_name

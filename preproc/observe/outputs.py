@@ -19,7 +19,9 @@ from typing import Any, Callable, TypeVar
 from preproc.errors import ConfigError
 from preproc.engine.plan import Plan
 from preproc.io import layout
-from preproc.io.store import Store, _as_storage, _preflight_error, join
+from preproc.io.preflight import preflight_error
+from preproc.io.s3 import as_storage, join
+from preproc.io.store import Store
 
 __all__ = ["OpenedOutput", "open_output", "reading_storage", "readable", "READ_ATTEMPTS", "READ_CONNECT_TIMEOUT_S"]
 
@@ -32,7 +34,7 @@ T = TypeVar("T")
 def reading_storage(storage: Any = None) -> Any:
     """``storage`` (default: ``$PREPROC_S3`` and the AWS environment) with bounded retries
     and connect timeout, for interactive reads."""
-    st = _as_storage(storage)
+    st = as_storage(storage)
     s3 = st.s3.model_copy(update={"max_attempts": min(READ_ATTEMPTS, st.s3.max_attempts),
                                   "connect_timeout_s": min(READ_CONNECT_TIMEOUT_S, st.s3.connect_timeout_s)})
     return st.model_copy(update={"s3": s3})
@@ -47,7 +49,7 @@ def readable(output: str, fn: Callable[[], T], storage: Any = None) -> T:
         raise
     except Exception as e:  # noqa: BLE001 - classified; anything else is re-raised as is
         if output.startswith(("s3://", "s3a://")):
-            err = _preflight_error(e, "output", output, _as_storage(storage).s3)
+            err = preflight_error(e, "output", output, as_storage(storage).s3)
             if err is not e:
                 raise err from None
         raise

@@ -21,50 +21,25 @@ A spec is what a user writes in ``jobs/*.yaml``::
 
 Everything is validated before any work starts; a wrong key or value is a
 :class:`~preproc.errors.ConfigError` whose message names the key and what is allowed.
+This module holds the models; :mod:`preproc.spec.load` reads YAML and applies overrides.
+The storage settings (``storage:``) are the storage room's own objects
+(:mod:`preproc.io.s3`), held here as a section.
 """
 
 from __future__ import annotations
 
-import copy
-import re
-from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal, Union
 
-import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from preproc.errors import ConfigError
+from preproc.clean.steps import build_steps
+from preproc.dedup.near import parse_options
+from preproc.io.s3 import S3Spec, StorageSpec
 from preproc.spec.secrets import check_spec
+from preproc.spec.sizes import Size
 
-__all__ = ["Spec", "S3Spec", "StorageSpec", "load_spec", "parse_size"]
-
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
-          "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
-
-
-def parse_size(value: int | str) -> int:
-    """``"256MiB"`` → 268435456; plain integers pass through. Decimal (MB) and binary (MiB) units."""
-    if isinstance(value, bool):
-        raise ValueError("expected a size such as 268435456 or '256MiB'")
-    if isinstance(value, int):
-        return value
-    m = _SIZE_RE.match(str(value))
-    if not m:
-        raise ValueError(f"expected a size such as 268435456 or '256MiB', got {value!r}")
-    unit = (m.group(2) or "").lower().rstrip("b")
-    return int(float(m.group(1)) * _UNITS[unit])
-
-
-def _positive_size(v: Any) -> int:
-    n = parse_size(v)
-    if n < 1:
-        raise ValueError("must be a positive size")
-    return n
-
-
-# A byte count written as 268435456 or "256MiB" (YAML users write units).
-Size = Annotated[int, BeforeValidator(_positive_size)]
+__all__ = ["Spec", "InputSpec", "DedupSpec", "ExactDedupSpec", "TokenizeSpec", "ExecutorSpec", "MetricsSpec",
+           "StorageSpec", "S3Spec"]
 
 
 class _Model(BaseModel):
@@ -108,9 +83,7 @@ class DedupSpec(_Model):
     def _near(cls, v: Any) -> Any:
         if v is None:
             return False
-        from preproc.dedup.near import parse_options  # one-line ConfigError naming dedup.near.<key>
-
-        parse_options(v)
+        parse_options(v)   # one-line ConfigError naming dedup.near.<key>
         return v
 
     @field_validator("exact", mode="before")
@@ -161,74 +134,6 @@ class ExecutorSpec(_Model):
     options: dict[str, Any] = {}
 
 
-# Keys that would put a secret into the spec (which is copied into plan.json, dataset.json
-# and Kubernetes ConfigMaps). Checked by name, so the message never repeats the value.
-_SECRET_KEYS = {"key", "secret", "token", "password", "credentials", "aws_access_key_id",
-                "aws_secret_access_key", "aws_session_token", "access_key", "secret_key",
-                "access_key_id", "secret_access_key", "session_token"}
-
-
-class S3Spec(_Model):
-    """How to reach S3 or an S3-compatible store (MinIO, Ceph, R2) for every ``s3://`` path.
-
-    Credentials are never part of a spec: they come from the standard AWS chain
-    (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``, ``AWS_PROFILE``,
-    ``~/.aws/credentials`` and ``config``, web identity / IRSA, ECS/EKS pod identity, EC2
-    instance metadata). ``AWS_ENDPOINT_URL`` and ``AWS_DEFAULT_REGION`` apply when the
-    fields below are unset.
-    """
-
-    endpoint_url: str | None = None          # http(s)://host:port of an S3-compatible store
-    region: str | None = None
-    profile: str | None = None               # a profile of ~/.aws/config (no keys here)
-    anonymous: bool = False                  # unsigned requests: public buckets
-    addressing_style: Literal["auto", "path", "virtual"] = "auto"
-    verify_tls: Union[bool, str] = True      # or the path of a CA bundle
-    requester_pays: bool = False
-    server_side_encryption: Literal["AES256", "aws:kms"] | None = None
-    sse_kms_key_id: str | None = None        # a key id/ARN, not a secret
-    # Each request is retried with exponential backoff and jitter on throttling (SlowDown,
-    # 503), 5xx and connection errors, up to this many attempts.
-    max_attempts: int = Field(default=8, ge=1, le=50)
-    retry_mode: Literal["standard", "adaptive"] = "standard"
-    connect_timeout_s: float = Field(default=10.0, gt=0)
-    read_timeout_s: float = Field(default=60.0, gt=0)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_secrets(cls, v: Any) -> Any:
-        if isinstance(v, dict):
-            for k in v:
-                if str(k).lower() in _SECRET_KEYS:
-                    raise ConfigError(
-                        f"storage.s3.{k}: credentials are never read from the spec (it is copied into "
-                        f"plan.json); use AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, "
-                        f"~/.aws/credentials or an instance/workload identity")
-        return v
-
-    @field_validator("endpoint_url")
-    @classmethod
-    def _endpoint(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        from urllib.parse import urlsplit
-
-        u = urlsplit(v)
-        if u.scheme not in ("http", "https") or not u.hostname:
-            raise ValueError("expected http(s)://host[:port]")
-        if u.username or u.password:
-            # Checked before anything echoes the value: userinfo would be a secret.
-            raise ConfigError("storage.s3.endpoint_url: must not hold a user name or password; "
-                              "credentials come from the AWS environment or config files")
-        return v.rstrip("/")
-
-
-class StorageSpec(_Model):
-    """Storage settings for every path of a run (inputs, tokenizer, output)."""
-
-    s3: S3Spec = S3Spec()
-
-
 class MetricsSpec(_Model):
     """Prometheus metrics of workers and the coordinator (names in :mod:`preproc.observe.metrics`).
 
@@ -276,109 +181,8 @@ class Spec(_Model):
 
     @model_validator(mode="after")
     def _check_clean(self) -> "Spec":
-        from preproc.clean.steps import build_steps  # the registry validates each step's options
-
-        build_steps(self.clean)
+        build_steps(self.clean)   # the registry validates each step's options
         return self
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
-
-
-def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    raw = copy.deepcopy(raw)
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        if key in ("input", "inputs"):
-            raw.setdefault("input", {})["paths"] = [value] if isinstance(value, str) else list(value)
-        elif key == "output":
-            raw["output"] = str(value)
-        elif key == "shards":
-            raw["shards"] = value
-        elif key in ("workers", "threads_per_worker"):
-            raw.setdefault("executor", {})[key] = value
-        elif key == "executor":
-            raw.setdefault("executor", {})["kind"] = value
-        elif key == "tokenizer":
-            raw.setdefault("tokenize", {})["tokenizer"] = str(value)
-        else:
-            # Dotted keys reach anything: ``{"clean.length.min_words": 5}``.
-            node = raw
-            parts = key.split(".")
-            for p in parts[:-1]:
-                nxt = node.get(p)
-                if not isinstance(nxt, dict):
-                    nxt = {}
-                    node[p] = nxt
-                node = nxt
-            node[parts[-1]] = value
-    return raw
-
-
-def _format_error(err: ValidationError, where: str) -> str:
-    e = err.errors()[0]
-    loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "union[", "literal[")))
-    msg = e["msg"]
-    if e["type"] == "extra_forbidden":
-        allowed = _allowed_keys(e["loc"][:-1])
-        msg = "unknown key" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
-    elif "input" in e and e["type"] not in ("missing",):
-        got = repr(e["input"])
-        msg = f"{msg} (got {got[:80]})"
-    more = f" (+{len(err.errors()) - 1} more problem(s))" if len(err.errors()) > 1 else ""
-    return f"{where}: {loc or '<top>'}: {msg}{more}"
-
-
-def _allowed_keys(loc: tuple) -> list[str]:
-    model: Any = Spec
-    for part in loc:
-        field = getattr(model, "model_fields", {}).get(part)
-        if field is None:
-            return []
-        ann = field.annotation
-        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-        if model is None:
-            return []
-    return list(model.model_fields)
-
-
-def load_spec(spec: "Spec | str | Path | dict[str, Any]", **overrides: Any) -> Spec:
-    """Read and validate a spec from a YAML path, a YAML string, a dict or a :class:`Spec`.
-
-    Overrides win over the file: ``input`` (str or list), ``output``, ``shards``, ``workers``,
-    ``executor`` (kind), ``tokenizer``, and dotted keys such as ``clean.length.min_words``.
-
-    >>> load_spec({"input": {"paths": ["data/*.jsonl"]}}, output="out").output
-    'out'
-    """
-    where = "spec"
-    if isinstance(spec, Spec):
-        raw = spec.to_json()
-    elif isinstance(spec, dict):
-        raw = spec
-    else:
-        text = str(spec)
-        if isinstance(spec, Path) or ("\n" not in text and text.endswith((".yaml", ".yml", ".json"))):
-            where = text
-            try:
-                from preproc.io.store import read_text  # specs may live on S3 or a ConfigMap mount
-
-                text = read_text(text)
-            except FileNotFoundError:
-                raise ConfigError(f"{where}: spec file not found") from None
-        try:
-            raw = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            pos = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise ConfigError(f"{where}: not valid YAML{pos}: {getattr(e, 'problem', e)}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{where}: the spec must be a mapping with at least an 'input' key")
-    raw = _apply_overrides(raw, overrides)
-    try:
-        return Spec.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(_format_error(e, where)) from None
-    except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from None

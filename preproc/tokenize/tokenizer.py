@@ -16,7 +16,8 @@ from tokenizers import Tokenizer
 from preproc.spec.model import TokenizeSpec
 from preproc.errors import ConfigError
 from preproc.io.readers import ReadLog, read_split
-from preproc.io.store import Store, read_bytes
+from preproc.io.s3 import read_bytes
+from preproc.io.store import Store
 from preproc.tokenize import tiktoken_backend  # imports tiktoken itself only when used (optional)
 
 __all__ = ["inspect_tokenizer", "load_run_tokenizer", "choose_backend", "Encoder", "preload"]

@@ -19,7 +19,7 @@ import os
 from typing import Any
 
 from preproc.errors import ConfigError
-from preproc.io.store import StorageLike, _as_storage, is_remote, join, open_fs, s3_options
+from preproc.io.s3 import StorageLike, as_storage, is_remote, join, open_fs, s3_options
 
 __all__ = ["to_hf_dataset", "parquet_files"]
 
@@ -52,7 +52,7 @@ def to_hf_dataset(output: str | os.PathLike, *, storage: StorageLike = None, spl
         import datasets
     except ImportError:
         raise ConfigError("to_hf_dataset needs Hugging Face datasets: pip install 'preproc[hf]'") from None
-    st = _as_storage(storage)
+    st = as_storage(storage)
     files = parquet_files(output, storage=st)
     if any(f.startswith(("s3://", "s3a://")) for f in files):
         kwargs.setdefault("storage_options", s3_options(st.s3))

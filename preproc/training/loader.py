@@ -49,10 +49,10 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 
 from preproc.errors import ConfigError
-from preproc.io.store import StorageLike, _as_storage, open_fs
+from preproc.io.s3 import StorageLike, as_storage, open_fs
 
 if TYPE_CHECKING:
-    from preproc.spec.model import StorageSpec
+    from preproc.io.s3 import StorageSpec
 
 __all__ = ["TokenDataset", "torch_dataset", "window_order"]
 
@@ -255,7 +255,7 @@ class TokenDataset:
     docstring.
 
     ``source``: the run's output (local, PVC or ``s3://``) or its ``dataset.json``.
-    ``storage``: S3 settings (a :class:`~preproc.spec.model.StorageSpec` or ``{"s3": {...}}``);
+    ``storage``: S3 settings (a :class:`~preproc.io.s3.StorageSpec` or ``{"s3": {...}}``);
     default: the AWS environment. ``cache_dir``: where remote blocks are cached (default
     ``$PREPROC_CACHE`` or ``~/.cache/preproc``; ``False``: memory only). ``dtype``: of the
     yielded arrays.
@@ -273,7 +273,7 @@ class TokenDataset:
         self.rank, self.world_size = int(rank), int(world_size)
         self.seed, self.shuffle, self.drop_last = int(seed), bool(shuffle), bool(drop_last)
         self.dtype = np.dtype(dtype)
-        storage = _as_storage(storage)
+        storage = as_storage(storage)
         base, self.manifest = _read_manifest(os.fspath(source), storage)
         self._stream = _TokenStream(base, self.manifest, storage, cache_dir=cache_dir, block_bytes=block_bytes)
         self.epoch = 0

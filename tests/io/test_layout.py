@@ -35,3 +35,17 @@ def test_split_labels():
     assert layout.split_label(rng) == "/d/b.jsonl[0:100]"
     assert layout.split_label(rg) == "/d/c.parquet[row groups 2..4]"
     assert layout.split_label(rg, short=True) == "c.parquet[rg 2..4]"
+
+
+def test_io_names_are_pinned():
+    # The names io itself writes: a lease's versions, temporaries of atomic writes and lease
+    # takes, and what counts as our own leftovers at the top of an output.
+    assert layout.lease_version(layout.RUN_LEASE, 3) == "_lease/0000000003.json"
+    assert layout.temporary("part-00001.parquet", "abc") == ".part-00001.parquet.tmp-abc"
+    assert layout.lease_temporary("f" * 32) == ".lease-" + "f" * 32
+    for ours in ("_lease", layout.temporary("plan.json", "0123456789ab"), layout.lease_temporary("0" * 32)):
+        assert layout.LEFTOVER.match(ours)
+    for foreign in ("lease", "data.jsonl", ".x.tmp-short", "_state"):
+        assert not layout.LEFTOVER.match(foreign)
+    assert layout.is_marker("clean/_done/00001.json") and layout.is_marker("near/x/pairs/_failed/00002.json")
+    assert not layout.is_marker("clean/part-00001.parquet")
