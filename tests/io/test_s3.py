@@ -20,7 +20,7 @@ import yaml
 import preproc
 
 from tests.conftest import read_tree
-from tests.s3server import DUMMY_SECRET, s3, s3_server  # noqa: F401  (fixtures)
+from tests.s3server import DUMMY_SECRET
 
 CLEAN = {"defaults": False, "normalize": True}   # independent of the quality filters
 
@@ -54,7 +54,7 @@ def _s3_spec(s3, b: str, out: str = "out") -> dict:
 
 def _cli(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "preproc", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, cwd=str(Path(__file__).resolve().parents[1]))
+                          timeout=timeout, cwd=str(Path(__file__).resolve().parents[2]))
 
 
 def _same_tokens(s3, b: str, out: str, local_out: Path) -> None:

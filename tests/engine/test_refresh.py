@@ -21,7 +21,6 @@ from preproc.engine.refresh import Lock, refresh
 from preproc.io.store import Store
 
 from tests.conftest import ROOT
-from tests.s3server import s3, s3_server  # noqa: F401  (fixtures)
 
 
 def _records(path):

@@ -17,9 +17,9 @@ from preproc.io import store as storage
 from preproc.errors import ConfigError
 from preproc.io.store import Store, open_fs
 
-from tests.s3server import DUMMY_SECRET, s3, s3_server  # noqa: F401  (fixtures)
+from tests.s3server import DUMMY_SECRET
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
