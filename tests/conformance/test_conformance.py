@@ -10,7 +10,6 @@ statistics, and the same set of output ids: nothing lost, nothing doubled.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from pathlib import Path

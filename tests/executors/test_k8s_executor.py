@@ -95,7 +95,7 @@ def test_demo_on_k8s_is_byte_identical_to_local(tmp_path, demo_inputs, cluster, 
     plan_stages = [(s["name"], s["fan_out"]) for s in Store(str(tmp_path / "k8s")).read_json("plan.json")["stages"]]
     jobs = [cluster.job(job_name(k8s.run_id, s), NS) for s, _ in plan_stages]
     assert all(j is not None for j in jobs)
-    for job, (stage, n) in zip(jobs, plan_stages):
+    for job, (_stage, n) in zip(jobs, plan_stages):
         status = job["status"]
         # The controller's bookkeeping, as a real cluster would show it.
         assert status["completedIndexes"] == ("0" if n == 1 else f"0-{n - 1}")
