@@ -14,7 +14,12 @@ Off unless ``PREPROC_FAILPOINTS`` is set, and then only checked at a few points 
 * ``action``: ``kill`` (SIGKILL this process, like the OOM killer), ``exit`` (exit code 1),
   ``raise`` (a ``RuntimeError``, or the built-in exception ``error`` names: ``ImportError``,
   ``MemoryError``, ``OSError``, ``ValueError``), ``hang`` (sleep forever: a stalled worker),
-  ``data_error`` (a ``ValueError``: what a file whose bytes are not what its format says raises).
+  ``data_error`` (a ``ValueError``: what a file whose bytes are not what its format says raises),
+  ``killpg`` (SIGKILL this process's whole process group: the coordinator and its workers, like
+  a lost node; only where the group is its own session, i.e. the test started the run with
+  ``start_new_session=True``, so a test can never kill its own runner), ``signal`` (send this
+  process the signal ``signal=TERM`` names, default TERM: what Kubernetes sends a pod, at an
+  exact point instead of a moment a test guesses).
 * ``read_batch`` (a reader's batch boundary, in ``readers.read_split``) also takes ``batch``
   (the boundary's number in its split: 0 before the first batch) and ``file`` (the input's
   relative path); any other key a point passes is matched the same way.
@@ -114,6 +119,11 @@ def failpoint(point: str, stage: str | None = None, index: int | None = None, *,
             return
         if action == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
+        if action == "killpg":
+            _killpg(point)
+        if action == "signal":
+            os.kill(os.getpid(), getattr(signal, "SIG" + r.get("signal", "TERM")))
+            return
         if action == "exit":
             os._exit(1)
         if action == "hang":
@@ -123,6 +133,14 @@ def failpoint(point: str, stage: str | None = None, index: int | None = None, *,
             raise ValueError(f"failpoint {point} fired (stage={stage}, index={index}, {where})")
         error = _ERRORS.get(r.get("error", "RuntimeError"), RuntimeError)
         raise error(f"failpoint {point} fired (stage={stage}, index={index}, step={step})")
+
+
+def _killpg(point: str) -> None:
+    group = os.getpgrp()
+    if os.getsid(0) != group:
+        raise RuntimeError(f"failpoint {point}: action=killpg needs the run in its own session "
+                           "(start_new_session=True); refusing to kill a group it may share with its caller")
+    os.killpg(group, signal.SIGKILL)
 
 
 def _pause(point: str, wait_s: float) -> None:

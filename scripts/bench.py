@@ -218,8 +218,8 @@ def child_ours_tokenize(a: dict) -> dict:
     included (as datatrove's executor start-up is)."""
     from bench_tokenize import reset_tokenize
 
-    from preproc.executors.local import LocalExecutor
     from preproc.engine.plan import Plan
+    from preproc.executors.local import LocalExecutor
 
     out = a["out"]
     reset_tokenize(out)
@@ -259,8 +259,12 @@ def child_datatrove_tokenize(a: dict) -> dict:
 def child_datatrove_e2e(a: dict) -> dict:
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.dedup import MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature
-    from datatrove.pipeline.dedup.exact_dedup import (ExactDedupConfig, ExactDedupFilter, ExactDedupSignature,
-                                                      ExactFindDedups)
+    from datatrove.pipeline.dedup.exact_dedup import (
+        ExactDedupConfig,
+        ExactDedupFilter,
+        ExactDedupSignature,
+        ExactFindDedups,
+    )
     from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupBuckets
     from datatrove.pipeline.filters import GopherQualityFilter, GopherRepetitionFilter
     from datatrove.pipeline.readers import JsonlReader
@@ -342,7 +346,7 @@ def make_lines(dest: Path, *, docs: int, files: int, seed: int = 0) -> dict:
     rng = random.Random(seed)
     vocab = [f"w{i}" for i in range(20000)]
     texts: list[str] = []
-    for k in range(docs):
+    for _k in range(docs):
         r = rng.random()
         if texts and r < 0.1:
             t = texts[rng.randrange(len(texts))]
@@ -389,7 +393,7 @@ def child_ours_shards(a: dict) -> dict:
             "stage_wall_time_s": {k: v for k, v in r.stats.get("stage_wall_time_s", {}).items() if v >= 0.01}}
 
 
-def shard_counts(work: Path, corpus: Path, W: int, tab: "Table", *, docs: int, corpus_mb: float,
+def shard_counts(work: Path, corpus: Path, W: int, tab: Table, *, docs: int, corpus_mb: float,
                  counts: tuple[int, int], timeout_s: float) -> dict:
     """The same input cut into few and many shards (one file each), 2 workers: wall time
     at many at most 1.5x that at few, the same kept documents and drop counts."""

@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tokenizers import Tokenizer  # noqa: E402
 
 import preproc  # noqa: E402
-from preproc.executors.local import LocalExecutor  # noqa: E402
 from preproc.engine.plan import Plan  # noqa: E402
 from preproc.engine.stages import run_index  # noqa: E402
+from preproc.executors.local import LocalExecutor  # noqa: E402
 from preproc.io.store import Store  # noqa: E402
 
 

@@ -10,7 +10,7 @@ The README's block after "prints a summary" is the demo's standard output line f
 but for the run id (``<run id>``: it depends on where the demo's inputs lie) and the
 closing ``done in ...`` line (a time). The demo runs in a new temporary folder with its
 default ``--output``, so paths print as in the README. ``.ci/run`` calls this with a fresh
-venv that holds the base install only; ``tests/test_readme.py`` imports it, so the README
+venv that holds the base install only; ``tests/engine/test_readme.py`` imports it, so the README
 and the check cannot drift apart. Exit code 0 when they match; 1 with a diff.
 
 ``image-extras`` prints the extras of the Dockerfile's ``pip install "preproc[...]"`` line,

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# The S3 fixtures (moto's server on loopback), shared by every test module that takes `s3`.
+from tests.s3server import s3, s3_server  # noqa: F401  (pytest fixtures, found by name)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PREPROC_SHARED", ROOT.parent / "shared"))
 DATA = SHARED / "data"

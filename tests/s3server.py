@@ -1,9 +1,7 @@
 """A real S3 API on loopback for tests: moto's ``ThreadedMotoServer`` on 127.0.0.1 and a
 free port, plus an optional fault-injecting proxy in front of it.
 
-Use the fixtures from any test module::
-
-    from .s3server import s3, s3_server  # noqa: F401  (pytest fixtures)
+tests/conftest.py imports the fixtures once; any test takes them by name::
 
     def test_something(s3):
         bucket = s3.bucket()                      # a fresh, empty bucket

@@ -1,5 +1,6 @@
 """One conformance suite that every executor passes: local processes, Ray, and Kubernetes
-(through the API-server stand-in). Kill anywhere, worker counts, bad input.
+(through the API-server stand-in). Kill anywhere, worker counts (1, 2, 4), S3 (moto's server),
+refresh, bad input.
 
 Each trial kills a real worker process (SIGKILL, like the OOM killer or a preempted node)
 at a named point of the real code path (``preproc.faults``), then checks that the run,
@@ -10,7 +11,6 @@ statistics, and the same set of output ids: nothing lost, nothing doubled.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -21,6 +21,7 @@ import pytest
 import preproc
 
 from tests.conftest import read_tree
+from tests.s3server import dummy_env
 
 EXECUTORS = ["local", "ray", "k8s"]
 TRIALS = {"local": 20, "ray": 5, "k8s": 5}
@@ -46,6 +47,7 @@ class Harness:
         self.rules.write_text("")
         self.env = {"PREPROC_FAILPOINTS": f"@{self.rules}", "PREPROC_FAILPOINT_STATE": str(self.state)}
         self.cluster = None
+        self.s3_secret = None     # k8s: the Secret that gives pods S3 credentials
         self.opts = {}
         if kind == "local":
             for k, v in self.env.items():
@@ -71,18 +73,24 @@ class Harness:
             self.cluster.__exit__(None, None, None)
 
     def executor(self, retries=2, workers=2):
+        """``workers``: how many indices run at once (local processes, Ray CPUs, pods)."""
         if self.kind == "local":
             return {"kind": "local", "workers": workers, "retries": retries}
         if self.kind == "ray":
             return {"kind": "ray", "retries": retries,
-                    "options": {"local_cpus": 2, "runtime_env": {"env_vars": self.env}}}
+                    "options": {"local_cpus": workers, "runtime_env": {"env_vars": self.env}}}
         return {"kind": "k8s", "retries": retries, "options": {
-            "pvc": {"claim_name": "preproc-data", "mount_path": str(self.tmp)}, "parallelism": 2,
-            "pod_check_interval_s": 0.5, "watch_timeout_s": 5, "env": self.env}}
+            "pvc": {"claim_name": "preproc-data", "mount_path": str(self.tmp)}, "parallelism": workers,
+            "pod_check_interval_s": 0.5, "watch_timeout_s": 5, "env": self.env,
+            **({"s3": {"secret": self.s3_secret}} if self.s3_secret else {})}}
 
     def run(self, spec, **kw):
         spec = dict(spec, executor=self.executor(**kw))
         return preproc.run(spec, executor_options=self.opts)
+
+    def refresh(self, spec, **kw):
+        spec = dict(spec, executor=self.executor(**kw))
+        return preproc.refresh(spec, executor_options=self.opts)
 
     def arm(self, rule: str | None):
         self.rules.write_text(rule or "")
@@ -170,11 +178,58 @@ def test_kill_anywhere(harness, demo_small, reference, tmp_path):
     print(f"{harness.kind}: {len(report)} kill trials recovered: " + ", ".join(report))
 
 
-@pytest.mark.parametrize("workers", [1, 4])
-def test_worker_counts_local(demo_small, reference, tmp_path, workers):
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_worker_counts(harness, demo_small, reference, tmp_path, workers):
+    """Outputs do not depend on how many indices run at once, on any executor (small input:
+    800 documents, 4 shards, so 4 workers have one index each)."""
     out = tmp_path / "o"
-    r = preproc.run(dict(_base_spec(demo_small, out), executor={"kind": "local", "workers": workers}))
+    r = harness.run(_base_spec(demo_small, out), workers=workers)
     _same_as_reference(out, r.stats, reference)
+
+
+ACCOUNTING = ("read", "kept", "tokens", "filtered_total", "duplicates_total", "rejected_total")
+
+
+def test_s3_every_executor(harness, s3, demo_small, reference, tmp_path):
+    """Inputs, tokenizer and output on S3 (moto on loopback): the same tokens as the local run."""
+    if harness.kind == "ray":
+        pytest.skip("Ray on moto's S3: the tasks stall (>3 min, seen while adding this matrix); "
+                    "open item of issue 17's conformance matrix")
+    b = s3.bucket("conf")
+    s3.upload(demo_small / "input", b, "corpus")
+    s3.client.put_object(Bucket=b, Key="models/tokenizer.json", Body=(demo_small / "tokenizer.json").read_bytes())
+    # Credentials never go in a spec: local workers and a local Ray inherit this process's
+    # (dummy) keys from the `s3` fixture; pods get them from a Secret, the rest as plain env.
+    creds = {k: v for k, v in dummy_env(s3.tmp).items() if k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    if harness.kind == "k8s":
+        harness.cluster.secrets[("preproc", "s3-creds")] = creds
+        harness.s3_secret = "s3-creds"
+        harness.env.update({k: v for k, v in dummy_env(s3.tmp).items() if k not in creds})
+    spec = dict(_base_spec(demo_small, f"s3://{b}/out"), input={"paths": [f"s3://{b}/corpus/*"]},
+                tokenize={"tokenizer": f"s3://{b}/models/tokenizer.json"}, storage=s3.storage)
+    r = harness.run(spec)
+    ref_out, ref = reference
+    assert s3.tree(b, "out/tokens") == read_tree(ref_out)
+    assert {k: r.stats[k] for k in ACCOUNTING} == {k: ref.stats[k] for k in ACCOUNTING}
+
+
+def test_refresh_every_executor(harness, demo_small, reference, tmp_path):
+    """Two generations (half the files, then the rest) hold as many documents and tokens as
+    one run over everything: copies of the first generation's documents are dropped."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    files = sorted((demo_small / "input").iterdir())
+    for f in files[: len(files) // 2]:
+        shutil.copy(f, inp)
+    spec = dict(_base_spec(demo_small, tmp_path / "ds"), input={"paths": [str(inp / "*")]})
+    assert harness.refresh(spec).generation == 1
+    for f in files[len(files) // 2:]:
+        shutil.copy(f, inp)
+    r2 = harness.refresh(spec)
+    assert r2.generation == 2 and r2.new_files == len(files) - len(files) // 2
+    ds = json.loads((tmp_path / "ds" / "dataset.json").read_text())
+    assert [g["generation"] for g in ds["generations"]] == [1, 2]
+    assert ds["documents"] == reference[1].stats["kept"]
 
 
 def test_bad_input_every_executor(harness, bad, gpt2, tmp_path):

@@ -4,7 +4,7 @@ unknown fields are errors (a real API server would prune them silently)."""
 from __future__ import annotations
 
 import copy
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ def _strict(node: Any) -> Any:
     return node
 
 
-@lru_cache(maxsize=None)
+@cache
 def crd_schema(kind: str) -> dict[str, Any]:
     path = need(CRDS / f"ray.io_{kind.lower()}s.yaml")
     crd = yaml.safe_load(Path(path).read_text())

@@ -6,7 +6,7 @@ Hindi or Urdu ending in 。 ։ । ۔ counts as unpunctuated. :data:`SENTENCE_TE
 Unicode ``Sentence_Terminal`` property (UAX #29; 170 code points), taken
 from the ``regex`` module's property tables once and written out here, so nothing at run
 time depends on ``regex`` (Arrow's RE2 knows scripts and categories, not this property);
-``tests/test_filters_scripts.py`` checks the table against ``regex`` where it is installed.
+``tests/clean/test_filters_scripts.py`` checks the table against ``regex`` where it is installed.
 """
 
 from __future__ import annotations

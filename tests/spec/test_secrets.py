@@ -17,9 +17,8 @@ import preproc
 from preproc.errors import ConfigError
 from preproc.spec.secrets import check_spec, redact
 
-from tests.s3server import s3, s3_server  # noqa: F401  (fixtures)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VALUE = "planted-Secret-Value-42"
 
 

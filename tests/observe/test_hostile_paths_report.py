@@ -17,7 +17,7 @@ from preproc.spec.model import Spec
 from preproc.io.listing import list_inputs
 
 from tests.conftest import ROOT
-from tests.test_report import _parse
+from tests.observe.test_report import _parse
 
 HOSTILE = "a page that says <!--<script> and </script><script>alert(1)</script> in its text"
 

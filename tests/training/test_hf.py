@@ -18,7 +18,6 @@ from preproc.training.hf import parquet_files, to_hf_dataset
 from preproc.training.megatron import IndexedDataset
 
 from tests.conftest import read_tree
-from tests.s3server import s3, s3_server  # noqa: F401  (fixtures)
 
 datasets = pytest.importorskip("datasets")
 

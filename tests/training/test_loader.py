@@ -18,7 +18,6 @@ import preproc
 from preproc.training.loader import TokenDataset, torch_dataset, window_order
 from preproc.training.megatron import IndexedDataset
 
-from tests.s3server import s3, s3_server  # noqa: F401  (fixtures)
 
 L = 64
 EOS = 50256
@@ -237,7 +236,7 @@ def test_package_never_imports_torch(gpt2_run):
             "next(iter(ds)); ds.state_dict()\n"
             "assert 'torch' not in sys.modules and 'datasets' not in sys.modules, sorted(sys.modules)\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                       cwd=str(Path(__file__).resolve().parents[1]))
+                       cwd=str(Path(__file__).resolve().parents[2]))
     assert p.returncode == 0, p.stderr[-2000:]
 
 

@@ -17,7 +17,6 @@ import preproc
 from preproc.observe.status import run_status
 
 from tests.conftest import ROOT
-from tests.s3server import s3, s3_server  # noqa: F401  (pytest fixtures)
 
 
 def _cli(*args):

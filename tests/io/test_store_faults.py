@@ -9,7 +9,6 @@ import preproc
 from preproc.engine.runner import prepare
 from preproc.engine.stages import run_index
 
-from tests.s3server import s3, s3_server  # noqa: F401  (fixtures)
 
 CLEAN = {"defaults": False, "normalize": True, "length": {"min_chars": 50}}
 

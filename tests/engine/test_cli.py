@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, wait_for, read_tree
+from tests.conftest import ROOT, read_tree
 
 
 def cli(*args, env=None, check=False, **kw):
@@ -97,54 +97,34 @@ def test_worker_status_and_job_completion_index(tmp_path, demo_inputs):
     assert "complete" in text and f"{n:>5}/{n:<5}" in text
 
 
-def _children(pid: int) -> list[int]:
-    kids = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                stat = (d / "stat").read_text()
-                cmd = (d / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"spawn_main" in cmd:
-                kids.append(int(d.name))
-    return kids
-
-
 def test_killed_worker_is_retried_and_killed_run_resumes_identically(tmp_path, demo_inputs):
     ref_dir = tmp_path / "ref"
     ref_dir.mkdir()
     cli("run", _spec(ref_dir, demo_inputs), "--workers", "2", check=True)
     ref = read_tree(ref_dir / "out")
 
-    # 1. SIGKILL one pool worker while the tokenize stage runs: the pool is rebuilt, the
-    #    index retried, and the run finishes by itself with identical outputs.
+    # 1. SIGKILL one pool worker as it starts tokenize index 1 (a failpoint, once): the pool is
+    #    rebuilt, the index retried, and the run finishes by itself with identical outputs.
     a = tmp_path / "a"
     a.mkdir()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "preproc", "run", str(_spec(a, demo_inputs)), "--workers", "2"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert wait_for(lambda: (a / "out" / "tokenize").exists() or proc.poll() is not None)
-    kids = _children(proc.pid)
-    killed = False
-    if kids and proc.poll() is None:
-        os.kill(kids[0], signal.SIGKILL)
-        killed = True
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
-    assert killed, "the run finished before a worker could be killed"
+    fired = tmp_path / "fired"
+    p = cli("run", _spec(a, demo_inputs), "--workers", "2",
+            env={"PREPROC_FAILPOINTS": "point=start,stage=tokenize,index=1,action=kill,times=1",
+                 "PREPROC_FAILPOINT_STATE": str(fired)})
+    assert p.returncode == 0, p.stderr
+    assert (fired / "rule0-0").exists(), "the worker was not killed"
     assert read_tree(a / "out") == ref
 
-    # 2. SIGKILL the whole run (coordinator and workers) mid-stage, then rerun: it resumes
-    #    from the markers and ends byte-identical.
+    # 2. SIGKILL the whole run (coordinator and workers) as clean index 2 is about to write its
+    #    marker, then rerun: it resumes from the markers and ends byte-identical.
     b = tmp_path / "b"
     b.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "preproc", "run", str(_spec(b, demo_inputs)), "--workers", "1"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.run([sys.executable, "-m", "preproc", "run", str(_spec(b, demo_inputs)), "--workers", "1"],
+                          env=dict(env, PREPROC_FAILPOINTS="point=marker,stage=clean,index=2,action=killpg"),
+                          capture_output=True, start_new_session=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     done_dir = b / "out" / "clean" / "_done"
-    assert wait_for(lambda: done_dir.exists() and len(list(done_dir.glob("*.json"))) >= 2 or proc.poll() is not None)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
     n_done = len(list(done_dir.glob("*.json")))
     assert 2 <= n_done < 8, n_done   # really interrupted mid-stage
     assert not (b / "out" / "dataset.json").exists()

@@ -114,7 +114,7 @@ def test_report_numbers_equal_stats_json(run_out):
     # stats.json names its times for what they are: worker time summed over indices, and the
     # stage's wall time (first start to last finish), the same numbers the page shows.
     assert "stage_wall_time_s" not in stats
-    for k, row in enumerate(data["stage_times"][:3]):
+    for row in data["stage_times"][:3]:
         assert stats["stage_worker_time_s"][row["stage"]] == pytest.approx(row["busy_s"], abs=0.01)
         assert stats["stage_span_s"][row["stage"]] == pytest.approx(row["span_s"], abs=0.01)
         assert 0 < stats["stage_span_s"][row["stage"]]

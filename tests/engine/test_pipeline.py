@@ -15,7 +15,7 @@ import preproc
 from preproc.training.megatron import IndexedDataset
 
 from tests.conftest import read_tree
-from tests.test_megatron import _parse
+from tests.tokenize.test_megatron import _parse
 
 
 def _corpus_docs(corpus, files):

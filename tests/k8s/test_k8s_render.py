@@ -263,7 +263,7 @@ def test_network_policy_allows_dns_and_https_egress_only():
     assert ports == {("UDP", 53), ("TCP", 53), ("TCP", 443), ("TCP", 6443)}
     assert all("to" not in rule for rule in spec["egress"])
     assert spec["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "preproc"}}
-    # (tests/test_manifest_policy.py evaluates who may reach what.)
+    # (tests/k8s/test_manifest_policy.py evaluates who may reach what.)
     # ... and that selector picks the stage Jobs' pods too.
     job = render_job(make_plan(), "clean")
     assert job["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"] == "preproc"

@@ -291,7 +291,7 @@ HAND = {
 def test_v2_statistics_equal_values_counted_by_hand(table):
     """Each statistic is checked through the step's verdict at the threshold just at and
     just past the hand-counted value (the comparison the reference code makes)."""
-    from tests.test_filters_scripts import run as run_step
+    from tests.clean.test_filters_scripts import run as run_step
 
     ids = table.column("id").to_pylist()
     texts = {i: t for i, t in zip(ids, table.column("text").to_pylist()) if i in HAND}

@@ -17,7 +17,7 @@ from preproc.clean.filters._text import TextView
 from preproc.clean.filters.gopher import word_units
 from preproc.clean.steps import CleanPipeline, build_steps
 
-from tests.test_filters import ALL_OFF, batch
+from tests.clean.test_filters import ALL_OFF, batch
 
 # The rule alone, on lines (25 lines of one length with no end marks look hard-wrapped).
 ONLY_PUNCT = {"short_line_thr": None, "char_duplicates_ratio": None, "new_line_ratio": None,

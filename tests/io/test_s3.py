@@ -5,7 +5,6 @@ planned exactly like local inputs."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import yaml
 import preproc
 
 from tests.conftest import read_tree
-from tests.s3server import DUMMY_SECRET, s3, s3_server  # noqa: F401  (fixtures)
+from tests.s3server import DUMMY_SECRET
 
 CLEAN = {"defaults": False, "normalize": True}   # independent of the quality filters
 
@@ -54,7 +53,7 @@ def _s3_spec(s3, b: str, out: str = "out") -> dict:
 
 def _cli(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "preproc", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, cwd=str(Path(__file__).resolve().parents[1]))
+                          timeout=timeout, cwd=str(Path(__file__).resolve().parents[2]))
 
 
 def _same_tokens(s3, b: str, out: str, local_out: Path) -> None:
@@ -110,20 +109,13 @@ def test_s3_killed_run_resumes(s3, demo_inputs, local_run, tmp_path):
     b = _upload_inputs(s3, demo_inputs)
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(yaml.safe_dump(_s3_spec(s3, b, "killed")))
-    proc = subprocess.Popen([sys.executable, "-m", "preproc", "run", str(spec_file)], env=s3.env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:
-            if s3.keys(b, "killed/clean/_done/"):
-                break
-            time.sleep(0.05)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)   # the coordinator and its workers
-        proc.wait(timeout=60)
-    killed = proc.returncode != 0
-    assert killed, "the run finished before it could be killed"
+    # The coordinator and its workers die as the first tokenize marker is about to be written.
+    env = dict(s3.env(), PREPROC_FAILPOINTS="point=marker,stage=tokenize,action=killpg")
+    proc = subprocess.run([sys.executable, "-m", "preproc", "run", str(spec_file)], env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, start_new_session=True, timeout=300,
+                          cwd=str(Path(__file__).resolve().parents[2]))
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert s3.keys(b, "killed/clean/_done/")
     assert not s3.keys(b, "killed/dataset.json")
     p = _cli(["run", str(spec_file)], s3.env())
     assert p.returncode == 0, p.stderr[-2000:]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,9 +17,9 @@ from preproc.errors import ConfigError
 from preproc.io.s3 import open_fs
 from preproc.io.store import Store
 
-from tests.s3server import DUMMY_SECRET, s3, s3_server  # noqa: F401  (fixtures)
+from tests.s3server import DUMMY_SECRET
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -79,11 +78,9 @@ def test_missing_credentials(s3, bucket_with_inputs, tmp_path):
     env = s3.env()
     del env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]
     before = _all_objects(s3)
-    t0 = time.time()
     line = _one_line(_run_cli(tmp_path, _spec(s3, bucket_with_inputs, f"s3://{bucket_with_inputs}/out"), env))
     assert "no AWS credentials found" in line and "AWS_ACCESS_KEY_ID" in line
     assert _all_objects(s3) == before
-    assert time.time() - t0 < 60
 
 
 def test_access_denied(s3, bucket_with_inputs, tmp_path):
@@ -137,10 +134,9 @@ def test_retries_are_bounded(s3):
     st = Store(f"s3://{b}/x", {"s3": {"endpoint_url": proxy.endpoint_url, "max_attempts": 2}})
     st.write_bytes("a.bin", b"payload")
     err = proxy.fail(1000, status=500, code="InternalError")
-    t0 = time.time()
     with pytest.raises(OSError):
         st.read_bytes("a.bin")
-    assert 2 <= err.served <= 12 and time.time() - t0 < 60
+    assert 2 <= err.served <= 12          # bounded by attempts (counted by the proxy), not by a clock
 
 
 # -- credentials in long-running processes -----------------------------------------------------

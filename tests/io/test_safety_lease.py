@@ -19,7 +19,6 @@ from preproc.io.lease import Lease, LeaseHeld, LeaseLost
 from preproc.io.store import Store
 
 from tests.conftest import ROOT, wait_for
-from tests.s3server import s3, s3_server  # noqa: F401  (pytest fixtures)
 
 
 class Clock:
