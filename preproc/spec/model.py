@@ -28,12 +28,14 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError, field_validator,
+                      model_validator)
 
 from preproc.errors import ConfigError
+from preproc.spec.near import NearOptions, near_json, resolve_near
 from preproc.spec.secrets import check_spec
 
 __all__ = ["Spec", "S3Spec", "StorageSpec", "load_spec", "parse_size"]
@@ -100,18 +102,9 @@ class ExactDedupSpec(_Model):
 
 class DedupSpec(_Model):
     exact: ExactDedupSpec = ExactDedupSpec()
-    # Filled in by the near-duplicate stages (MinHash LSH); ``False`` or absent = off.
-    near: Union[bool, dict[str, Any]] = False
-
-    @field_validator("near", mode="before")
-    @classmethod
-    def _near(cls, v: Any) -> Any:
-        if v is None:
-            return False
-        from preproc.dedup.near import parse_options  # one-line ConfigError naming dedup.near.<key>
-
-        parse_options(v)
-        return v
+    # Near duplicates (MinHash LSH): ``true`` or a mapping as written, resolved once into
+    # frozen options (preproc.spec.near); ``None`` = off, written back as ``false``.
+    near: Annotated[Optional[NearOptions], BeforeValidator(resolve_near), PlainSerializer(near_json)] = None
 
     @field_validator("exact", mode="before")
     @classmethod
