@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from preproc.io.exchange import build_index, read_partition
-from preproc.clean.stage import KEYS_FOLDER
 from preproc.dedup.drops import write_drops
+from preproc.io.exchange import build_index, read_partition
+from preproc.io.layout import CLEAN_KEYS, segment_bucket
 
 if TYPE_CHECKING:
     from preproc.engine.plan import Plan
@@ -39,12 +39,12 @@ def buckets_for(input_bytes: int) -> int:
 
 def prepare(plan: "Plan", store: "Store") -> None:
     """Merge the exchange index of ``clean/keys`` (in the coordinator, once)."""
-    build_index(store, KEYS_FOLDER, plan.num_shards, plan.stage("exact_dedup").fan_out)
+    build_index(store, CLEAN_KEYS, plan.num_shards, plan.stage("exact_dedup").fan_out)
 
 
 def read_bucket(plan: "Plan", store: "Store", bucket: int) -> pa.Table:
     """Bucket ``bucket`` of every shard's keys, with the shard as a column."""
-    t = read_partition(store, KEYS_FOLDER, bucket, ["h1", "h2", "row"], producers=plan.num_shards,
+    t = read_partition(store, CLEAN_KEYS, bucket, ["h1", "h2", "row"], producers=plan.num_shards,
                        consumers=plan.stage("exact_dedup").fan_out, producer_column="shard")
     if t is None:
         return pa.table({"h1": pa.array([], pa.uint64()), "h2": pa.array([], pa.uint64()),
@@ -60,14 +60,13 @@ def _fsb(h1: np.ndarray, h2: np.ndarray) -> pa.Array:
 
 def _prior_hashes(plan: "Plan", index: int) -> pa.Array | None:
     """Bucket ``index`` of the exact index of earlier generations (incremental refresh)."""
-    segs = (plan.refresh or {}).get("exact_segments") or []
+    segs = plan.refresh.exact_segments if plan.refresh else ()
     if not segs:
         return None
     root = plan.refresh_root()
     parts = []
     for seg in segs:
-        rel = f"{seg}/bucket-{index:05d}.parquet"
-        with root.open(rel) as f:
+        with root.open(segment_bucket(seg, index)) as f:
             t = pq.read_table(f)
         parts.append(_fsb(t.column("h1").to_numpy(), t.column("h2").to_numpy()))
     return pa.concat_arrays(parts) if parts else None
@@ -100,7 +99,6 @@ def run(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
     if plan.refresh:
         # This generation's segment of the dataset's exact index: the hashes it keeps.
         out = pa.table({"h1": h1[~dup], "h2": h2[~dup]}, schema=INDEX_SCHEMA)
-        with plan.refresh_root().open_atomic(
-                f"{plan.refresh['exact_segment_out']}/bucket-{index:05d}.parquet") as f:
+        with plan.refresh_root().open_atomic(segment_bucket(plan.refresh.exact_segment_out, index)) as f:
             pq.write_table(out, f, compression="zstd")
     return stats

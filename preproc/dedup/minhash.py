@@ -37,6 +37,7 @@ True
 from __future__ import annotations
 
 import functools
+import math
 import unicodedata
 from dataclasses import dataclass
 from typing import Literal
@@ -328,8 +329,6 @@ def _powi(x: np.ndarray, n: int) -> np.ndarray:
 
 def _area(y: np.ndarray, x: np.ndarray) -> float:
     """Trapezoid area with an exactly rounded sum (``math.fsum``): platform-independent."""
-    import math
-
     if len(x) < 2:
         return 0.0
     return math.fsum(((y[1:] + y[:-1]) * (x[1:] - x[:-1]) * 0.5).tolist())

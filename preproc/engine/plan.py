@@ -21,6 +21,7 @@ from preproc.errors import ConfigError
 from preproc.io.listing import InputFile, list_inputs, split_file
 from preproc.io.ownership import check_paths, run_writes
 from preproc.io.readers import InputSplit
+from preproc.engine.refresh_context import RefreshContext
 from preproc.io.store import Store
 
 __all__ = ["Plan", "Shard", "StagePlan", "make_plan"]
@@ -57,7 +58,7 @@ class Plan:
     version: int = PLAN_VERSION
     # Set for a generation of an incremental refresh (see preproc.engine.refresh): the dataset
     # root, the generation number and the dedup index segments of earlier generations.
-    refresh: dict[str, Any] | None = None
+    refresh: RefreshContext | None = None
 
     @property
     def num_shards(self) -> int:
@@ -85,7 +86,7 @@ class Plan:
             "created_s": self.created_s,
             "spec": self.spec.to_json(),
             "tokenizer": self.tokenizer,
-            "refresh": self.refresh,
+            "refresh": self.refresh.to_json() if self.refresh else None,
             "stages": [{"name": s.name, "fan_out": s.fan_out} for s in self.stages],
             # The run record: what this run writes at the top of its output (--force removes these).
             "writes": run_writes(self.stage_names),
@@ -106,7 +107,7 @@ class Plan:
             stages=[StagePlan(s["name"], s["fan_out"]) for s in d["stages"]],
             shards=[Shard(s["index"], tuple(InputSplit.from_json(x) for x in s["splits"])) for s in d["shards"]],
             created_s=d.get("created_s", 0.0),
-            refresh=d.get("refresh"),
+            refresh=RefreshContext.from_json(d.get("refresh")),
         )
 
     @classmethod
@@ -127,7 +128,7 @@ class Plan:
         """A refresh generation's dataset root (``_state/`` and the earlier generations)."""
         if not self.refresh:
             raise ConfigError("this plan is not a refresh generation")
-        return Store(self.refresh["root"], self.spec.storage)
+        return Store(self.refresh.root, self.spec.storage)
 
     def summary(self) -> str:
         lines = [f"run {self.run_id}  output {self.output}",
@@ -223,7 +224,7 @@ def run_fingerprint(spec: Spec, files: list[InputFile]) -> str:
 
 
 def make_plan(spec: Spec, *, tokenizer_info: dict[str, Any] | None = None,
-              files: list[InputFile] | None = None, refresh: dict[str, Any] | None = None) -> Plan:
+              files: list[InputFile] | None = None, refresh: RefreshContext | None = None) -> Plan:
     """List inputs (unless given) and build the plan (writes nothing)."""
     from preproc.engine.stages import pipeline_stages
 

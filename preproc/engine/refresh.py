@@ -43,15 +43,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from preproc.dedup.near import compact_segments
 from preproc.spec import Spec, load_spec
 from preproc.errors import ConfigError
 from preproc.io.ownership import check_dataset_root, check_paths
 from preproc.io.lease import EXIT_LOCKED, Lease, LeaseHeld, check_ttl  # noqa: F401  (EXIT_LOCKED re-exported)
 from preproc.engine.plan import Plan
+from preproc.engine.refresh_context import EarlierGeneration, RefreshContext
+from preproc.io.layout import segment
 from preproc.io.listing import InputFile, list_inputs
 from preproc.engine.runner import execute, prepare
 from preproc.io.s3 import join
 from preproc.io.store import Store
+from preproc.spec.near import NearOptions
 
 __all__ = ["refresh", "RefreshResult", "RefreshLocked"]
 
@@ -186,8 +190,6 @@ def compact(root: Store, state: dict[str, Any], n: int, lock: Lease, *, near_ver
             pq.write_table(t, f, compression="zstd")
     new_near = None
     if state.get("segments", {}).get("near"):
-        from preproc.dedup.near import compact_segments
-
         new_near = f"_state/near/compact-{n:05d}"
         for j in range(state["near_buckets"]):
             t = compact_segments(root, state["segments"]["near"], j, verified=near_verified)
@@ -263,38 +265,27 @@ def _gen_spec(s: Spec, root: Store, n: int, state: dict[str, Any]) -> Spec:
     d["output"] = join(root.uri, gen_dir(n))
     d["dedup"]["exact"]["buckets"] = state["exact_buckets"]
     near = d["dedup"].get("near")
-    if near:
+    if s.dedup.near is not None:
         near = {"enabled": True} if near is True else dict(near)
         near["buckets"] = state["near_buckets"]
         d["dedup"]["near"] = near
     return load_spec(d)
 
 
-def _near_state(s: Spec, state: dict[str, Any]):
+def _near_state(s: Spec, state: dict[str, Any]) -> NearOptions | None:
     """Fix the near-dedup partitioning for the dataset's life and refuse a changed config
     (earlier generations' band keys were made with it); the resolved config, or None."""
-    from preproc.dedup.near import near_config
-
-    cfg = near_config(s)
+    cfg = s.dedup.near
     canon = cfg.canonical if cfg is not None else None
     if state.get("near_canonical", canon) != canon and state["generations"]:
         was = state.get("near_canonical")
         hint = ""
-        if was and cfg is not None and cfg.verify and "-v" not in was:
+        if was and cfg is not None and cfg.verify:
             # Most likely `near: true` from before verification became its default: name the
             # options that give the dataset's config back, when bands and rows suffice.
-            from preproc.dedup.near import _resolve
-
-            raw = s.dedup.near if isinstance(s.dedup.near, dict) else {}
-            bands, rows = (int(x) for x in was.split("-")[2].removesuffix("r").split("b"))
-            opts = {k: v for k, v in raw.items() if k not in ("threshold", "verify", "num_perm")}
-            opts.update(bands=bands, rows=rows)
-            try:
-                same = _resolve(json.dumps(opts, sort_keys=True)).canonical == was
-            except (ConfigError, ValueError):
-                same = False
-            if same:
-                hint = f"; to go on with it, set dedup.near: {json.dumps(opts)} (no verification)"
+            twin = cfg.as_unverified()      # its canonical never ends in -v<threshold>
+            if twin.canonical == was:
+                hint = f"; to go on with it, set dedup.near: {json.dumps(twin.written)} (no verification)"
         raise ConfigError(f"dedup.near: this dataset's generations were deduplicated with "
                           f"{was or 'no near dedup'}; a refresh must use the same "
                           f"(now: {canon or 'off'}){hint}")
@@ -321,16 +312,18 @@ def _run_pending(root: Store, state: dict[str, Any], s: Spec, lock: Lease, progr
         if files is None:
             files = [InputFile(**{k: f[k] for k in ("uri", "rel", "format", "compression", "bytes", "fingerprint")})
                      for f in pend["files"]]
-        info = {"root": root.uri, "generation": n, "exact_segments": list(state["segments"]["exact"]),
-                "exact_segment_out": f"_state/exact/gen-{n:05d}",
-                "near_segments": list(state["segments"].get("near", [])),
-                "near_segment_out": f"_state/near/gen-{n:05d}" if state.get("near_canonical") else None}
+        earlier = None
         if state.get("near_canonical") and state["segments"].get("near"):
             # Verified near dedup reads earlier documents from their generations' clean/
             # parts: which generations, and how many shards each (to number them).
-            info["near_earlier"] = [{"generation": g["generation"], "path": gen_dir(g["generation"]),
-                                     "shards": g.get("shards") or _gen_shards(root, g["generation"], s)}
-                                    for g in state["generations"]]
+            earlier = tuple(EarlierGeneration(g["generation"], gen_dir(g["generation"]),
+                                              g.get("shards") or _gen_shards(root, g["generation"], s))
+                            for g in state["generations"])
+        info = RefreshContext(root=root.uri, generation=n, exact_segments=tuple(state["segments"]["exact"]),
+                              exact_segment_out=segment("exact", n),
+                              near_segments=tuple(state["segments"].get("near", [])),
+                              near_segment_out=segment("near", n) if state.get("near_canonical") else None,
+                              near_earlier=earlier)
         plan = prepare(gspec, files=files, refresh=info)
     sha = plan.tokenizer.get("sha256")
     if state.get("tokenizer_sha256") and sha != state["tokenizer_sha256"]:

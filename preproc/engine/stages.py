@@ -95,7 +95,7 @@ def pipeline_stages(spec: "Spec", num_shards: int, input_bytes: int = 0) -> list
     if spec.dedup.near:
         from preproc.dedup import near
 
-        stages.extend(near.stages(spec, num_shards, input_bytes))
+        stages.extend(StagePlan(name, n) for name, n in near.stages(spec.dedup.near, num_shards, input_bytes))
     stages.append(StagePlan("tokenize", num_shards))
     stages.append(StagePlan("finalize", 1))
     return stages

@@ -31,6 +31,7 @@ A refresh dataset root::
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 # ---- top level of a run's output ------------------------------------------------------
@@ -139,6 +140,77 @@ def near_root(canonical: str) -> str:
     """Near dedup's working folder: its canonical string names it, so changing a knob never
     overwrites earlier results."""
     return f"{NEAR}/{canonical}"
+
+
+def cc_round(k: int) -> str:
+    """``cc/03``: the edges component round ``k`` reads (round ``k-1`` wrote them); the
+    name is also what markers record as a round's ``source``."""
+    return f"cc/{k:02d}"
+
+
+# The converged stars of the single-stage components (near_components), as a round's output.
+CC_LOCAL = "cc/local"
+
+
+@dataclass(frozen=True)
+class NearPaths:
+    """The folders and files under ``near/<canonical>/``."""
+
+    canonical: str
+
+    @property
+    def root(self) -> str:
+        return near_root(self.canonical)
+
+    @property
+    def keys(self) -> str:
+        """Band keys per shard (an exchange: near_signatures → near_pairs)."""
+        return f"{self.root}/keys"
+
+    @property
+    def cand(self) -> str:
+        """Candidate pairs (near_pairs → near_shingles, near_verify)."""
+        return f"{self.root}/cand"
+
+    @property
+    def shingles(self) -> str:
+        """Partners' shingle sets (near_shingles → near_verify)."""
+        return f"{self.root}/shingles"
+
+    @property
+    def members(self) -> str:
+        """Cluster members and their keeper (near_clusters → near_drops)."""
+        return f"{self.root}/members"
+
+    @property
+    def clusters(self) -> str:
+        """``dedup.near.keep_clusters``: the clusters, one file per shard."""
+        return f"{self.root}/clusters"
+
+    def cc(self, source: str) -> str:
+        """The edges folder ``source`` (:func:`cc_round` or :data:`CC_LOCAL`)."""
+        return f"{self.root}/{source}"
+
+    def clusters_file(self, i: int) -> str:
+        return f"{self.clusters}/{part(i)}.parquet"
+
+
+# ---- dedup index segments (a refresh dataset root) --------------------------------------
+def segment_part(seg: str, i: int) -> str:
+    """Shard ``i``'s file of a generation's near segment (partitioned by bucket inside)."""
+    return f"{seg}/{part(i)}.parquet"
+
+
+def segment_bucket(seg: str, j: int) -> str:
+    """Bucket ``j``'s file of an exact segment, or of a compacted near segment."""
+    return f"{seg}/{bucket(j)}"
+
+
+def segment_files(seg: str, names: list[str], j: int) -> list[str]:
+    """Of the files ``names`` in segment ``seg``, those that may hold bucket ``j``: every
+    ``part-`` file of a generation's segment, or the one ``bucket-j`` file of a compacted
+    one. Sorted."""
+    return [f"{seg}/{name}" for name in sorted(names) if name.startswith("part-") or name == bucket(j)]
 
 
 # ---- tokenize -------------------------------------------------------------------------

@@ -28,13 +28,13 @@ The storage settings (``storage:``) are the storage room's own objects
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, field_validator, model_validator
 
 from preproc.clean.steps import build_steps
-from preproc.dedup.near import parse_options
 from preproc.io.s3 import S3Spec, StorageSpec
+from preproc.spec.near import NearOptions, near_json, resolve_near
 from preproc.spec.secrets import check_spec
 from preproc.spec.sizes import Size
 
@@ -75,16 +75,9 @@ class ExactDedupSpec(_Model):
 
 class DedupSpec(_Model):
     exact: ExactDedupSpec = ExactDedupSpec()
-    # Filled in by the near-duplicate stages (MinHash LSH); ``False`` or absent = off.
-    near: Union[bool, dict[str, Any]] = False
-
-    @field_validator("near", mode="before")
-    @classmethod
-    def _near(cls, v: Any) -> Any:
-        if v is None:
-            return False
-        parse_options(v)   # one-line ConfigError naming dedup.near.<key>
-        return v
+    # Near duplicates (MinHash LSH): ``true`` or a mapping as written, resolved once into
+    # frozen options (preproc.spec.near); ``None`` = off, written back as ``false``.
+    near: Annotated[Optional[NearOptions], BeforeValidator(resolve_near), PlainSerializer(near_json)] = None
 
     @field_validator("exact", mode="before")
     @classmethod

@@ -26,7 +26,7 @@ from preproc.engine.plan import Plan
 from preproc.dedup.minhash import (MinHasher, MinHashParams, candidate_probability, jaccard, lsh_params,
                              shingle_hashes, shingle_sets, unit_hashes)
 from preproc.dedup.drops import read_drops
-from preproc.dedup.near import near_config, read_clusters
+from preproc.dedup.near import read_clusters
 from preproc.io.store import Store
 
 from tests.conftest import CORPUS, DATA, GPT2, need, read_tree
@@ -253,7 +253,7 @@ def test_default_is_verified_and_explicit_options_still_work():
     """``near: true`` verifies at 0.8; bands and rows alone, or ``verify: false``, keep the
     unverified LSH; the canonical name (the intermediates' folder) follows the resolution."""
     def resolve(near):
-        return near_config(preproc.load_spec({"input": {"paths": ["x.jsonl"]}, "dedup": {"near": near}}))
+        return preproc.load_spec({"input": {"paths": ["x.jsonl"]}, "dedup": {"near": near}}).dedup.near
 
     default = resolve(True)
     assert (default.minhash.bands, default.minhash.rows) == lsh_params(0.8, 112, verify=True) == (16, 6)

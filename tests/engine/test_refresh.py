@@ -240,11 +240,9 @@ def test_verified_refresh_drops_only_true_near_duplicates_of_earlier_generations
     dropped (the published original stays); copies that share a band key with their
     original but are below the threshold are kept, as are new documents; within the
     generation, one of two near copies stays."""
-    from preproc.dedup.near import near_config
-
     tmp, inp, spec, _ = setup
     spec = dict(spec, dedup={"exact": True, "near": True})
-    cfg = near_config(preproc.load_spec(spec))
+    cfg = preproc.load_spec(spec).dedup.near
     assert cfg.verify and cfg.threshold == 0.8
     r1 = refresh(spec, workers=2)
     gen1_ids = set(_all_ids(tmp / "ds"))
@@ -283,13 +281,11 @@ def test_verified_refresh_killed_and_resumed_is_byte_identical(setup, corpus, mo
     1's clean parts) and near_verify; the refresh fails, the next one resumes the pending
     generation from its markers: drop lists, tokens and the new index segment are
     byte-identical to an uninterrupted refresh."""
-    from preproc.dedup.near import near_config
-
     from tests.conftest import read_tree
 
     tmp, inp, spec, _ = setup
     spec = dict(spec, dedup={"exact": True, "near": True})
-    cfg = near_config(preproc.load_spec(spec))
+    cfg = preproc.load_spec(spec).dedup.near
     bible = _records(corpus / "bible_kjv_en.jsonl.gz")
     ref = dict(spec, output=str(tmp / "ref"))
     refresh(ref, workers=2)
@@ -349,9 +345,7 @@ def test_index_compaction_keeps_dedup_against_all_generations(setup, corpus):
     assert compacted.name.startswith("compact-") and not (tmp / "ds" / "_state" / "near" / "gen-00001").exists()
     seg = pq.read_table(compacted)
     assert {"gen", "doc"} <= set(seg.column_names) and set(seg.column("gen").to_pylist()) == {1, 2}
-    from preproc.dedup.near import near_config
-
-    close, far = _near_copies(bible, near_config(preproc.load_spec(spec)))
+    close, far = _near_copies(bible, preproc.load_spec(spec).dedup.near)
     (inp / "gen4.jsonl").write_text("\n".join(json.dumps(x) for x in close[:4] + far[:6]) + "\n")
     r4 = refresh(spec, workers=2, compact_after=2)      # compacts (compact + gen-3) again first
     state = json.loads((tmp / "ds" / "_state" / "state.json").read_text())
@@ -363,14 +357,12 @@ def test_index_compaction_keeps_dedup_against_all_generations(setup, corpus):
 def test_verified_refresh_on_s3_with_compaction(setup, corpus, s3):
     """The dataset root on S3: earlier documents are read back from S3 for verification,
     and the compacted index keeps verifying against them."""
-    from preproc.dedup.near import near_config
-
     tmp, inp, spec, _ = setup
     b = s3.bucket("ds")
     # Fewer buckets and rounds than the defaults: every index is a few S3 requests.
     spec = dict(spec, output=f"s3://{b}/ds", storage=s3.storage,
                 dedup={"exact": {"buckets": 4}, "near": {"buckets": 4, "max_rounds": 4}})
-    cfg = near_config(preproc.load_spec(spec))
+    cfg = preproc.load_spec(spec).dedup.near
     bible = _records(corpus / "bible_kjv_en.jsonl.gz")
     refresh(spec, workers=2, compact_after=2)
     close, far, new = _verified_gen2(inp, bible, cfg)

@@ -1,0 +1,66 @@
+"""Stage ``near_signatures`` (one index per shard): MinHash band keys of the documents
+exact dedup kept, one row group per bucket of ``near_pairs``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from preproc.dedup.drops import read_drops
+from preproc.dedup.minhash import MinHasher, shingle_hashes, unit_hashes
+from preproc.dedup.near.common import U64, buckets, options, paths, priority
+from preproc.dedup.near.io import KEYS_SCHEMA, iter_rows
+from preproc.io.exchange import write_partitioned
+
+if TYPE_CHECKING:
+    from preproc.engine.plan import Plan
+    from preproc.io.store import Store
+
+
+def run_signatures(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
+    """MinHash band keys of the documents of shard ``index`` that exact dedup kept.
+
+    Text is read and hashed ``batch_size`` documents at a time; the keys of the shard
+    (``bands`` x 24 bytes per document, a few percent of its text) are held to write them
+    sorted into one row group per bucket, as ``clean/keys`` does for exact dedup.
+    """
+    cfg = options(plan)
+    p = cfg.minhash
+    mh = MinHasher(p)
+    b = buckets(plan)
+    exact = (read_drops(store, ["exact_dedup"], index) if "exact_dedup" in plan.stage_names
+             else np.empty(0, np.uint32)).astype(np.int64)
+    keys, rows, prios = [], [], []
+    docs = skipped = empty = shingles = text_bytes = 0
+    for r, text in iter_rows(store, index, None, cfg.batch_size):
+        if len(exact):
+            keep = ~np.isin(r, exact, assume_unique=True)
+            skipped += int(len(r) - keep.sum())
+            r, text = r[keep], text.filter(pa.array(keep))
+        if not len(r):
+            continue
+        docs += len(r)
+        text_bytes += int(pc.sum(pc.binary_length(text)).as_py() or 0)
+        sh, per_doc = shingle_hashes(*unit_hashes(text, p.unit), p.ngram)
+        shingles += len(sh)
+        ok = per_doc > 0
+        empty += int((~ok).sum())
+        sig = mh.signatures(sh, per_doc)
+        keys.append(mh.band_keys(sig)[:, ok])
+        rows.append(r[ok])
+        # In a refresh, priority 0 is reserved for documents of earlier generations (they
+        # are always the keepers: what is published stays); this generation's start at 1.
+        prios.append(priority(cfg, text)[ok] + U64(1 if plan.refresh else 0))
+    key = np.concatenate(keys, axis=1).ravel() if keys else np.empty(0, U64)
+    row = np.tile(np.concatenate(rows), p.bands) if rows else np.empty(0, np.int64)
+    prio = np.tile(np.concatenate(prios), p.bands) if prios else np.empty(0, U64)
+    bucket = (key % U64(b)).astype(np.uint32)
+    order = np.lexsort((row, key, bucket))
+    table = pa.table({"bucket": bucket[order], "key": key[order], "row": row[order].astype(np.uint32),
+                      "prio": prio[order]}, schema=KEYS_SCHEMA)
+    write_partitioned(store, paths(plan).keys, index, table)
+    return {"docs": docs, "skipped_exact": skipped, "no_shingles": empty, "shingles": shingles,
+            "band_keys": int(len(key)), "text_bytes": text_bytes}
