@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from preproc.errors import ConfigError
-from preproc.spec.model import Size
+from preproc.spec.sizes import Size
 
 if TYPE_CHECKING:
     from preproc.spec.model import Spec

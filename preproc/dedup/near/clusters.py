@@ -21,7 +21,7 @@ from preproc.errors import ConfigError
 from preproc.io.exchange import write_partitioned
 from preproc.io.layout import PLAN, NearPaths, clean_part
 from preproc.io.store import Store
-from preproc.spec.model import load_spec
+from preproc.spec.load import load_spec
 
 if TYPE_CHECKING:
     from preproc.engine.plan import Plan
