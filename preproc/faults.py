@@ -144,8 +144,6 @@ def _killpg(point: str) -> None:
 
 
 def _pause(point: str, wait_s: float) -> None:
-    import time
-
     state = os.environ.get(_STATE)
     if not state:
         raise RuntimeError(f"failpoint {point}: action=pause needs {_STATE}")
