@@ -22,7 +22,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from preproc.errors import ConfigError
-from preproc.observe.heartbeat import HEARTBEAT
+from preproc.io import layout
 
 if TYPE_CHECKING:
     from preproc.spec.model import Spec
@@ -32,11 +32,12 @@ if TYPE_CHECKING:
 __all__ = ["check_paths", "check_run_output", "check_dataset_root", "run_writes", "remove_run",
            "RUN_ENTRIES", "RECORD"]
 
-RECORD = "plan.json"
+RECORD = layout.PLAN
 # What a run writes at the top of its output (besides one folder per stage); a plan records
 # the list it wrote, and `--force` removes exactly those names.
-RUN_ENTRIES = ("plan.json", "tokenizer.json", "dataset.json", "stats.json", "report.html", "rejects",
-               "removed", "clean", "exact_dedup", "tokens", "finalize", "near", "_metrics", HEARTBEAT)
+RUN_ENTRIES = (layout.PLAN, layout.TOKENIZER, layout.DATASET, layout.STATS, layout.REPORT, layout.REJECTS,
+               layout.REMOVED, layout.CLEAN, "exact_dedup", layout.TOKENS, "finalize", layout.NEAR, layout.METRICS,
+               layout.HEARTBEAT)
 _GLOB = "*?["
 # Our own leftovers that never make a folder foreign: the lease and temporary files of an
 # interrupted atomic write (storage.Store.open_atomic names them like this).

@@ -18,7 +18,7 @@ from typing import Any, Callable, TypeVar
 
 from preproc.errors import ConfigError
 from preproc.engine.plan import Plan
-from preproc.engine.refresh import STATE, gen_dir
+from preproc.io.layout import STATE, generation as gen_dir
 from preproc.io.store import Store, _as_storage, _preflight_error, join
 
 __all__ = ["OpenedOutput", "open_output", "reading_storage", "readable", "READ_ATTEMPTS", "READ_CONNECT_TIMEOUT_S"]

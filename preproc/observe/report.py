@@ -311,7 +311,7 @@ def report_data(plan: "Plan", store: "Store", stats: dict[str, Any] | None = Non
         try:
             stats = store.read_json("stats.json")
         except FileNotFoundError:
-            from preproc.engine.finalize import collect_stats
+            from preproc.engine.stats import collect_stats
 
             stats = {k: v for k, v in collect_stats(plan, store).items() if not k.startswith("_")}
     clean = markers.get("clean", {})
