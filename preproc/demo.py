@@ -18,6 +18,10 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import zstandard
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from preproc.engine.runner import run
 
 __all__ = ["make_corpus", "train_tokenizer", "demo_spec", "run_demo"]
 
@@ -97,8 +101,6 @@ def make_corpus(root: str | os.PathLike, *, docs: int = 3000, seed: int = 0) -> 
                 g.write(data)
             path.write_bytes(buf.getvalue())
         elif name.endswith(".zst"):
-            import zstandard
-
             path.write_bytes(zstandard.ZstdCompressor(level=3).compress(data))
         elif name.endswith(".parquet"):
             pq.write_table(pa.Table.from_pylist(recs), path, row_group_size=200)
@@ -110,8 +112,6 @@ def make_corpus(root: str | os.PathLike, *, docs: int = 3000, seed: int = 0) -> 
 
 def train_tokenizer(texts, path: str | os.PathLike, *, vocab_size: int = 8000) -> str:
     """Train a byte-level BPE (the GPT-2 recipe) with an ``<|endoftext|>`` token; deterministic."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -147,8 +147,6 @@ def demo_spec(root: str) -> str:
 def run_demo(root: str | os.PathLike = "preproc-demo", *, tokenizer: str | None = None,
              workers: int | None = None, force: bool = True, progress: bool = False, **overrides: Any):
     """Generate inputs (and a tokenizer unless given) under ``root`` and run the pipeline."""
-    from preproc.engine.runner import run
-
     root = Path(root)
     inp = root / "input"
     planted = make_corpus(inp)

@@ -98,7 +98,6 @@ def test_the_import_probe_sees_preproc():
     assert "preproc.training.loader" in mods and "preproc.tokenize.megatron" in mods
 
 
-@issue17
 @pytest.mark.parametrize("code", ["import preproc", "from preproc import TokenDataset"])
 def test_training_import_loads_no_engine(code):
     heavy = _heavy(_loaded_by(code))

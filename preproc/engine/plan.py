@@ -1,9 +1,13 @@
-"""Planning: list the inputs, split them, balance the splits into shards, write ``plan.json``.
+"""The plan: what ``plan.json`` holds, and how inputs are listed, split and balanced into shards.
 
 The plan is the single source of truth of a run. Every worker rebuilds what it needs from
 ``<output>/plan.json`` (never from a pickle), so a pod, a Ray task and a local process run
 the same index the same way. The coordinator's cost grows with files and shards, not with
 documents: it lists files and reads Parquet footers, nothing else.
+
+This module knows no stage: :func:`preproc.engine.runner.make_plan` composes the stages
+(:mod:`preproc.engine.stages`) and the tokenizer backend into a plan, so that everything
+that only reads a plan (executors, status, the report, stages) imports a light module.
 """
 
 from __future__ import annotations
@@ -12,19 +16,19 @@ import hashlib
 import json
 import math
 import os
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from preproc.spec import Spec, load_spec
 from preproc.errors import ConfigError
-from preproc.io.listing import InputFile, list_inputs, split_file
-from preproc.io.ownership import check_paths, run_writes
+from preproc.io import layout
+from preproc.io.listing import InputFile, split_file
+from preproc.io.ownership import run_writes
 from preproc.io.readers import InputSplit
 from preproc.engine.refresh_context import RefreshContext
 from preproc.io.store import Store
 
-__all__ = ["Plan", "Shard", "StagePlan", "make_plan"]
+__all__ = ["Plan", "Shard", "StagePlan", "DROP_STAGES", "plan_shards", "run_fingerprint"]
 
 PLAN_VERSION = 1
 
@@ -40,25 +44,39 @@ class Shard:
 
 @dataclass(frozen=True)
 class StagePlan:
+    """One stage of a run and how many indices it fans out to."""
+
     name: str
     fan_out: int
 
 
-@dataclass
+# Stages that remove rows, in pipeline order: each lists them in its drop list
+# (preproc.dedup.drops); tokenize leaves those rows out and finalize counts them as
+# duplicates. The stage registry (preproc.engine.stages) checks it knows them all.
+DROP_STAGES = ("exact_dedup", "near_drops")
+
+
+@dataclass(frozen=True)
 class Plan:
-    """What ``plan.json`` holds. Build with :func:`make_plan`, read with :meth:`load`."""
+    """What ``plan.json`` holds: complete and immutable once made. Build with
+    :func:`preproc.engine.runner.make_plan`, read with :meth:`load`."""
 
     run_id: str
     output: str
     spec: Spec
-    shards: list[Shard]
-    stages: list[StagePlan]
+    shards: tuple[Shard, ...]
+    stages: tuple[StagePlan, ...]
+    # The inspected tokenizer and the backend chosen for it (preproc.tokenize.tokenizer).
     tokenizer: dict[str, Any] = field(default_factory=dict)
     created_s: float = 0.0
     version: int = PLAN_VERSION
     # Set for a generation of an incremental refresh (see preproc.engine.refresh): the dataset
     # root, the generation number and the dedup index segments of earlier generations.
     refresh: RefreshContext | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shards", tuple(self.shards))
+        object.__setattr__(self, "stages", tuple(self.stages))
 
     @property
     def num_shards(self) -> int:
@@ -77,6 +95,12 @@ class Plan:
     @property
     def stage_names(self) -> list[str]:
         return [s.name for s in self.stages]
+
+    @property
+    def drop_stages(self) -> list[str]:
+        """This run's stages that remove rows (:data:`DROP_STAGES`), in pipeline order."""
+        names = self.stage_names
+        return [s for s in DROP_STAGES if s in names]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -116,9 +140,9 @@ class Plan:
         and the AWS environment); the plan's own ``storage`` settings apply to everything after."""
         store = Store(output, storage)
         try:
-            return cls.from_json(store.read_json("plan.json"), output=output)
+            return cls.from_json(store.read_json(layout.PLAN), output=output)
         except FileNotFoundError:
-            raise ConfigError(f"{store.url('plan.json')}: no plan here; run `preproc run` first") from None
+            raise ConfigError(f"{store.url(layout.PLAN)}: no plan here; run `preproc run` first") from None
 
     def store(self) -> Store:
         """The run's output, reached with the run's storage settings."""
@@ -222,23 +246,3 @@ def run_fingerprint(spec: Spec, files: list[InputFile]) -> str:
         h.update(f"{f.uri}\0{f.fingerprint}\0".encode())
     return h.hexdigest()[:12]
 
-
-def make_plan(spec: Spec, *, tokenizer_info: dict[str, Any] | None = None,
-              files: list[InputFile] | None = None, refresh: RefreshContext | None = None) -> Plan:
-    """List inputs (unless given) and build the plan (writes nothing)."""
-    from preproc.engine.stages import pipeline_stages
-
-    if not spec.output:
-        raise ConfigError("output: no output location; set `output:` in the spec or pass --output")
-    check_paths(spec)    # never an output that holds, or lies in, its own inputs
-    if files is None:
-        files = list_inputs(spec)
-    shards = plan_shards(files, shards=spec.shards, target_shard_bytes=spec.target_shard_bytes,
-                         storage=spec.storage)
-    tokenizer_info = tokenizer_info or {}
-    run_id = run_fingerprint(spec, files)
-    if tokenizer_info.get("sha256"):
-        run_id = hashlib.sha256(f"{run_id}:{tokenizer_info['sha256']}".encode()).hexdigest()[:12]
-    return Plan(run_id=run_id, output=spec.output, spec=spec, shards=shards,
-                stages=pipeline_stages(spec, len(shards), sum(s.bytes for s in shards)), tokenizer=tokenizer_info, created_s=time.time(),
-                refresh=refresh)

@@ -43,26 +43,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from preproc.dedup.near import compact_segments
-from preproc.spec import Spec, load_spec
-from preproc.errors import ConfigError
-from preproc.io.ownership import check_dataset_root, check_paths
-from preproc.io.lease import EXIT_LOCKED, Lease, LeaseHeld, check_ttl  # noqa: F401  (EXIT_LOCKED re-exported)
 from preproc.engine.plan import Plan
 from preproc.engine.refresh_context import EarlierGeneration, RefreshContext
-from preproc.io.layout import segment
+from preproc.engine.runner import build_plan, execute, prepare
+from preproc.errors import ConfigError
+from preproc.io import layout
+from preproc.io.lease import EXIT_LOCKED, Lease, LeaseHeld, check_ttl  # noqa: F401  (EXIT_LOCKED re-exported)
 from preproc.io.listing import InputFile, list_inputs
-from preproc.engine.runner import execute, prepare
+from preproc.io.ownership import check_dataset_root, check_paths
 from preproc.io.s3 import join
 from preproc.io.store import Store
+from preproc.spec import Spec, load_spec
 from preproc.spec.near import NearOptions
 
 __all__ = ["refresh", "RefreshResult", "RefreshLocked"]
 
 log = logging.getLogger("preproc")
 
-STATE = "_state/state.json"
-LEASE = "_state/lease"
 # Another refresh (or run) holds the dataset: exit 75 (EX_TEMPFAIL), try again later.
 RefreshLocked = LeaseHeld
 
@@ -77,23 +78,19 @@ class RefreshResult:
     stats: dict[str, Any] | None = None
 
 
-def gen_dir(n: int) -> str:
-    return f"generations/{n:05d}"
-
-
 # -- lock ---------------------------------------------------------------------------------
 
 def Lock(store: Store, ttl_s: float = 600) -> Lease:
     """The refresh lease on a dataset root (see :mod:`preproc.io.lease`): one refresh at a time,
     with an expiry so that a dead holder does not block the next CronJob run forever."""
-    return Lease(store, LEASE, ttl_s=ttl_s, what="refresh")
+    return Lease(store, layout.REFRESH_LEASE, ttl_s=ttl_s, what="refresh")
 
 
 # -- state --------------------------------------------------------------------------------
 
 def load_state(store: Store) -> dict[str, Any]:
     try:
-        return store.read_json(STATE)
+        return store.read_json(layout.STATE)
     except FileNotFoundError:
         return {"version": 1, "generations": [], "pending": None, "exact_buckets": None,
                 "segments": {"exact": []}, "tokenizer_sha256": None}
@@ -114,11 +111,11 @@ def _file_json(f: InputFile) -> dict[str, Any]:
 def _manifest(root: Store, state: dict[str, Any], gen: int, gen_ds: dict[str, Any],
               gen_stats: dict[str, Any]) -> dict[str, Any]:
     try:
-        prev = root.read_json("dataset.json")
+        prev = root.read_json(layout.DATASET)
     except FileNotFoundError:
         prev = None
     gens = list(prev["generations"]) if prev else []
-    prefix = gen_dir(gen)
+    prefix = layout.generation(gen)
     shards = list(prev["shards"]) if prev else []
     for sh in gen_ds["shards"]:
         e = dict(sh, generation=gen)
@@ -143,29 +140,29 @@ def _manifest(root: Store, state: dict[str, Any], gen: int, gen_ds: dict[str, An
     }
 
 
-def _publish(root: Store, state: dict[str, Any], lock: Lock) -> dict[str, Any]:
+def _publish(root: Store, state: dict[str, Any], lock: Lease) -> dict[str, Any]:
     pend = state["pending"]
     n = pend["generation"]
-    gstore = Store(join(root.uri, gen_dir(n)), root.storage)
-    gen_ds, gen_stats = gstore.read_json("dataset.json"), gstore.read_json("stats.json")
+    gstore = Store(join(root.uri, layout.generation(n)), root.storage)
+    gen_ds, gen_stats = gstore.read_json(layout.DATASET), gstore.read_json(layout.STATS)
     try:
-        cur = root.read_json("dataset.json")
+        cur = root.read_json(layout.DATASET)
     except FileNotFoundError:
         cur = None
     if cur is None or cur.get("version") != n:    # not published yet (or died before the pointer)
         manifest = _manifest(root, state, n, gen_ds, gen_stats)
         lock.renew()
-        root.write_json(f"_state/manifests/dataset-v{n:05d}.json", manifest)
-        root.write_json("dataset.json", manifest)
+        root.write_json(layout.manifest(n), manifest)
+        root.write_json(layout.DATASET, manifest)
     else:
         manifest = cur
     state["generations"].append({"generation": n, "files": pend["files"], "run_id": gen_ds["run_id"],
-                                 "shards": len(gstore.read_json("plan.json")["shards"])})
-    state["segments"]["exact"].append(f"_state/exact/gen-{n:05d}")
+                                 "shards": len(gstore.read_json(layout.PLAN)["shards"])})
+    state["segments"]["exact"].append(layout.segment("exact", n))
     if state.get("near_canonical"):
-        state["segments"].setdefault("near", []).append(f"_state/near/gen-{n:05d}")
+        state["segments"].setdefault("near", []).append(layout.segment("near", n))
     state["pending"] = None
-    root.write_json(STATE, state)
+    root.write_json(layout.STATE, state)
     return manifest
 
 
@@ -176,31 +173,28 @@ def compact(root: Store, state: dict[str, Any], n: int, lock: Lease, *, near_ver
     the old segments are removed; a compaction that dies halfway leaves the old ones in use.
     ``near_verified``: the near segments name their documents (verified near dedup), and the
     merged one keeps those names."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    new_exact = f"_state/exact/compact-{n:05d}"
+    new_exact = layout.segment("exact", n, compact=True)
     for j in range(state["exact_buckets"]):
         parts = []
         for seg in state["segments"]["exact"]:
-            with root.open(f"{seg}/bucket-{j:05d}.parquet") as f:
+            with root.open(f"{seg}/{layout.bucket(j)}") as f:
                 parts.append(pq.read_table(f))
         t = pa.concat_tables(parts) if parts else pa.table({"h1": pa.array([], pa.uint64()), "h2": pa.array([], pa.uint64())})
-        with root.open_atomic(f"{new_exact}/bucket-{j:05d}.parquet") as f:
+        with root.open_atomic(f"{new_exact}/{layout.bucket(j)}") as f:
             pq.write_table(t, f, compression="zstd")
     new_near = None
     if state.get("segments", {}).get("near"):
-        new_near = f"_state/near/compact-{n:05d}"
+        new_near = layout.segment("near", n, compact=True)
         for j in range(state["near_buckets"]):
             t = compact_segments(root, state["segments"]["near"], j, verified=near_verified)
-            with root.open_atomic(f"{new_near}/bucket-{j:05d}.parquet") as f:
+            with root.open_atomic(f"{new_near}/{layout.bucket(j)}") as f:
                 pq.write_table(t, f, compression="zstd")
         lock.renew()
     old = list(state["segments"]["exact"]) + list(state["segments"].get("near", []))
     state["segments"]["exact"] = [new_exact]
     if new_near:
         state["segments"]["near"] = [new_near]
-    root.write_json(STATE, state)
+    root.write_json(layout.STATE, state)
     for seg in old:
         root.rm(seg)
     log.info("compacted %d index segments into generation %d's", len(old), n)
@@ -223,14 +217,14 @@ def refresh(spec: "Spec | str | Path | dict[str, Any]", *, progress: bool = Fals
         raise ConfigError("output: refresh needs an output (the dataset root)")
     check_paths(s)
     root = Store(s.output, s.storage)
-    if root.exists("plan.json"):
+    if root.exists(layout.PLAN):
         raise ConfigError(f"{root.url()}: holds a plain run (plan.json at its root); refresh needs a dataset "
                           "root of its own")
-    check_dataset_root(root, STATE)
+    check_dataset_root(root, layout.STATE)
     files = list_inputs(s)        # before the lock: a spec error must not take it
     with Lock(root, lock_ttl_s) as lock:
-        if not check_dataset_root(root, STATE):
-            root.write_json(STATE, load_state(root))     # the dataset's record, first
+        if not check_dataset_root(root, layout.STATE):
+            root.write_json(layout.STATE, load_state(root))     # the dataset's record, first
         state = load_state(root)
         published = None
         if state.get("pending"):
@@ -239,7 +233,7 @@ def refresh(spec: "Spec | str | Path | dict[str, Any]", *, progress: bool = Fals
         seen = _seen(state)
         new = [f for f in files if (f.uri, f.fingerprint) not in seen]
         if not new:
-            ds = published or (root.read_json("dataset.json") if root.exists("dataset.json") else None)
+            ds = published or (root.read_json(layout.DATASET) if root.exists(layout.DATASET) else None)
             msg = ("nothing new: " if published is None else f"finished generation {state['generations'][-1]['generation']}; nothing else new: ") \
                 + f"all {len(files)} input file(s) already processed"
             gen = state["generations"][-1]["generation"] if published is not None else None
@@ -252,17 +246,17 @@ def refresh(spec: "Spec | str | Path | dict[str, Any]", *, progress: bool = Fals
             # Fixed for the dataset's life: earlier index segments are partitioned this way.
             state["exact_buckets"] = s.dedup.exact.buckets or max(16, s.shards or 0)
         state["pending"] = {"generation": n, "files": [_file_json(f) for f in new], "started_s": time.time()}
-        root.write_json(STATE, state)
+        root.write_json(layout.STATE, state)
         manifest = _run_pending(root, state, s, lock, progress, executor_options, files=new)
         g = state["generations"][-1]
         return RefreshResult(s.output, n, len(new), f"generation {n}: {len(new)} new file(s), "
                              f"{manifest['generations'][-1]['documents']:,} documents added", manifest,
-                             Store(join(root.uri, gen_dir(g["generation"])), s.storage).read_json("stats.json"))
+                             Store(join(root.uri, layout.generation(g["generation"])), s.storage).read_json(layout.STATS))
 
 
 def _gen_spec(s: Spec, root: Store, n: int, state: dict[str, Any]) -> Spec:
     d = s.to_json()
-    d["output"] = join(root.uri, gen_dir(n))
+    d["output"] = join(root.uri, layout.generation(n))
     d["dedup"]["exact"]["buckets"] = state["exact_buckets"]
     near = d["dedup"].get("near")
     if s.dedup.near is not None:
@@ -297,7 +291,7 @@ def _near_state(s: Spec, state: dict[str, Any]) -> NearOptions | None:
 
 def _gen_shards(root: Store, n: int, s: Spec) -> int:
     """The shard count of a published generation (state written before it was recorded)."""
-    return len(Store(join(root.uri, gen_dir(n)), s.storage).read_json("plan.json")["shards"])
+    return len(Store(join(root.uri, layout.generation(n)), s.storage).read_json(layout.PLAN)["shards"])
 
 
 def _run_pending(root: Store, state: dict[str, Any], s: Spec, lock: Lease, progress: bool,
@@ -306,7 +300,7 @@ def _run_pending(root: Store, state: dict[str, Any], s: Spec, lock: Lease, progr
     n = pend["generation"]
     gspec = _gen_spec(s, root, n, state)
     gstore = Store(gspec.output, gspec.storage)
-    if gstore.exists("plan.json"):
+    if gstore.exists(layout.PLAN):
         plan = Plan.load(gspec.output, gspec.storage)
     else:
         if files is None:
@@ -316,15 +310,15 @@ def _run_pending(root: Store, state: dict[str, Any], s: Spec, lock: Lease, progr
         if state.get("near_canonical") and state["segments"].get("near"):
             # Verified near dedup reads earlier documents from their generations' clean/
             # parts: which generations, and how many shards each (to number them).
-            earlier = tuple(EarlierGeneration(g["generation"], gen_dir(g["generation"]),
+            earlier = tuple(EarlierGeneration(g["generation"], layout.generation(g["generation"]),
                                               g.get("shards") or _gen_shards(root, g["generation"], s))
                             for g in state["generations"])
         info = RefreshContext(root=root.uri, generation=n, exact_segments=tuple(state["segments"]["exact"]),
-                              exact_segment_out=segment("exact", n),
+                              exact_segment_out=layout.segment("exact", n),
                               near_segments=tuple(state["segments"].get("near", [])),
-                              near_segment_out=segment("near", n) if state.get("near_canonical") else None,
+                              near_segment_out=layout.segment("near", n) if state.get("near_canonical") else None,
                               near_earlier=earlier)
-        plan = prepare(gspec, files=files, refresh=info)
+        plan = prepare(gspec, planned=build_plan(gspec, files=files, refresh=info))
     sha = plan.tokenizer.get("sha256")
     if state.get("tokenizer_sha256") and sha != state["tokenizer_sha256"]:
         raise ConfigError(f"tokenize.tokenizer: differs from the one earlier generations used "

@@ -8,30 +8,34 @@ spec or changed inputs on the same output is refused (it would mix two runs), un
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from preproc.io import integrity
-from preproc.spec import Spec, load_spec
+from preproc.clean.steps import build_steps, check_requirements
+from preproc.engine.plan import Plan, plan_shards, run_fingerprint
+from preproc.engine.refresh_context import RefreshContext
+from preproc.engine.stages import pipeline_stages, prepare as prepare_stage, run_index, trivial
 from preproc.errors import ConfigError
 from preproc.executors import get_executor
-from preproc.observe.heartbeat import HEARTBEAT, Heartbeat
+from preproc.io import integrity, layout
 from preproc.io.lease import RUN_LEASE, RUN_TTL_S, Lease, check_ttl
-from preproc.io.ownership import RUN_ENTRIES, check_paths, check_run_output, remove_run  # noqa: F401  (RUN_ENTRIES re-exported)
-from preproc.engine.plan import Plan, make_plan
-from preproc.engine.stages import prepare as prepare_stage, run_index, trivial
-from preproc.clean.steps import build_steps, check_requirements
+from preproc.io.listing import InputFile, list_inputs
+from preproc.io.ownership import check_paths, check_run_output, remove_run
 from preproc.io.preflight import preflight
 from preproc.io.s3 import exported
 from preproc.io.store import Store
+from preproc.observe.heartbeat import Heartbeat
+from preproc.spec import Spec, load_spec
 from preproc.tokenize.tokenizer import choose_backend, inspect_tokenizer
 
-__all__ = ["run", "plan", "RunResult"]
+__all__ = ["run", "plan", "build_plan", "make_plan", "prepare", "execute", "RunResult"]
 
 log = logging.getLogger("preproc")
-
 
 
 @dataclass
@@ -54,28 +58,49 @@ class RunResult:
 
 def plan(spec: "Spec | str | Path | dict[str, Any]", **overrides: Any) -> Plan:
     """Build the plan a run would use, writing nothing (``preproc plan``)."""
-    return _new_plan(load_spec(spec, **overrides))[0]
+    return build_plan(load_spec(spec, **overrides))[0]
 
 
-def _new_plan(s: Spec, files=None, refresh: dict[str, Any] | None = None) -> tuple[Plan, bytes]:
+def make_plan(spec: Spec, tokenizer: tuple[dict[str, Any], bytes], *, files: list[InputFile] | None = None,
+              refresh: RefreshContext | None = None) -> Plan:
+    """The complete plan of ``spec`` (writes nothing): inputs listed (unless ``files``),
+    shards balanced, stages composed, and the tokenize backend chosen for ``tokenizer``
+    (what :func:`~preproc.tokenize.tokenizer.inspect_tokenizer` returned)."""
+    if not spec.output:
+        raise ConfigError("output: no output location; set `output:` in the spec or pass --output")
+    check_paths(spec)    # never an output that holds, or lies in, its own inputs
+    if files is None:
+        files = list_inputs(spec)
+    shards = plan_shards(files, shards=spec.shards, target_shard_bytes=spec.target_shard_bytes,
+                         storage=spec.storage)
+    info, tok_bytes = tokenizer
+    run_id = run_fingerprint(spec, files)
+    if info.get("sha256"):
+        run_id = hashlib.sha256(f"{run_id}:{info['sha256']}".encode()).hexdigest()[:12]
+    return Plan(run_id=run_id, output=spec.output, spec=spec, shards=shards,
+                stages=pipeline_stages(spec, len(shards), sum(s.bytes for s in shards)),
+                tokenizer={**info, **choose_backend(spec, shards, tok_bytes)}, created_s=time.time(),
+                refresh=refresh)
+
+
+def build_plan(s: Spec, files: list[InputFile] | None = None,
+               refresh: RefreshContext | None = None) -> tuple[Plan, bytes]:
     """The plan a run would write and its tokenizer's bytes: every check, no writes.
-    ``plan()``, ``run()`` and ``refresh()`` all plan through here."""
+    ``plan()``, ``run()``, :func:`prepare` and ``refresh()`` all plan through here."""
     check_requirements(build_steps(s.clean))   # a missing package: one line, before any work
     preflight(s)   # S3: credentials, buckets, access; one clear line before any work
-    info, tok_bytes = inspect_tokenizer(s.tokenize, s.storage)
-    new = make_plan(s, tokenizer_info=info, files=files, refresh=refresh)
-    choose_backend(new, tok_bytes, s.storage)
-    return new, tok_bytes
+    tokenizer = inspect_tokenizer(s.tokenize, s.storage)
+    return make_plan(s, tokenizer, files=files, refresh=refresh), tokenizer[1]
 
 
-def prepare(s: Spec, *, force: bool = False, files=None, refresh: dict[str, Any] | None = None,
-            planned: tuple[Plan, bytes] | None = None) -> Plan:
+def prepare(s: Spec, *, force: bool = False, planned: tuple[Plan, bytes] | None = None) -> Plan:
     """Write the plan (and the run's tokenizer copy) unless the same run is already planned.
 
     The output must be empty or an earlier preproc output (:mod:`preproc.io.ownership`);
     ``force`` removes only what the recorded plan says that run wrote. The caller holds the
-    output's lease (:func:`run` does). ``planned``: what :func:`_new_plan` returned."""
-    new, tok_bytes = planned or _new_plan(s, files, refresh)
+    output's lease (:func:`run` does). ``planned``: what :func:`build_plan` returned (by
+    default, it is called here)."""
+    new, tok_bytes = planned or build_plan(s)
     try:
         store = Store(new.output, s.storage)
         rec = check_run_output(store)
@@ -90,15 +115,15 @@ def prepare(s: Spec, *, force: bool = False, files=None, refresh: dict[str, Any]
             raise ConfigError(
                 f"{store.url()}: holds run {old.run_id}, planned from another spec or other inputs "
                 f"(this one is {new.run_id}); pass --force to start over, or choose another output")
-        if not store.exists("tokenizer.json"):     # killed between the record and the copy
-            store.write_bytes("tokenizer.json", tok_bytes)
+        if not store.exists(layout.TOKENIZER):     # killed between the record and the copy
+            store.write_bytes(layout.TOKENIZER, tok_bytes)
         return old
     try:
         # The run record first: from now on this folder is ours.
-        store.write_json("plan.json", new.to_json())
+        store.write_json(layout.PLAN, new.to_json())
     except OSError as e:
         raise ConfigError(f"output: cannot write to {new.output}: {e.strerror or e}") from None
-    store.write_bytes("tokenizer.json", tok_bytes)
+    store.write_bytes(layout.TOKENIZER, tok_bytes)
     return new
 
 
@@ -127,7 +152,7 @@ def run(spec: "Spec | str | Path | dict[str, Any]", *, force: bool = False, prog
         # settings, as in execute().
         with exported(s.storage):
             ex.prestart(s)
-        planned = _new_plan(s)       # every check before the lease is written into the output
+        planned = build_plan(s)       # every check before the lease is written into the output
         lease = _output_lease(s, lock_ttl_s)
         with lease:
             p = prepare(s, force=force, planned=planned)
@@ -158,7 +183,7 @@ def execute(p: Plan, s: Spec, *, progress: bool = False, executor_options: dict[
             executor=None, on_stage=None) -> RunResult:
     """Run every unfinished index of every stage of a written plan, in order."""
     # The executor comes from the spec of this invocation: a resumed run may use another.
-    p.spec = p.spec.model_copy(update={"executor": s.executor})
+    p = dataclasses.replace(p, spec=p.spec.model_copy(update={"executor": s.executor}))
     store = p.store()
     ex = executor or get_executor(s, progress=progress, **(executor_options or {}))
     try:
@@ -188,5 +213,5 @@ def execute(p: Plan, s: Spec, *, progress: bool = False, executor_options: dict[
     finally:
         if executor is None:
             ex.close()
-    return RunResult(output=p.output, run_id=p.run_id, stats=store.read_json("stats.json"),
-                     dataset=store.read_json("dataset.json"))
+    return RunResult(output=p.output, run_id=p.run_id, stats=store.read_json(layout.STATS),
+                     dataset=store.read_json(layout.DATASET))

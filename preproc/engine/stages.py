@@ -24,59 +24,54 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Any, Callable
 
+import pyarrow as pa
+
 from preproc import faults
-from preproc.io import integrity
-from preproc.observe import logs
-from preproc.observe import metrics
-from preproc.engine import signals
+from preproc.clean import stage as clean
+from preproc.clean.steps import CleanPipeline, build_steps
+from preproc.dedup import exact, near
+from preproc.dedup.drops import index_drops
+from preproc.engine import finalize, signals
+from preproc.engine.plan import DROP_STAGES, StagePlan
 from preproc.errors import ConfigError
+from preproc.io import integrity
 from preproc.io.store import Store
+from preproc.observe import logs, metrics
+from preproc.tokenize import stage as tokenize
+from preproc.tokenize.tokenizer import preload
 
 if TYPE_CHECKING:
     from preproc.spec.model import Spec
-    from preproc.engine.plan import Plan, StagePlan
+    from preproc.engine.plan import Plan
 
-__all__ = ["pipeline_stages", "run_index", "trivial", "prepare", "warm_up", "STAGE_RUNNERS"]
+__all__ = ["pipeline_stages", "run_index", "trivial", "prepare", "warm_up", "STAGE_RUNNERS", "TRIVIAL"]
 
 log = logging.getLogger("preproc")
 
 StageRunner = Callable[["Plan", int, Store], dict[str, Any]]
 
-
-def _runners() -> dict[str, StageRunner]:
-    from preproc.clean import stage as clean
-    from preproc.dedup import exact
-    from preproc.engine import finalize
-    from preproc.tokenize import stage as tokenize
-
-    runners = {"clean": clean.run, "exact_dedup": exact.run, "tokenize": tokenize.run,
-               "finalize": finalize.run}
-    try:
-        from preproc.dedup import near
-    except ImportError:  # pragma: no cover - near-dedup stages not present
-        return runners
-    runners.update(near.RUNNERS)
-    return runners
-
-
-STAGE_RUNNERS: dict[str, StageRunner] = {}
+# The registry: stage name -> the function that runs one index of it.
+STAGE_RUNNERS: dict[str, StageRunner] = {
+    "clean": clean.run,
+    "exact_dedup": exact.run,
+    **near.RUNNERS,
+    "tokenize": tokenize.run,
+    "finalize": finalize.run,
+}
 # Stage name -> check that every index of the stage would only write a marker (see trivial).
-_TRIVIAL: dict[str, Callable[["Plan", Store], bool]] | None = None
+TRIVIAL: dict[str, Callable[["Plan", Store], bool]] = dict(near.TRIVIAL)
+
+# The plan names the stages that drop rows without knowing the stages: they must be these.
+if set(DROP_STAGES) != {"exact_dedup", *near.DROP_STAGES}:  # pragma: no cover - a stage was renamed
+    raise RuntimeError(f"preproc.engine.plan.DROP_STAGES {DROP_STAGES} does not name the dedup stages")
 
 
 def warm_up(tokenizer: str | None = None, storage: Any = None, *, encode_special_tokens: bool = True) -> None:
     """Pay now what a worker process's first task would (~0.8 s): the stage modules'
-    imports, pyarrow's lazy import of pandas on its first conversion of Python objects, the
-    default clean steps' first call (models, compiled patterns), and the tokenizer at
-    ``tokenizer`` (cached by content). An executor calls it in a fresh worker before the
-    plan exists; it reads no input and writes nothing."""
-    import pyarrow as pa
-
-    from preproc.clean.steps import CleanPipeline, build_steps
-    from preproc.tokenize.tokenizer import preload
-
-    if not STAGE_RUNNERS:
-        STAGE_RUNNERS.update(_runners())
+    imports (this module's), pyarrow's lazy import of pandas on its first conversion of
+    Python objects, the default clean steps' first call (models, compiled patterns), and the
+    tokenizer at ``tokenizer`` (cached by content). An executor calls it in a fresh worker
+    before the plan exists; it reads no input and writes nothing."""
     text = "The quick brown fox jumps over the lazy dog, and then it runs back home again.\n" * 8
     CleanPipeline(build_steps(True))(pa.record_batch({"id": ["warm"], "text": [text], "source": ["warm"]}))
     if tokenizer:
@@ -86,15 +81,10 @@ def warm_up(tokenizer: str | None = None, storage: Any = None, *, encode_special
 def pipeline_stages(spec: "Spec", num_shards: int, input_bytes: int = 0) -> list["StagePlan"]:
     """The stages a spec runs, in order, with their fan-out. Dedup bucket counts follow
     the data volume (``input_bytes``), not ``num_shards``, unless the spec sets them."""
-    from preproc.engine.plan import StagePlan
-    from preproc.dedup.exact import buckets_for
-
     stages = [StagePlan("clean", num_shards)]
     if spec.dedup.exact.enabled:
-        stages.append(StagePlan("exact_dedup", spec.dedup.exact.buckets or buckets_for(input_bytes)))
+        stages.append(StagePlan("exact_dedup", spec.dedup.exact.buckets or exact.buckets_for(input_bytes)))
     if spec.dedup.near:
-        from preproc.dedup import near
-
         stages.extend(StagePlan(name, n) for name, n in near.stages(spec.dedup.near, num_shards, input_bytes))
     stages.append(StagePlan("tokenize", num_shards))
     stages.append(StagePlan("finalize", 1))
@@ -106,13 +96,7 @@ def trivial(plan: "Plan", stage: str, store: Store) -> bool:
     component round after convergence): the runner then runs them in the coordinator,
     where they cost a few file reads, instead of a pool round-trip locally, a Job and its
     pods on Kubernetes, or Ray tasks. Same function, same markers: only the place differs."""
-    global _TRIVIAL
-    if _TRIVIAL is None:
-        try:
-            from preproc.dedup.near import TRIVIAL as _TRIVIAL
-        except ImportError:  # pragma: no cover - near-dedup stages not present
-            _TRIVIAL = {}
-    check = _TRIVIAL.get(stage)
+    check = TRIVIAL.get(stage)
     return check is not None and check(plan, store)
 
 
@@ -120,19 +104,13 @@ def prepare(plan: "Plan", stage: str, store: Store) -> None:
     """Before ``stage``'s indices are dispatched: merge the index of every exchange they
     read (:mod:`preproc.io.exchange`), once, in the coordinator: N small reads and one
     write per exchange, where each of B consumers would otherwise look at N producers."""
-    from preproc.dedup import exact
-    from preproc.dedup.drops import index_drops
-    from preproc.tokenize.stage import drop_stages
-
     if stage == "exact_dedup":
         exact.prepare(plan, store)
     elif stage in ("tokenize", "near_signatures"):
-        for st in drop_stages(plan) if stage == "tokenize" else ["exact_dedup"]:
+        for st in plan.drop_stages if stage == "tokenize" else ["exact_dedup"]:
             if st in plan.stage_names:
                 index_drops(store, st, plan.stage(st).fan_out, plan.num_shards)
     elif stage.startswith("near_"):
-        from preproc.dedup import near
-
         near.prepare(plan, stage, store)
 
 
@@ -145,8 +123,6 @@ def run_index(plan: "Plan", stage: str, index: int, store: Store | None = None, 
     its "started" and "committed" lines at DEBUG (markers the coordinator writes for rounds
     with nothing to compute would otherwise drown the progress bars).
     """
-    if not STAGE_RUNNERS:
-        STAGE_RUNNERS.update(_runners())
     store = store or plan.store()
     sp = plan.stage(stage)
     if not 0 <= index < sp.fan_out:
@@ -209,12 +185,3 @@ def _check_previous_done(plan: "Plan", stage: str, store: Store) -> None:
         # An executor ran stages out of order: retrying cannot fix that, stop the run.
         raise ConfigError(f"stage {stage!r} cannot start: stage {prev.name!r} has "
                            f"{len(have)}/{prev.fan_out} indices done")
-
-
-def near_drop_stages(plan: "Plan") -> list[str]:
-    """Names of near-duplicate stages that write drop lists (empty when near dedup is off)."""
-    if not plan.spec.dedup.near:
-        return []
-    from preproc.dedup import near
-
-    return list(near.DROP_STAGES)

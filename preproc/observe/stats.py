@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from preproc.io.store import Store
 
 __all__ = ["CleanProfile", "log2_histogram", "merge_histograms", "dominant_script", "documents_in",
-           "collect_stats", "group_rounds", "SHARD_STAGES", "ROUND_PREFIX", "ROUNDS_ROW", "SAMPLE_DOCS",
+           "group_rounds", "SHARD_STAGES", "ROUND_PREFIX", "ROUNDS_ROW", "SAMPLE_DOCS",
            "EXAMPLES_PER_REASON", "EXAMPLE_CHARS"]
 
 log = logging.getLogger("preproc")
@@ -326,64 +326,3 @@ def documents_in(stats: dict[str, Any]) -> int:
 
 
 # == the run's totals (finalize's stats.json) =================================================
-
-def _merge(dicts) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for d in dicts:
-        for k, v in (d or {}).items():
-            out[k] = out.get(k, 0) + v
-    return dict(sorted(out.items()))
-
-
-def _dup_kind(stage: str) -> str:
-    return "exact" if stage == "exact_dedup" else "near"
-
-
-def collect_stats(plan: "Plan", store: "Store", drop_stages: Sequence[str]) -> dict[str, Any]:
-    """The run's totals from its markers (``stats.json``, before finalize drops the ``_``
-    keys it checks the accounting with). ``drop_stages``: the dedup stages whose drop lists
-    tokenize applied (:func:`preproc.tokenize.stage.drop_stages`), given by the caller so that
-    statistics do not import the stage registry."""
-    clean = store.read_markers("clean")
-    tok = store.read_markers("tokenize")
-    duplicates = {"exact": 0, "near": 0}
-    for stage in drop_stages:
-        for m in store.read_markers(stage).values():
-            duplicates[_dup_kind(stage)] += int(m.get("duplicates", 0))
-    filtered = _merge(m.get("filtered") for m in clean.values())
-    rejected = _merge(m.get("rejected") for m in clean.values())
-    read = sum(m["read"] for m in clean.values())
-    kept = sum(m["docs"] for m in tok.values())
-    file_errors = [e for i in sorted(clean) for e in clean[i].get("file_errors", [])]
-    markers = {s.name: store.read_markers(s.name) for s in plan.stages if s.name != "finalize"}
-    # Worker time: the indices' own times added up (N workers busy for 10 s = 10×N s).
-    worker_time = {k: round(sum(m.get("wall_time_s", 0.0) for m in ms.values()), 3) for k, ms in markers.items()}
-    # Wall time: first index started to last index finished, what a user waited.
-    wall = {k: _span(ms) for k, ms in markers.items()}
-    return {
-        "run_id": plan.run_id,
-        "read": read,
-        "kept": kept,
-        "filtered": filtered,
-        "filtered_total": sum(filtered.values()),
-        "duplicates": duplicates,
-        "duplicates_total": sum(duplicates.values()),
-        "rejected": rejected,
-        "rejected_total": sum(rejected.values()),
-        "tokens": sum(m["tokens"] for m in tok.values()),
-        "blank_lines": sum(m.get("blank_lines", 0) for m in clean.values()),
-        "counters": _merge(m.get("counters") for m in clean.values()),
-        "file_errors": file_errors,
-        "input_bytes": sum(m.get("input_bytes", 0) for m in clean.values()),
-        "text_bytes_after_clean": sum(m.get("text_bytes", 0) for m in clean.values()),
-        "stage_worker_time_s": worker_time,
-        "stage_span_s": wall,
-        "_clean_docs": sum(m["docs"] for m in clean.values()),
-        "_tokenize_dropped": sum(m.get("dropped", 0) for m in tok.values()),
-    }
-
-
-def _span(markers: dict[int, dict[str, Any]]) -> float:
-    starts = [float(m["started_s"]) for m in markers.values() if m.get("started_s")]
-    ends = [float(m["finished_s"]) for m in markers.values() if m.get("finished_s")]
-    return round(max(ends) - min(starts), 3) if starts and ends else 0.0

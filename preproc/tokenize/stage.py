@@ -36,12 +36,6 @@ if TYPE_CHECKING:
 
 
 
-def drop_stages(plan: "Plan") -> list[str]:
-    """Stages whose drop lists apply to tokenize (every dedup stage that has them)."""
-    near = NEAR_DROP_STAGES if plan.spec.dedup.near else ()
-    return [s for s in ("exact_dedup", *near) if s in plan.stage_names]
-
-
 def encode(tok: Encoder, texts: list[str], *, bos_id: int | None, eos_id: int | None,
            dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     """``(flat ids, offsets)`` for ``texts``, with BOS/EOS around each document."""
@@ -117,7 +111,7 @@ def run(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
     tok = Encoder(store, info, encode_special_tokens=cfg.encode_special_tokens)
     dtype = np.dtype(info["dtype"])
     mdtype = megatron_dtype(info["max_id"])
-    drops = read_drops(store, drop_stages(plan), index)
+    drops = read_drops(store, plan.drop_stages, index)
     prefix = layout.tokens(index)
     want_pq = "parquet" in cfg.formats
     want_mg = "megatron" in cfg.formats

@@ -9,7 +9,7 @@ that changed after planning is an error, not a silent mix of two vocabularies.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from tokenizers import Tokenizer
 
@@ -19,6 +19,9 @@ from preproc.io.readers import ReadLog, read_split
 from preproc.io.s3 import read_bytes
 from preproc.io.store import Store
 from preproc.tokenize import tiktoken_backend  # imports tiktoken itself only when used (optional)
+
+if TYPE_CHECKING:
+    from preproc.spec.model import InputSpec, Spec
 
 __all__ = ["inspect_tokenizer", "load_run_tokenizer", "choose_backend", "Encoder", "preload"]
 
@@ -138,14 +141,14 @@ def preload(uri: str, storage: Any = None, *, encode_special_tokens: bool) -> No
 SAMPLE_BYTES = 256 * 1024
 
 
-def _sample_texts(plan, storage_options=None) -> list[str]:
+def _sample_texts(shards: Sequence[Any], input_spec: InputSpec, storage_options=None) -> list[str]:
     """Up to SAMPLE_BYTES of documents from the first input splits (bounded planning cost)."""
     texts: list[str] = []
     size = 0
-    for shard in plan.shards[:2]:
+    for shard in shards[:2]:
         for split in shard.splits[:2]:
             try:
-                for batch in read_split(split, plan.spec.input, ReadLog(), storage_options, batch_bytes=SAMPLE_BYTES):
+                for batch in read_split(split, input_spec, ReadLog(), storage_options, batch_bytes=SAMPLE_BYTES):
                     for t in batch.column("text").to_pylist():
                         texts.append(t[:20000])
                         size += len(texts[-1])
@@ -156,26 +159,23 @@ def _sample_texts(plan, storage_options=None) -> list[str]:
     return texts
 
 
-def choose_backend(plan, tok_bytes: bytes, storage_options=None) -> None:
-    """Decide the tokenize backend for the plan and record why (``plan.tokenizer``)."""
-    cfg = plan.spec.tokenize
-    info = plan.tokenizer
+def choose_backend(spec: Spec, shards: Sequence[Any], tok_bytes: bytes) -> dict[str, str]:
+    """The tokenize backend for a plan of ``spec`` over ``shards``, and why: the plan's
+    ``tokenizer`` entry gets ``backend`` and ``backend_reason`` from it. tiktoken is chosen
+    only when it gives the same ids as the HF tokenizer on probes and an input sample."""
+    cfg = spec.tokenize
     if cfg.backend == "hf":
-        info.update(backend="hf", backend_reason="forced by tokenize.backend")
-        return
-    from preproc.tokenize import tiktoken_backend
-
+        return {"backend": "hf", "backend_reason": "forced by tokenize.backend"}
     enc, why = tiktoken_backend.build(tok_bytes.decode("utf-8"))
     if enc is not None:
         hf = _parse(tok_bytes)
-        why = tiktoken_backend.equivalent(enc, hf, _sample_texts(plan, storage_options),
+        why = tiktoken_backend.equivalent(enc, hf, _sample_texts(shards, spec.input, spec.storage),
                                           encode_special_tokens=cfg.encode_special_tokens)
     if why is None:
-        info.update(backend="tiktoken", backend_reason="identical ids on probes and an input sample")
-    elif cfg.backend == "tiktoken":
+        return {"backend": "tiktoken", "backend_reason": "identical ids on probes and an input sample"}
+    if cfg.backend == "tiktoken":
         raise ConfigError(f"tokenize.backend: tiktoken cannot reproduce this tokenizer exactly: {why}")
-    else:
-        info.update(backend="hf", backend_reason=f"tiktoken not equivalent: {why}")
+    return {"backend": "hf", "backend_reason": f"tiktoken not equivalent: {why}"}
 
 
 class Encoder:

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 from preproc.io import layout
 from preproc.io.layout import split_label
-from preproc.observe.stats import (EXAMPLES_PER_REASON, ROUNDS_ROW, SHARD_STAGES, collect_stats, group_rounds,
+from preproc.observe.stats import (EXAMPLES_PER_REASON, ROUNDS_ROW, SHARD_STAGES, group_rounds,
                                    merge_histograms)
-from preproc.tokenize.stage import drop_stages
+from preproc.engine.stats import collect_stats
 
 if TYPE_CHECKING:
     from preproc.engine.plan import Plan
@@ -34,7 +34,7 @@ def report_data(plan: "Plan", store: "Store", stats: dict[str, Any] | None = Non
         try:
             stats = store.read_json(layout.STATS)
         except FileNotFoundError:
-            stats = {k: v for k, v in collect_stats(plan, store, drop_stages(plan)).items()
+            stats = {k: v for k, v in collect_stats(plan, store).items()
                      if not k.startswith("_")}
     clean = markers.get("clean", {})
     tok = markers.get("tokenize", {})

@@ -1,0 +1,90 @@
+"""The run's statistics, added up from its markers, and the accounting check.
+
+``read == kept + filtered + duplicates + rejected`` must hold exactly, where ``read`` counts
+every record the readers saw (blank lines excluded), ``filtered`` what the clean steps
+dropped (by ``step:reason``), ``duplicates`` what exact and near dedup dropped, ``rejected``
+bad records (by reason). The finalize stage writes these into ``stats.json``; ``preproc
+report`` adds them up the same way for a run that has not finished.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from preproc.errors import AccountingError
+
+if TYPE_CHECKING:
+    from preproc.engine.plan import Plan
+    from preproc.io.store import Store
+
+__all__ = ["collect_stats", "check_accounting"]
+
+
+def _merge(dicts) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for d in dicts:
+        for k, v in (d or {}).items():
+            out[k] = out.get(k, 0) + v
+    return dict(sorted(out.items()))
+
+
+def _dup_kind(stage: str) -> str:
+    return "exact" if stage == "exact_dedup" else "near"
+
+
+def collect_stats(plan: "Plan", store: "Store") -> dict[str, Any]:
+    clean = store.read_markers("clean")
+    tok = store.read_markers("tokenize")
+    duplicates = {"exact": 0, "near": 0}
+    for stage in plan.drop_stages:
+        for m in store.read_markers(stage).values():
+            duplicates[_dup_kind(stage)] += int(m.get("duplicates", 0))
+    filtered = _merge(m.get("filtered") for m in clean.values())
+    rejected = _merge(m.get("rejected") for m in clean.values())
+    read = sum(m["read"] for m in clean.values())
+    kept = sum(m["docs"] for m in tok.values())
+    file_errors = [e for i in sorted(clean) for e in clean[i].get("file_errors", [])]
+    markers = {s.name: store.read_markers(s.name) for s in plan.stages if s.name != "finalize"}
+    # Worker time: the indices' own times added up (N workers busy for 10 s = 10×N s).
+    worker_time = {k: round(sum(m.get("wall_time_s", 0.0) for m in ms.values()), 3) for k, ms in markers.items()}
+    # Wall time: first index started to last index finished, what a user waited.
+    wall = {k: _span(ms) for k, ms in markers.items()}
+    return {
+        "run_id": plan.run_id,
+        "read": read,
+        "kept": kept,
+        "filtered": filtered,
+        "filtered_total": sum(filtered.values()),
+        "duplicates": duplicates,
+        "duplicates_total": sum(duplicates.values()),
+        "rejected": rejected,
+        "rejected_total": sum(rejected.values()),
+        "tokens": sum(m["tokens"] for m in tok.values()),
+        "blank_lines": sum(m.get("blank_lines", 0) for m in clean.values()),
+        "counters": _merge(m.get("counters") for m in clean.values()),
+        "file_errors": file_errors,
+        "input_bytes": sum(m.get("input_bytes", 0) for m in clean.values()),
+        "text_bytes_after_clean": sum(m.get("text_bytes", 0) for m in clean.values()),
+        "stage_worker_time_s": worker_time,
+        "stage_span_s": wall,
+        "_clean_docs": sum(m["docs"] for m in clean.values()),
+        "_tokenize_dropped": sum(m.get("dropped", 0) for m in tok.values()),
+    }
+
+
+def _span(markers: dict[int, dict[str, Any]]) -> float:
+    starts = [float(m["started_s"]) for m in markers.values() if m.get("started_s")]
+    ends = [float(m["finished_s"]) for m in markers.values() if m.get("finished_s")]
+    return round(max(ends) - min(starts), 3) if starts and ends else 0.0
+
+
+def check_accounting(stats: dict[str, Any]) -> None:
+    read, kept = stats["read"], stats["kept"]
+    accounted = kept + stats["filtered_total"] + stats["duplicates_total"] + stats["rejected_total"]
+    if read != accounted:
+        raise AccountingError(
+            f"accounting does not add up: read {read} != kept {kept} + filtered {stats['filtered_total']} "
+            f"+ duplicates {stats['duplicates_total']} + rejected {stats['rejected_total']} (= {accounted})")
+    if stats["_tokenize_dropped"] != stats["duplicates_total"]:
+        raise AccountingError(f"tokenize dropped {stats['_tokenize_dropped']} rows but dedup stages "
+                              f"report {stats['duplicates_total']} duplicates")
