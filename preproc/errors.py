@@ -20,9 +20,10 @@ Killed processes (SIGKILL, OOM killer: 137) are retryable like code 1.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ValidationError
+if TYPE_CHECKING:   # pydantic is not imported here: training code imports these errors
+    from pydantic import BaseModel, ValidationError
 
 EXIT_OK = 0
 EXIT_RETRYABLE = 1
@@ -77,7 +78,7 @@ class AccountingError(PreprocError):
     exit_code = EXIT_RETRYABLE
 
 
-def format_error(err: ValidationError, where: str, model: type[BaseModel] | None = None) -> str:
+def format_error(err: "ValidationError", where: str, model: "type[BaseModel] | None" = None) -> str:
     """One line for a pydantic validation error: ``<where>: <dotted key>: <what is wrong>``.
 
     Shared by every validated settings object (the spec, the storage settings), so that all
@@ -97,7 +98,7 @@ def format_error(err: ValidationError, where: str, model: type[BaseModel] | None
     return f"{where}: {loc or '<top>'}: {msg}{more}"
 
 
-def _allowed_keys(root: type[BaseModel] | None, loc: tuple) -> list[str]:
+def _allowed_keys(root: "type[BaseModel] | None", loc: tuple) -> list[str]:
     model: Any = root
     if model is None:
         return []
@@ -106,7 +107,7 @@ def _allowed_keys(root: type[BaseModel] | None, loc: tuple) -> list[str]:
         if field is None:
             return []
         ann = field.annotation
-        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        model = ann if isinstance(ann, type) and hasattr(ann, "model_fields") else None   # a pydantic model
         if model is None:
             return []
     return list(model.model_fields)

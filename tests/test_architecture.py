@@ -2,8 +2,7 @@
 names across modules, and what ``import preproc`` loads. Read from the source with ``ast``
 (tests/archcheck.py; ``python -m tests.archcheck`` prints the figures).
 
-The tree does not meet these rules yet; each test is ``xfail(strict=True)`` until the redesign
-of issue 17 lands, so a test that starts passing fails the suite and its marker must go.
+The redesign of issue 17 made the tree meet every rule; these tests keep it so.
 The import time target (0.3 s) is measured by scripts/bench_import.py, not here.
 """
 
@@ -16,8 +15,6 @@ import sys
 import pytest
 
 from tests.archcheck import MAX_LINES, OPTIONAL, PACKAGE, ROOT, load
-
-issue17 = pytest.mark.xfail(strict=True, reason="issue 17")
 
 # What training code must be able to import without loading the engine: any preproc module
 # with one of these names in its dotted path (today's names and those of docs/ARCHITECTURE.md,
@@ -45,20 +42,17 @@ def test_no_import_circle_at_module_level(pkg):
     assert pkg.cycles() == []
 
 
-@issue17
 def test_no_import_circle_counting_function_level_imports(pkg):
     # A circle hidden behind an import inside a function is still a circle.
     circles = pkg.cycles(with_functions=True)
     assert circles == [], "\n".join(" -> ".join(c) for c in circles)
 
 
-@issue17
 def test_function_level_imports_only_of_optional_dependencies(pkg):
     found = [f"{pkg.where(i)} {i.target}" for i in pkg.function_imports(OPTIONAL)]
     assert found == [], f"{len(found)} function-level imports:\n" + "\n".join(found)
 
 
-@issue17
 def test_no_module_over_the_size_limit(pkg):
     big = pkg.big_modules(MAX_LINES)
     assert big == {}, big
@@ -69,7 +63,6 @@ def test_standin_under_the_size_limit():
     assert sizes and max(sizes.values()) <= MAX_LINES, sizes
 
 
-@issue17
 def test_no_private_name_imported_from_another_module(pkg):
     found = [f"{pkg.where(i)} {n} from {i.target}" for i, n in pkg.private_imports()]
     assert found == [], "\n".join(found)
