@@ -285,10 +285,58 @@ HAND = {
     "wikipedia-bn-1089": {"punct_lines": (3, 4), "sentences": 6},
     # Japanese Wikipedia disambiguation page: 16 of its 32 non-blank lines end in 。
     "wikipedia-ja-14": {"punct_lines": (16, 32)},
+    # Gutenberg en, The Yellow Wallpaper (end): 29 non-blank lines, 20 end in . ! or !”
+    # (the 9 others end mid-sentence: "night," "as I" "green" "in" "front" "plantain"
+    # "said" "came" "path"); 307 words (15+4+16+1+14+13+3+15+12+6+10+6+6+11+15+5+7+10+15
+    # +1+14+18+7+13+15+13+14+15+13 per line; "said—very" is one token); stop words: have
+    # to the and that be of = 7 (no "with").
+    "gutenberg-pg1952-section001": {"gopher_words": 307, "stop_words": 7,
+                                    "punct_lines": (20, 29)},
+    # WikiText-2: 2 lines, neither ends in a mark ("=", "L"); 8 + 13 = 21 words ("=", "/",
+    # "." and "@-@" are no words; "<unk>" is); stop words: and with = 2.
+    "wikitext2-test-029": {"gopher_words": 21, "stop_words": 2, "punct_lines": (0, 2)},
+    # Gutenberg fr, Nietzsche, aphorisms 43-48: 39 non-blank lines; 16 end in "." or "!"
+    # (the six numbers "43." .. "48.", "même." "prévoir_!" "désir." '"prochain".' "haut."
+    # "etc." "tout-puissants." "épicuriens_." "temps." "amour."); ":" and "," are not
+    # terminal.
+    "gutenberg-pg5258-chapter069": {"punct_lines": (16, 39)},
+    # Gutenberg es, Silas Marner ch. XV: 43 non-blank lines (title "XV" and 42 wrapped
+    # lines); 5 end in "." ("lujo." "placer..." "acariciado." "niños." "padre.").
+    "gutenberg-pg24823-chapter014": {"punct_lines": (5, 43)},
+    # Armenian Wikipedia: title + one paragraph ending in "." (1 of 2 lines); C4 keeps the
+    # paragraph: 5 sentences end in the Armenian full stop ։, then "... են. A.I.M., ...
+    # Gabien." is 2 as written ("են." is followed by a space and a capital; the periods of
+    # "A.I.M.," are not followed by a space) = 7.
+    "wikipedia-hy-1032": {"punct_lines": (1, 2), "sentences": 7},
+    # Marathi Wikipedia disambiguation page: 6 non-blank lines, 3 end in "." (the title
+    # ends in ")", the intro in ":", one list item in no mark); C4 keeps those 3 lines (8
+    # tokens and more each): 1 + 1 + 2 sentences = 4 ("इ.स.पू." and "इ.स." are the
+    # abbreviations BCE/CE, not sentence ends).
+    "wikipedia-mr-859": {"punct_lines": (3, 6), "sentences": 4},
+    # Ukrainian Wikipedia: 10 non-blank lines (title, 3 paragraphs, 5 headings, "Український
+    # правопис 2015"), 3 end in "." (the paragraphs; "Див. також" ends in a word); C4
+    # keeps the 3 paragraphs: 2 + 1 + 1 = 4 sentences ("23.345" and "1.3" are numbers).
+    "wikipedia-uk-603": {"punct_lines": (3, 10), "sentences": 4},
+    # zh_TW groupdel(8): 21 non-blank lines, 3 end in 。 ("在。" "組ID。" "群組。"); the
+    # others end in a word, ")" or ",".
+    "man-zh_TW-groupdel.8@passwd": {"punct_lines": (3, 21)},
 }
 
 
-def test_v2_statistics_equal_values_counted_by_hand(table):
+# Where the code disagrees with the hand count, the hand count stands and the entry is an
+# expected failure (strict: fixing the code makes it pass and flags the mark for removal).
+DISAGREE = {
+    "wikipedia-mr-859": "c4_v2 counts 7 sentences, not 4: its sentence splitter ends a "
+                        "sentence after the Devanagari abbreviations इ.स.पू. / इ.स. (BCE/CE), "
+                        "its initial/abbreviation rule knowing only Latin, Greek and Cyrillic "
+                        "capitals and English abbreviations",
+}
+
+
+@pytest.mark.parametrize("doc_id", [
+    pytest.param(k, marks=pytest.mark.xfail(strict=True, reason=DISAGREE[k]))
+    if k in DISAGREE else k for k in HAND])
+def test_v2_statistics_equal_values_counted_by_hand(table, doc_id):
     """Each statistic is checked through the step's verdict at the threshold just at and
     just past the hand-counted value (the comparison the reference code makes)."""
     from tests.clean.test_filters_scripts import run as run_step
@@ -296,36 +344,38 @@ def test_v2_statistics_equal_values_counted_by_hand(table):
     ids = table.column("id").to_pylist()
     texts = {i: t for i, t in zip(ids, table.column("text").to_pylist()) if i in HAND}
     norm = build_steps({"defaults": False, "normalize": True})[0]
-    for doc_id, want in HAND.items():
-        raw = pa.RecordBatch.from_pydict({"text": [texts[doc_id]]})
-        text = norm.map(raw, {}).column("text")[0].as_py()
-        lang = ["en"]
-        if "gopher_words" in want:
-            n = want["gopher_words"]
-            base = {"max_words": None, "min_mean_word_length": None, "max_mean_word_length": None,
-                    "max_hash_word_ratio": None, "max_ellipsis_word_ratio": None,
-                    "max_bullet_lines_ratio": None, "max_ellipsis_lines_ratio": None,
-                    "min_alpha_words_ratio": None, "min_stop_words": None}
-            got = [run_step("gopher_quality_v2", [text], {**base, "min_words": m},
-                            language=lang)[0][0] for m in (n, n + 1)]
-            assert got == ["keep", "gopher_quality_v2:min_words"], doc_id
-        if "stop_words" in want:
-            k = want["stop_words"]
-            base = {"min_words": None, "max_words": None, "min_mean_word_length": None,
-                    "max_mean_word_length": None, "min_alpha_words_ratio": None}
-            got = [run_step("gopher_quality_v2", [text], {**base, "min_stop_words": m},
-                            language=lang)[0][0] for m in (k, k + 1)]
-            assert got == ["keep", "gopher_quality_v2:stop_words"], doc_id
-        if "punct_lines" in want:
-            a, b = want["punct_lines"]
-            opts = {"short_line_thr": None, "char_duplicates_ratio": None, "new_line_ratio": None,
-                    "line_units": "lines"}      # the paper's lines (auto joins Job 25:1-2)
-            # ratio <= thr drops: at thr = a/b it drops, just below it keeps
-            got = [run_step("fineweb_v2", [text], {**opts, "line_punct_thr": th})[0][0]
-                   for th in (a / b, a / b - 1e-9)]
-            assert got == ["fineweb_v2:line_punct_ratio", "keep"], doc_id
-        if "sentences" in want:
-            s = want["sentences"]
-            got = [run_step("c4_v2", [text], {"min_sentences": m, "curly_bracket": False})[0][0]
-                   for m in (s, s + 1)]
-            assert got == ["keep", "c4_v2:too_few_sentences"], doc_id
+    want = HAND[doc_id]
+    raw = pa.RecordBatch.from_pydict({"text": [texts[doc_id]]})
+    text = norm.map(raw, {}).column("text")[0].as_py()
+    lang = ["en"]
+    if "gopher_words" in want:
+        n = want["gopher_words"]
+        base = {"max_words": None, "min_mean_word_length": None, "max_mean_word_length": None,
+                "max_hash_word_ratio": None, "max_ellipsis_word_ratio": None,
+                "max_bullet_lines_ratio": None, "max_ellipsis_lines_ratio": None,
+                "min_alpha_words_ratio": None, "min_stop_words": None}
+        got = [run_step("gopher_quality_v2", [text], {**base, "min_words": m},
+                        language=lang)[0][0] for m in (n, n + 1)]
+        assert got == ["keep", "gopher_quality_v2:min_words"], doc_id
+    if "stop_words" in want:
+        k = want["stop_words"]
+        base = {"min_words": None, "max_words": None, "min_mean_word_length": None,
+                "max_mean_word_length": None, "min_alpha_words_ratio": None}
+        got = [run_step("gopher_quality_v2", [text], {**base, "min_stop_words": m},
+                        language=lang)[0][0] for m in (k, k + 1)]
+        assert got == ["keep", "gopher_quality_v2:stop_words"], doc_id
+    if "punct_lines" in want:
+        a, b = want["punct_lines"]
+        opts = {"short_line_thr": None, "char_duplicates_ratio": None, "new_line_ratio": None,
+                "line_units": "lines"}      # the paper's lines (auto joins Job 25:1-2)
+        # ratio <= thr drops: at thr = a/b it drops, just below it keeps (for a = 0 the
+        # drop at thr = 0 alone pins the ratio: only a ratio of 0 is <= 0)
+        ths = (a / b, a / b - 1e-9) if a else (0.0,)
+        got = [run_step("fineweb_v2", [text], {**opts, "line_punct_thr": th})[0][0]
+               for th in ths]
+        assert got == ["fineweb_v2:line_punct_ratio", "keep"][:len(ths)], doc_id
+    if "sentences" in want:
+        s = want["sentences"]
+        got = [run_step("c4_v2", [text], {"min_sentences": m, "curly_bracket": False})[0][0]
+               for m in (s, s + 1)]
+        assert got == ["keep", "c4_v2:too_few_sentences"], doc_id
