@@ -17,9 +17,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from preproc import loader
 from preproc._version import __version__
 from preproc.errors import ConfigError, PreprocError, StageFailed
-from preproc import loader
 from preproc.training.loader import TokenDataset
 from preproc.training.megatron import IndexedDataset
 

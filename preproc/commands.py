@@ -13,23 +13,23 @@ from typing import Any
 import pyarrow as pa
 import yaml
 
+from preproc.cli import overrides
 from preproc.demo import run_demo
 from preproc.engine import signals
 from preproc.engine.plan import Plan
 from preproc.engine.refresh import refresh
 from preproc.engine.runner import make_plan, plan, run
 from preproc.engine.stages import run_index
-from preproc.cli import overrides
 from preproc.errors import EXIT_OK, EXIT_RETRYABLE, ConfigError
 from preproc.io import integrity, layout
-from preproc.io.lease import RUN_TTL_S
 from preproc.io.layout import split_label
+from preproc.io.lease import RUN_TTL_S
 from preproc.io.s3 import join, open_fs
 from preproc.k8s.manifests import render_manifests
 from preproc.k8s.ray import render_rayjob
 from preproc.observe.outputs import open_output, readable
-from preproc.observe.status import StatusReader, format_status, run_status
 from preproc.observe.report import render_report, report_data
+from preproc.observe.status import StatusReader, format_status, run_status
 from preproc.spec import load_spec
 from preproc.tokenize.tokenizer import inspect_tokenizer
 
@@ -101,7 +101,8 @@ def cmd_plan(a: argparse.Namespace) -> int:
         return EXIT_OK
     print(p.summary())
     for sh in p.shards:
-        files = ", ".join(split_label(x, short=True) for x in sh.splits[:3]) + (f", +{len(sh.splits) - 3} more" if len(sh.splits) > 3 else "")
+        more = f", +{len(sh.splits) - 3} more" if len(sh.splits) > 3 else ""
+        files = ", ".join(split_label(x, short=True) for x in sh.splits[:3]) + more
         print(f"  shard {sh.index:>5}: {sh.bytes:>14,} B  {files}")
     print("(nothing written)")
     return EXIT_OK

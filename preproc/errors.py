@@ -78,7 +78,7 @@ class AccountingError(PreprocError):
     exit_code = EXIT_RETRYABLE
 
 
-def format_error(err: "ValidationError", where: str, model: "type[BaseModel] | None" = None) -> str:
+def format_error(err: ValidationError, where: str, model: type[BaseModel] | None = None) -> str:
     """One line for a pydantic validation error: ``<where>: <dotted key>: <what is wrong>``.
 
     Shared by every validated settings object (the spec, the storage settings), so that all
@@ -98,7 +98,7 @@ def format_error(err: "ValidationError", where: str, model: "type[BaseModel] | N
     return f"{where}: {loc or '<top>'}: {msg}{more}"
 
 
-def _allowed_keys(root: "type[BaseModel] | None", loc: tuple) -> list[str]:
+def _allowed_keys(root: type[BaseModel] | None, loc: tuple) -> list[str]:
     model: Any = root
     if model is None:
         return []

@@ -8,6 +8,8 @@ whoever imports ``preproc.clean.steps`` (or ``preproc.clean``) finds the registr
 Registration order (basic, then the filters) is the registry's iteration order.
 """
 
-from preproc.clean import steps  # noqa: F401  (the framework first: the registry)
-from preproc.clean import basic  # noqa: F401  (registers the basic steps)
-from preproc.clean import filters  # noqa: F401  (registers the quality filters)
+from preproc.clean import (
+    basic,  # noqa: F401  (registers the basic steps)
+    filters,  # noqa: F401  (registers the quality filters)
+    steps,  # noqa: F401  (the framework first: the registry)
+)

@@ -101,7 +101,7 @@ class LengthOptions(StepOptions):
     max_words: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
-    def _order(self) -> "LengthOptions":
+    def _order(self) -> LengthOptions:
         for lo, hi in (("min_chars", "max_chars"), ("min_words", "max_words")):
             a, b = getattr(self, lo), getattr(self, hi)
             if a is not None and b is not None and a > b:

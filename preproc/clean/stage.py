@@ -23,13 +23,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
 
+from preproc.clean.steps import ENVIRONMENT_ERRORS, CleanPipeline, CleanResult, build_steps
 from preproc.errors import ConfigError
 from preproc.io import layout
 from preproc.io.exchange import write_partitioned
 from preproc.io.readers import ReadLog, read_split
 from preproc.observe.stats import CleanProfile
 from preproc.tokenize.tokenizer import Encoder
-from preproc.clean.steps import ENVIRONMENT_ERRORS, CleanPipeline, CleanResult, build_steps
 
 if TYPE_CHECKING:
     from preproc.engine.plan import Plan
@@ -65,7 +65,7 @@ def text_hashes(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return h1, h2
 
 
-def run(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
+def run(plan: Plan, index: int, store: Store) -> dict[str, Any]:
     spec = plan.spec
     shard = plan.shards[index]
     keep_removed = isinstance(spec.clean, dict) and bool(spec.clean.get("keep_removed"))
@@ -159,7 +159,7 @@ def run(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
     }
 
 
-def _write_keys(store: "Store", index: int, buckets: int, h1s: list, h2s: list) -> None:
+def _write_keys(store: Store, index: int, buckets: int, h1s: list, h2s: list) -> None:
     h1 = np.concatenate(h1s) if h1s else np.empty(0, np.uint64)
     h2 = np.concatenate(h2s) if h2s else np.empty(0, np.uint64)
     row = np.arange(len(h1), dtype=np.uint32)
@@ -172,7 +172,7 @@ def _write_keys(store: "Store", index: int, buckets: int, h1s: list, h2s: list) 
     write_partitioned(store, KEYS_FOLDER, index, table)
 
 
-def store_table(store: "Store", rel: str, table: pa.Table) -> None:
+def store_table(store: Store, rel: str, table: pa.Table) -> None:
     with store.open_atomic(rel) as f:
         pq.write_table(table, f, compression="zstd")
 

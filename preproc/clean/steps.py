@@ -34,8 +34,9 @@ package, which fails the index with exit code 2 instead of rejecting documents.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa

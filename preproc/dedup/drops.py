@@ -7,7 +7,8 @@ so the reader of shard ``i`` reads only its own byte ranges, found in the folder
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 DROPS_SCHEMA = pa.schema([("shard", pa.uint32()), ("row", pa.uint32())])
 
 
-def write_drops(store: "Store", stage: str, producer: int, shard: np.ndarray, row: np.ndarray) -> None:
+def write_drops(store: Store, stage: str, producer: int, shard: np.ndarray, row: np.ndarray) -> None:
     """Producer ``producer`` of ``stage`` drops these ``(shard, row)``."""
     order = np.lexsort((row, shard))
     shard, row = shard[order].astype(np.uint32), row[order].astype(np.uint32)
@@ -29,12 +30,12 @@ def write_drops(store: "Store", stage: str, producer: int, shard: np.ndarray, ro
                       pa.table({"shard": shard, "row": row}, schema=DROPS_SCHEMA))
 
 
-def index_drops(store: "Store", stage: str, producers: int, shards: int) -> None:
+def index_drops(store: Store, stage: str, producers: int, shards: int) -> None:
     """Merge the drop lists' index of ``stage`` (the coordinator does it once)."""
     build_index(store, drops_dir(stage), producers, shards)
 
 
-def read_drops(store: "Store", stages: Iterable[str], shard: int) -> np.ndarray:
+def read_drops(store: Store, stages: Iterable[str], shard: int) -> np.ndarray:
     """Sorted unique rows of ``shard`` dropped by any of ``stages``."""
     parts = []
     for stage in stages:

@@ -37,12 +37,12 @@ def buckets_for(input_bytes: int) -> int:
     return max(1, -(-int(input_bytes) // INPUT_BYTES_PER_BUCKET))
 
 
-def prepare(plan: "Plan", store: "Store") -> None:
+def prepare(plan: Plan, store: Store) -> None:
     """Merge the exchange index of ``clean/keys`` (in the coordinator, once)."""
     build_index(store, CLEAN_KEYS, plan.num_shards, plan.stage("exact_dedup").fan_out)
 
 
-def read_bucket(plan: "Plan", store: "Store", bucket: int) -> pa.Table:
+def read_bucket(plan: Plan, store: Store, bucket: int) -> pa.Table:
     """Bucket ``bucket`` of every shard's keys, with the shard as a column."""
     t = read_partition(store, CLEAN_KEYS, bucket, ["h1", "h2", "row"], producers=plan.num_shards,
                        consumers=plan.stage("exact_dedup").fan_out, producer_column="shard")
@@ -58,7 +58,7 @@ def _fsb(h1: np.ndarray, h2: np.ndarray) -> pa.Array:
     return pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(h1), [None, pa.py_buffer(buf)])
 
 
-def _prior_hashes(plan: "Plan", index: int) -> pa.Array | None:
+def _prior_hashes(plan: Plan, index: int) -> pa.Array | None:
     """Bucket ``index`` of the exact index of earlier generations (incremental refresh)."""
     segs = plan.refresh.exact_segments if plan.refresh else ()
     if not segs:
@@ -75,7 +75,7 @@ def _prior_hashes(plan: "Plan", index: int) -> pa.Array | None:
 INDEX_SCHEMA = pa.schema([("h1", pa.uint64()), ("h2", pa.uint64())])
 
 
-def run(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
+def run(plan: Plan, index: int, store: Store) -> dict[str, Any]:
     t = read_bucket(plan, store, index)
     h1, h2 = t.column("h1").to_numpy(), t.column("h2").to_numpy()
     shard, row = t.column("shard").to_numpy(), t.column("row").to_numpy()

@@ -214,7 +214,7 @@ def unit_hashes(text: pa.Array, unit: Literal["word", "char"] = "word") -> tuple
 
 # -- 2. shingles ---------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _ngram_multipliers(n: int) -> np.ndarray:
     return splitmix64(0x5348494E474C45, n) | U64(1)
 
@@ -334,7 +334,7 @@ def _area(y: np.ndarray, x: np.ndarray) -> float:
     return math.fsum(((y[1:] + y[:-1]) * (x[1:] - x[:-1]) * 0.5).tolist())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def lsh_params(threshold: float, num_perm: int, *, verify: bool = False) -> tuple[int, int]:
     """``(bands, rows)`` with ``bands * rows <= num_perm`` for a Jaccard ``threshold``.
 

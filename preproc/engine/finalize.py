@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 DATASET_FORMAT = 1
 
 
-def _write_report(plan: "Plan", store: "Store", stats: dict[str, Any]) -> None:
+def _write_report(plan: Plan, store: Store, stats: dict[str, Any]) -> None:
     """``report.html``; a report that cannot be drawn is a warning, never a failed run."""
     try:
         write_report(store, plan, stats)
@@ -30,7 +30,7 @@ def _write_report(plan: "Plan", store: "Store", stats: dict[str, Any]) -> None:
         logging.getLogger("preproc").warning("report.html not written", exc_info=True)
 
 
-def run(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
+def run(plan: Plan, index: int, store: Store) -> dict[str, Any]:
     stats = collect_stats(plan, store)
     check_accounting(stats)
     for k in [k for k in stats if k.startswith("_")]:

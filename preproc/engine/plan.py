@@ -19,14 +19,14 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from preproc.spec import Spec, load_spec
+from preproc.engine.refresh_context import RefreshContext
 from preproc.errors import ConfigError
 from preproc.io import layout
 from preproc.io.listing import InputFile, split_file
 from preproc.io.ownership import run_writes
 from preproc.io.readers import InputSplit
-from preproc.engine.refresh_context import RefreshContext
 from preproc.io.store import Store
+from preproc.spec import Spec, load_spec
 
 __all__ = ["Plan", "Shard", "StagePlan", "DROP_STAGES", "plan_shards", "run_fingerprint"]
 
@@ -118,7 +118,7 @@ class Plan:
         }
 
     @classmethod
-    def from_json(cls, d: dict[str, Any], output: str | None = None) -> "Plan":
+    def from_json(cls, d: dict[str, Any], output: str | None = None) -> Plan:
         if d.get("version") != PLAN_VERSION:
             raise ConfigError(f"plan.json has version {d.get('version')}; this preproc reads version {PLAN_VERSION}")
         return cls(
@@ -128,14 +128,14 @@ class Plan:
             output=output or d["output"],
             spec=load_spec(d["spec"]),
             tokenizer=d.get("tokenizer", {}),
-            stages=[StagePlan(s["name"], s["fan_out"]) for s in d["stages"]],
-            shards=[Shard(s["index"], tuple(InputSplit.from_json(x) for x in s["splits"])) for s in d["shards"]],
+            stages=tuple(StagePlan(s["name"], s["fan_out"]) for s in d["stages"]),
+            shards=tuple(Shard(s["index"], tuple(InputSplit.from_json(x) for x in s["splits"])) for s in d["shards"]),
             created_s=d.get("created_s", 0.0),
             refresh=RefreshContext.from_json(d.get("refresh")),
         )
 
     @classmethod
-    def load(cls, output: str, storage: Any = None) -> "Plan":
+    def load(cls, output: str, storage: Any = None) -> Plan:
         """Read ``output/plan.json``. ``storage`` reaches the output (default: ``$PREPROC_S3``
         and the AWS environment); the plan's own ``storage`` settings apply to everything after."""
         store = Store(output, storage)

@@ -200,7 +200,7 @@ def compact(root: Store, state: dict[str, Any], n: int, lock: Lease, *, near_ver
     log.info("compacted %d index segments into generation %d's", len(old), n)
 
 
-def refresh(spec: "Spec | str | Path | dict[str, Any]", *, progress: bool = False,
+def refresh(spec: Spec | str | Path | dict[str, Any], *, progress: bool = False,
             executor_options: dict[str, Any] | None = None, lock_ttl_s: float = 600,
             compact_after: int = 8, **overrides: Any) -> RefreshResult:
     """Process the inputs not seen before as a new generation and publish it.
@@ -234,7 +234,8 @@ def refresh(spec: "Spec | str | Path | dict[str, Any]", *, progress: bool = Fals
         new = [f for f in files if (f.uri, f.fingerprint) not in seen]
         if not new:
             ds = published or (root.read_json(layout.DATASET) if root.exists(layout.DATASET) else None)
-            msg = ("nothing new: " if published is None else f"finished generation {state['generations'][-1]['generation']}; nothing else new: ") \
+            last = state["generations"][-1]["generation"] if state["generations"] else None
+            msg = ("nothing new: " if published is None else f"finished generation {last}; nothing else new: ") \
                 + f"all {len(files)} input file(s) already processed"
             gen = state["generations"][-1]["generation"] if published is not None else None
             return RefreshResult(s.output, gen, 0, msg, ds)
@@ -299,9 +300,10 @@ def _run_pending(root: Store, state: dict[str, Any], s: Spec, lock: Lease, progr
     pend = state["pending"]
     n = pend["generation"]
     gspec = _gen_spec(s, root, n, state)
-    gstore = Store(gspec.output, gspec.storage)
+    out = join(root.uri, layout.generation(n))      # what _gen_spec set as the output
+    gstore = Store(out, gspec.storage)
     if gstore.exists(layout.PLAN):
-        plan = Plan.load(gspec.output, gspec.storage)
+        plan = Plan.load(out, gspec.storage)
     else:
         if files is None:
             files = [InputFile(**{k: f[k] for k in ("uri", "rel", "format", "compression", "bytes", "fingerprint")})

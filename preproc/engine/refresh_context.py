@@ -27,7 +27,7 @@ class EarlierGeneration:
         return {"generation": self.generation, "path": self.path, "shards": self.shards}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "EarlierGeneration":
+    def from_json(cls, d: dict[str, Any]) -> EarlierGeneration:
         return cls(generation=int(d["generation"]), path=d["path"], shards=int(d["shards"]))
 
 
@@ -56,7 +56,7 @@ class RefreshContext:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any] | None) -> "RefreshContext | None":
+    def from_json(cls, d: dict[str, Any] | None) -> RefreshContext | None:
         if not d:
             return None
         earlier = d.get("near_earlier")

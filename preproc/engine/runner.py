@@ -19,7 +19,8 @@ from typing import Any
 from preproc.clean.steps import build_steps, check_requirements
 from preproc.engine.plan import Plan, plan_shards, run_fingerprint
 from preproc.engine.refresh_context import RefreshContext
-from preproc.engine.stages import pipeline_stages, prepare as prepare_stage, run_index, trivial
+from preproc.engine.stages import pipeline_stages, run_index, trivial
+from preproc.engine.stages import prepare as prepare_stage
 from preproc.errors import ConfigError
 from preproc.executors import get_executor
 from preproc.io import integrity, layout
@@ -56,7 +57,7 @@ class RunResult:
         return int(self.dataset["tokens"])
 
 
-def plan(spec: "Spec | str | Path | dict[str, Any]", **overrides: Any) -> Plan:
+def plan(spec: Spec | str | Path | dict[str, Any], **overrides: Any) -> Plan:
     """Build the plan a run would use, writing nothing (``preproc plan``)."""
     return build_plan(load_spec(spec, **overrides))[0]
 
@@ -77,8 +78,8 @@ def make_plan(spec: Spec, tokenizer: tuple[dict[str, Any], bytes], *, files: lis
     run_id = run_fingerprint(spec, files)
     if info.get("sha256"):
         run_id = hashlib.sha256(f"{run_id}:{info['sha256']}".encode()).hexdigest()[:12]
-    return Plan(run_id=run_id, output=spec.output, spec=spec, shards=shards,
-                stages=pipeline_stages(spec, len(shards), sum(s.bytes for s in shards)),
+    return Plan(run_id=run_id, output=spec.output, spec=spec, shards=tuple(shards),
+                stages=tuple(pipeline_stages(spec, len(shards), sum(s.bytes for s in shards))),
                 tokenizer={**info, **choose_backend(spec, shards, tok_bytes)}, created_s=time.time(),
                 refresh=refresh)
 
@@ -127,7 +128,7 @@ def prepare(s: Spec, *, force: bool = False, planned: tuple[Plan, bytes] | None 
     return new
 
 
-def run(spec: "Spec | str | Path | dict[str, Any]", *, force: bool = False, progress: bool = False,
+def run(spec: Spec | str | Path | dict[str, Any], *, force: bool = False, progress: bool = False,
         executor_options: dict[str, Any] | None = None, lock_ttl_s: float = RUN_TTL_S,
         **overrides: Any) -> RunResult:
     """Plan, then run every stage not yet done; return the run's stats and manifest.
@@ -171,6 +172,8 @@ def _log_idle(idle: list[str]) -> None:
 def _output_lease(s: Spec, ttl_s: float) -> Lease:
     """The output's lease, after the checks that need no writes (a foreign or overlapping
     output is refused before the lease is written into it)."""
+    if not s.output:
+        raise ConfigError("output: no output location; set `output:` in the spec or pass --output")
     try:
         store = Store(s.output, s.storage)
         check_run_output(store)

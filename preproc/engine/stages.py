@@ -22,7 +22,8 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -41,8 +42,8 @@ from preproc.tokenize import stage as tokenize
 from preproc.tokenize.tokenizer import preload
 
 if TYPE_CHECKING:
-    from preproc.spec.model import Spec
     from preproc.engine.plan import Plan
+    from preproc.spec.model import Spec
 
 __all__ = ["pipeline_stages", "run_index", "trivial", "prepare", "warm_up", "STAGE_RUNNERS", "TRIVIAL"]
 
@@ -59,7 +60,7 @@ STAGE_RUNNERS: dict[str, StageRunner] = {
     "finalize": finalize.run,
 }
 # Stage name -> check that every index of the stage would only write a marker (see trivial).
-TRIVIAL: dict[str, Callable[["Plan", Store], bool]] = dict(near.TRIVIAL)
+TRIVIAL: dict[str, Callable[[Plan, Store], bool]] = dict(near.TRIVIAL)
 
 # The plan names the stages that drop rows without knowing the stages: they must be these.
 if set(DROP_STAGES) != {"exact_dedup", *near.DROP_STAGES}:  # pragma: no cover - a stage was renamed
@@ -78,7 +79,7 @@ def warm_up(tokenizer: str | None = None, storage: Any = None, *, encode_special
         preload(tokenizer, storage, encode_special_tokens=encode_special_tokens)
 
 
-def pipeline_stages(spec: "Spec", num_shards: int, input_bytes: int = 0) -> list["StagePlan"]:
+def pipeline_stages(spec: Spec, num_shards: int, input_bytes: int = 0) -> list[StagePlan]:
     """The stages a spec runs, in order, with their fan-out. Dedup bucket counts follow
     the data volume (``input_bytes``), not ``num_shards``, unless the spec sets them."""
     stages = [StagePlan("clean", num_shards)]
@@ -91,7 +92,7 @@ def pipeline_stages(spec: "Spec", num_shards: int, input_bytes: int = 0) -> list
     return stages
 
 
-def trivial(plan: "Plan", stage: str, store: Store) -> bool:
+def trivial(plan: Plan, stage: str, store: Store) -> bool:
     """True when every index of ``stage`` would only write a marker (e.g. a near-dedup
     component round after convergence): the runner then runs them in the coordinator,
     where they cost a few file reads, instead of a pool round-trip locally, a Job and its
@@ -100,7 +101,7 @@ def trivial(plan: "Plan", stage: str, store: Store) -> bool:
     return check is not None and check(plan, store)
 
 
-def prepare(plan: "Plan", stage: str, store: Store) -> None:
+def prepare(plan: Plan, stage: str, store: Store) -> None:
     """Before ``stage``'s indices are dispatched: merge the index of every exchange they
     read (:mod:`preproc.io.exchange`), once, in the coordinator: N small reads and one
     write per exchange, where each of B consumers would otherwise look at N producers."""
@@ -114,7 +115,7 @@ def prepare(plan: "Plan", stage: str, store: Store) -> None:
         near.prepare(plan, stage, store)
 
 
-def run_index(plan: "Plan", stage: str, index: int, store: Store | None = None, *,
+def run_index(plan: Plan, stage: str, index: int, store: Store | None = None, *,
               quiet: bool = False) -> dict[str, Any]:
     """Run one index of one stage unless its marker exists; return its stats.
 
@@ -138,7 +139,7 @@ def run_index(plan: "Plan", stage: str, index: int, store: Store | None = None, 
         return _attempt(plan, stage, index, store, attempt, level=logging.DEBUG if quiet else logging.INFO)
 
 
-def _attempt(plan: "Plan", stage: str, index: int, store: Store, attempt: int, *,
+def _attempt(plan: Plan, stage: str, index: int, store: Store, attempt: int, *,
              level: int = logging.INFO) -> dict[str, Any]:
     """One try of one index: run it, write its marker (or failure record), publish metrics."""
     t0 = time.time()
@@ -174,7 +175,7 @@ def _attempt(plan: "Plan", stage: str, index: int, store: Store, attempt: int, *
     return stats
 
 
-def _check_previous_done(plan: "Plan", stage: str, store: Store) -> None:
+def _check_previous_done(plan: Plan, stage: str, store: Store) -> None:
     names = plan.stage_names
     pos = names.index(stage)
     if pos == 0:

@@ -32,7 +32,7 @@ def _dup_kind(stage: str) -> str:
     return "exact" if stage == "exact_dedup" else "near"
 
 
-def collect_stats(plan: "Plan", store: "Store") -> dict[str, Any]:
+def collect_stats(plan: Plan, store: Store) -> dict[str, Any]:
     clean = store.read_markers("clean")
     tok = store.read_markers("tokenize")
     duplicates = {"exact": 0, "near": 0}

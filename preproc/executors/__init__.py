@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 __all__ = ["Executor", "LocalExecutor", "get_executor"]
 
 
-def get_executor(spec: "Spec", **opts: Any) -> Executor:
+def get_executor(spec: Spec, **opts: Any) -> Executor:
     """The executor the spec names (``executor.kind``), built from its options."""
     kind = spec.executor.kind
     faults.share_state()   # `times=` failpoint rules count across the workers this starts

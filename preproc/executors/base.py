@@ -25,12 +25,12 @@ __all__ = ["Executor"]
 class Executor(Protocol):
     name: str
 
-    def prestart(self, spec: "Spec") -> None:
+    def prestart(self, spec: Spec) -> None:
         """Start what can start before the plan exists (the local executor's worker
         processes), so it overlaps planning; return without waiting."""
         ...
 
-    def run_stage(self, plan: "Plan", stage: str, indices: list[int]) -> None:
+    def run_stage(self, plan: Plan, stage: str, indices: list[int]) -> None:
         """Run ``indices`` of ``stage`` to completion; raise ``StageFailed`` naming the
         indices that still failed after their retries."""
         ...

@@ -33,7 +33,8 @@ import sys
 import threading
 import time
 import uuid
-from typing import IO, Iterator
+from collections.abc import Iterator
+from typing import IO
 
 __all__ = ["watch_parent", "reaper", "Reaper", "POLL_S", "EXIT_ORPHANED"]
 
@@ -117,7 +118,7 @@ class Reaper:
     """Handle of a running watcher: :meth:`close` when the tagged processes were shut down
     cleanly (the watcher then kills only stragglers, and exits)."""
 
-    def __init__(self, tag: str, proc: "subprocess.Popen[bytes]", pipe: IO[bytes]):
+    def __init__(self, tag: str, proc: subprocess.Popen[bytes], pipe: IO[bytes]):
         self.tag = tag
         self._proc = proc
         self._pipe = pipe

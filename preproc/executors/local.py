@@ -108,7 +108,7 @@ class LocalExecutor:
                                                        os.getpid()))
         return self._pool
 
-    def prestart(self, spec: "Spec") -> None:
+    def prestart(self, spec: Spec) -> None:
         """Start the workers now (without waiting): their interpreters, imports and the
         tokenizer load overlap the coordinator's planning instead of delaying the first stage."""
         pool = self._get_pool()
@@ -129,7 +129,7 @@ class LocalExecutor:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
-    def run_stage(self, plan: "Plan", stage: str, indices: list[int]) -> None:
+    def run_stage(self, plan: Plan, stage: str, indices: list[int]) -> None:
         total = plan.stage(stage).fan_out
         bar = Progress(stage, total=total, done=total - len(indices), enabled=self.progress, plan=plan)
         attempts = {i: 0 for i in indices}
@@ -198,7 +198,7 @@ def _drain(q: Any, stage: str) -> set[int]:
     return seen
 
 
-def _after_break(self: "LocalExecutor", plan: "Plan", stage: str, lost: list[int], started: set[int],
+def _after_break(self: LocalExecutor, plan: Plan, stage: str, lost: list[int], started: set[int],
                  round_t0: float, attempts: dict[int, int], errors: dict[int, str], bar: Progress) -> list[int]:
     """A worker died and took its pool down: sort the lost indices into done (their marker
     was written), innocent (never started, or stopped by the pool's SIGTERM after the death)

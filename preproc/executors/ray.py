@@ -60,7 +60,7 @@ def _task(output: str, stage: str, index: int) -> dict[str, Any]:
 class RayExecutor:
     name = "ray"
 
-    def __init__(self, spec: "Spec", *, address: str | None = None, progress: bool = True, **_: Any):
+    def __init__(self, spec: Spec, *, address: str | None = None, progress: bool = True, **_: Any):
         import ray
 
         self.ray = ray
@@ -87,7 +87,7 @@ class RayExecutor:
             res["memory"] = self.options.memory
         self._remote = ray.remote(max_retries=self.retries, retry_exceptions=True, **res)(_task)
 
-    def prestart(self, spec: "Spec") -> None:
+    def prestart(self, spec: Spec) -> None:
         """Nothing to start before the plan: Ray (and its workers) started in ``__init__``."""
 
     def run_stage(self, plan: Plan, stage: str, indices: list[int]) -> None:

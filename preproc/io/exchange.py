@@ -73,7 +73,7 @@ def _join(folder: str, name: str) -> str:
 
 # -- producers -----------------------------------------------------------------------------
 
-def write_partitioned(store: "Store", folder: str, producer: int, table: pa.Table,
+def write_partitioned(store: Store, folder: str, producer: int, table: pa.Table,
                       metadata: dict[str, str] | None = None) -> None:
     """Producer ``producer``'s share of the exchange in ``folder``: ``table`` must be
     sorted by its first column (the consumer); one record batch per value. ``metadata``
@@ -110,7 +110,7 @@ def write_partitioned(store: "Store", folder: str, producer: int, table: pa.Tabl
 
 # -- the merged index ----------------------------------------------------------------------
 
-def build_index(store: "Store", folder: str, producers: int | None, consumers: int | None = None) -> None:
+def build_index(store: Store, folder: str, producers: int | None, consumers: int | None = None) -> None:
     """Merge the producers' sidecars of ``folder`` into its index (one read each, once).
     ``producers`` None: every sidecar the folder holds (one listing); ``consumers`` None:
     one past the largest consumer any producer wrote to."""
@@ -158,7 +158,7 @@ def _read_header(f) -> tuple:
     return producers, consumers, entries, rows, slen, mlen
 
 
-def index_info(store: "Store", folder: str) -> dict:
+def index_info(store: Store, folder: str) -> dict:
     """The index's totals and the producers' metadata: ``{"producers", "consumers",
     "rows", "metadata": [dict per producer]}`` (one file read, for the coordinator)."""
     with store.open(_join(folder, INDEX_NAME)) as f:
@@ -168,7 +168,7 @@ def index_info(store: "Store", folder: str) -> dict:
     return {"producers": producers, "consumers": consumers, "rows": rows, "metadata": meta}
 
 
-def _entries(store: "Store", folder: str, consumer: int) -> tuple[pa.Schema | None, np.ndarray]:
+def _entries(store: Store, folder: str, consumer: int) -> tuple[pa.Schema | None, np.ndarray]:
     with store.open(_join(folder, INDEX_NAME)) as f:
         producers, consumers, _e, _rows, slen, mlen = _read_header(f)
         schema = pa.ipc.read_schema(pa.py_buffer(f.read(slen))) if slen else None
@@ -186,7 +186,7 @@ def _entries(store: "Store", folder: str, consumer: int) -> tuple[pa.Schema | No
 
 # -- consumers -----------------------------------------------------------------------------
 
-def read_partitions(store: "Store", folder: str, consumer: int, *, producers: int | None = None,
+def read_partitions(store: Store, folder: str, consumer: int, *, producers: int | None = None,
                     consumers: int | None = None) -> list[tuple[int, pa.Table]]:
     """``(producer, rows)`` for every producer that sent rows to ``consumer``, in producer
     order. Builds the folder's index first if nobody has (see :func:`build_index`)."""
@@ -211,7 +211,7 @@ def read_partitions(store: "Store", folder: str, consumer: int, *, producers: in
     return out
 
 
-def read_partition(store: "Store", folder: str, consumer: int, columns: list[str] | None = None, *,
+def read_partition(store: Store, folder: str, consumer: int, columns: list[str] | None = None, *,
                    producers: int | None = None, consumers: int | None = None,
                    producer_column: str | None = None) -> pa.Table | None:
     """All rows sent to ``consumer`` by every producer, concatenated in producer order, as
@@ -229,7 +229,7 @@ def read_partition(store: "Store", folder: str, consumer: int, columns: list[str
     return pa.concat_tables(tables)
 
 
-def read_all(store: "Store", folder: str, producer: int, columns: list[str] | None = None) -> pa.Table:
+def read_all(store: Store, folder: str, producer: int, columns: list[str] | None = None) -> pa.Table:
     """Everything producer ``producer`` wrote (every consumer's rows), as one table."""
     with store.open(_join(folder, part_name(producer))) as f:
         t = pa.ipc.open_file(pa.py_buffer(f.read())).read_all()
@@ -238,7 +238,7 @@ def read_all(store: "Store", folder: str, producer: int, columns: list[str] | No
 
 # -- Parquet with a row group per value (read one file at a time) ---------------------------
 
-def write_row_groups(store: "Store", rel: str, table: pa.Table, metadata: dict[str, str] | None = None) -> None:
+def write_row_groups(store: Store, rel: str, table: pa.Table, metadata: dict[str, str] | None = None) -> None:
     """Write ``table`` (already sorted by its first column) with a row group per value."""
     if metadata:
         table = table.replace_schema_metadata({k.encode(): v.encode() for k, v in metadata.items()})
@@ -253,7 +253,7 @@ def write_row_groups(store: "Store", rel: str, table: pa.Table, metadata: dict[s
                 w.write_table(table)
 
 
-def read_row_groups(store: "Store", rel: str, value: int, columns: list[str]) -> pa.Table | None:
+def read_row_groups(store: Store, rel: str, value: int, columns: list[str]) -> pa.Table | None:
     """The rows of ``rel`` whose first column equals ``value`` (only their row groups are
     read), as ``columns``; None when there are none."""
     with store.open(rel) as f:

@@ -19,9 +19,10 @@ import contextvars
 import io
 import logging
 import posixpath
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import xxhash
 
@@ -80,7 +81,7 @@ class HashingWriter(io.RawIOBase):
 
 
 @contextmanager
-def recording(store: "Store") -> Iterator[dict[str, dict[str, Any]]]:
+def recording(store: Store) -> Iterator[dict[str, dict[str, Any]]]:
     """Within the block, files committed under ``store`` are listed in the yielded dict
     (relative path → bytes and xxh3)."""
     files: dict[str, dict[str, Any]] = {}
@@ -106,7 +107,7 @@ def record(path: str, nbytes: int, digest: str) -> None:
     files[rel] = {"bytes": int(nbytes), "xxh3": digest}
 
 
-def file_hash(store: "Store", rel: str) -> tuple[int, str]:
+def file_hash(store: Store, rel: str) -> tuple[int, str]:
     h = xxhash.xxh3_64()
     n = 0
     with store.open(rel, "rb") as f:
@@ -122,7 +123,7 @@ def file_hash(store: "Store", rel: str) -> tuple[int, str]:
 class Sizes:
     """File sizes under a store, one listing per folder."""
 
-    def __init__(self, store: "Store"):
+    def __init__(self, store: Store):
         self.store = store
         self._dirs: dict[str, dict[str, int]] = {}
 
@@ -138,7 +139,7 @@ class Sizes:
         return self._dirs[d].get(name)
 
 
-def _read_markers(store: "Store", stage: str, indices: list[int]) -> dict[int, Any]:
+def _read_markers(store: Store, stage: str, indices: list[int]) -> dict[int, Any]:
     def one(i: int) -> Any:
         try:
             return store.read_json(store.marker_rel(stage, i))
@@ -171,7 +172,7 @@ def marker_problem(m: Any, run_id: str, sizes: Sizes | None) -> str | None:
     return None
 
 
-def check_stage(store: "Store", plan: "Plan", stage: str, fan_out: int,
+def check_stage(store: Store, plan: Plan, stage: str, fan_out: int,
                 sizes: Sizes | None = None) -> tuple[dict[int, dict[str, Any]], dict[int, str]]:
     """(markers that prove their index done, {index: why not} for the others that exist)."""
     sizes = sizes or Sizes(store)
@@ -189,7 +190,7 @@ def check_stage(store: "Store", plan: "Plan", stage: str, fan_out: int,
     return good, bad
 
 
-def done_indices(store: "Store", plan: "Plan", stage: str, fan_out: int) -> set[int]:
+def done_indices(store: Store, plan: Plan, stage: str, fan_out: int) -> set[int]:
     """The indices of ``stage`` that are done; markers that do not prove it are removed
     (each with a warning) so that the index runs again."""
     good, bad = check_stage(store, plan, stage, fan_out)
@@ -199,7 +200,7 @@ def done_indices(store: "Store", plan: "Plan", stage: str, fan_out: int) -> set[
     return set(good)
 
 
-def verify(store: "Store", plan: "Plan", *, threads: int = 8) -> dict[str, Any]:
+def verify(store: Store, plan: Plan, *, threads: int = 8) -> dict[str, Any]:
     """Read back every file the markers list and compare sizes and hashes.
 
     Returns ``{"files": checked, "bytes": n, "bad": [{"stage", "index", "file", "problem"}],

@@ -38,7 +38,8 @@ import socket
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from preproc.errors import ConfigError, PreprocError
 from preproc.faults import failpoint
@@ -103,7 +104,7 @@ def check_ttl(ttl_s: Any, key: str = "--lock-ttl") -> float:
     return v
 
 
-def create_exclusive(store: "Store", rel: str, data: bytes) -> bool:
+def create_exclusive(store: Store, rel: str, data: bytes) -> bool:
     """Create ``rel`` with ``data`` only if it does not exist; False if it does.
 
     Local: the content goes to a temporary file first, then ``os.link`` publishes it (fails
@@ -148,7 +149,7 @@ class Lease:
     ...     ...              # lease.check() raises LeaseLost if another writer took over
     """
 
-    def __init__(self, store: "Store", rel: str = RUN_LEASE, *, ttl_s: float = RUN_TTL_S, what: str = "run",
+    def __init__(self, store: Store, rel: str = RUN_LEASE, *, ttl_s: float = RUN_TTL_S, what: str = "run",
                  clock: Callable[[], float] = time.time, heartbeat: bool = True):
         self.store, self.rel, self.what, self.clock = store, rel.rstrip("/"), what, clock
         self.ttl_s = check_ttl(ttl_s, "lease ttl_s")
@@ -237,7 +238,7 @@ class Lease:
         return (f"{state.get('what', 'writer')} {state.get('owner')} (pid {state.get('pid')} on "
                 f"{state.get('host')}, lease valid {left}s more unless renewed)")
 
-    def acquire(self) -> "Lease":
+    def acquire(self) -> Lease:
         for _ in range(8):
             n, state = self.current()
             why = self._free(state)
@@ -304,7 +305,7 @@ class Lease:
                                 self.store.url(self.rel), int(self.ttl_s), e)
             self.version = 0
 
-    def __enter__(self) -> "Lease":
+    def __enter__(self) -> Lease:
         return self.acquire()
 
     def __exit__(self, *exc: Any) -> None:

@@ -74,7 +74,7 @@ class InputFile:
     fingerprint: str      # size + mtime/etag: what changes when the file does
 
 
-def list_inputs(spec: "Spec") -> list[InputFile]:
+def list_inputs(spec: Spec) -> list[InputFile]:
     """Every input file the spec's patterns match, sorted, with its format and size."""
     found: dict[str, InputFile] = {}
     for pattern in spec.input.paths:

@@ -25,9 +25,8 @@ from preproc.io import layout
 from preproc.io.listing import GLOB_CHARS
 
 if TYPE_CHECKING:
-    from preproc.spec.model import Spec
-    from preproc.engine.plan import Plan
     from preproc.io.store import Store
+    from preproc.spec.model import Spec
 
 __all__ = ["check_paths", "check_run_output", "check_dataset_root", "run_writes", "remove_run",
            "RUN_ENTRIES", "RECORD"]
@@ -76,7 +75,7 @@ def _glob_base(pattern: str) -> tuple[str, str]:
     return base, pattern[len(base):].lstrip("/")
 
 
-def check_paths(spec: "Spec") -> None:
+def check_paths(spec: Spec) -> None:
     """Refuse an output that would overwrite or delete inputs, or a whole filesystem/home.
 
     A glob input (``data/*.jsonl``) stands for its folder, ``data``; an output inside that
@@ -111,7 +110,7 @@ def check_paths(spec: "Spec") -> None:
 
 # -- run records ----------------------------------------------------------------------------
 
-def _record(store: "Store") -> dict[str, Any] | None:
+def _record(store: Store) -> dict[str, Any] | None:
     """The run record's content, None when absent; ConfigError when it is not preproc's."""
     try:
         d = json.loads(store.read_bytes(RECORD))
@@ -126,14 +125,14 @@ def _record(store: "Store") -> dict[str, Any] | None:
     return d
 
 
-def _foreign(store: "Store", allowed: set[str] = frozenset()) -> str | None:
+def _foreign(store: Store, allowed: set[str] = frozenset()) -> str | None:
     for name in store.ls(""):
         if name not in allowed and not _OURS.match(name):
             return name
     return None
 
 
-def check_run_output(store: "Store") -> dict[str, Any] | None:
+def check_run_output(store: Store) -> dict[str, Any] | None:
     """The output's run record (None for a new, empty output); ConfigError if the folder
     holds something else: a first run never writes into a non-empty folder."""
     rec = _record(store)
@@ -149,7 +148,7 @@ def check_run_output(store: "Store") -> dict[str, Any] | None:
     return None
 
 
-def check_dataset_root(store: "Store", state_rel: str) -> bool:
+def check_dataset_root(store: Store, state_rel: str) -> bool:
     """True if ``store`` is a refresh dataset root already (holds ``state_rel``); False when
     it is new (empty, but for our lease); ConfigError when it holds anything else."""
     if store.exists(state_rel):
@@ -165,7 +164,7 @@ def check_dataset_root(store: "Store", state_rel: str) -> bool:
     return False
 
 
-def remove_run(store: "Store", rec: dict[str, Any]) -> list[str]:
+def remove_run(store: Store, rec: dict[str, Any]) -> list[str]:
     """``--force``: remove what the recorded run wrote (its ``writes``; older plans: the
     fixed names plus its stages), the record last. Returns the names removed."""
     names = rec.get("writes")

@@ -26,7 +26,7 @@ class StorageUnavailable(PreprocError):
     """The object store keeps failing (5xx, throttling) after every retry."""
 
 
-def preflight(spec: "Spec") -> None:
+def preflight(spec: Spec) -> None:
     """Check every ``s3://`` location the spec names before any work starts.
 
     Inputs and the output prefix are listed (one request each, ``MaxKeys=1``), the tokenizer
@@ -83,7 +83,7 @@ def preflight_error(e: BaseException, key: str, uri: str, s3: S3Spec) -> BaseExc
     """The one-line error for a failed request to ``uri`` (spec key ``key``): a
     :class:`ConfigError` for what the user must fix (credentials, profile, endpoint, access),
     :class:`StorageUnavailable` for a store that is down (retryable), else ``e`` itself."""
-    import botocore.exceptions as bex   # botocore comes with s3fs, an optional extra
+    import botocore.exceptions as bex  # botocore comes with s3fs, an optional extra
 
     if isinstance(e, bex.NoCredentialsError):
         return ConfigError(

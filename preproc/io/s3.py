@@ -28,8 +28,9 @@ import os
 import posixpath
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator, Literal, Union
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import fsspec
@@ -93,7 +94,7 @@ class S3Spec(BaseModel):
     profile: str | None = None               # a profile of ~/.aws/config (no keys here)
     anonymous: bool = False                  # unsigned requests: public buckets
     addressing_style: Literal["auto", "path", "virtual"] = "auto"
-    verify_tls: Union[bool, str] = True      # or the path of a CA bundle
+    verify_tls: bool | str = True      # or the path of a CA bundle
     requester_pays: bool = False
     server_side_encryption: Literal["AES256", "aws:kms"] | None = None
     sse_kms_key_id: str | None = None        # a key id/ARN, not a secret
@@ -139,7 +140,7 @@ class StorageSpec(BaseModel):
     s3: S3Spec = S3Spec()
 
 
-StorageLike = Union[StorageSpec, dict, None]
+StorageLike = StorageSpec | dict | None
 
 
 def as_storage(storage: StorageLike) -> StorageSpec:

@@ -25,12 +25,14 @@ import logging
 import os
 import posixpath
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import fsspec
 
-from preproc.faults import context as fault_context, failpoint
+from preproc.faults import context as fault_context
+from preproc.faults import failpoint
 from preproc.io import integrity, layout
 from preproc.io.s3 import StorageLike, as_storage, forget_filesystems, is_credential_error, join, open_fs
 

@@ -6,9 +6,9 @@ works with the base install.
 """
 
 from preproc.k8s.indexes import format_indexes, parse_indexes
+from preproc.k8s.job import render_job
 from preproc.k8s.manifests import dump_yaml_stream, render_manifests
 from preproc.k8s.options import KubernetesOptions, PVCVolume, Resources, S3Access, Toleration, parse_options
-from preproc.k8s.job import render_job
 from preproc.k8s.render import job_name, render_spec_configmap
 
 __all__ = [

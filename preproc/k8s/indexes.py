@@ -6,7 +6,7 @@ sorted, comma-separated, runs of consecutive indices written ``first-last``.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 __all__ = ["parse_indexes", "format_indexes"]
 

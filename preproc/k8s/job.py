@@ -14,7 +14,13 @@ from preproc.errors import EXIT_BAD_SHARD, EXIT_CONFIG, ConfigError
 from preproc.io.s3 import worker_env
 from preproc.k8s.options import KubernetesOptions, parse_options
 from preproc.k8s.render import (
-    ANNOTATION_OUTPUT, ANNOTATION_RUN, ANNOTATION_STAGE, CONTAINER_NAME, LABEL_STAGE, common_labels, job_name,
+    ANNOTATION_OUTPUT,
+    ANNOTATION_RUN,
+    ANNOTATION_STAGE,
+    CONTAINER_NAME,
+    LABEL_STAGE,
+    common_labels,
+    job_name,
     label_value,
 )
 

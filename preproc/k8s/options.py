@@ -160,7 +160,7 @@ class Toleration(_Model):
     toleration_seconds: int | None = Field(default=None, alias="tolerationSeconds")
 
     @model_validator(mode="after")
-    def _check(self) -> "Toleration":
+    def _check(self) -> Toleration:
         if self.operator == "Exists" and self.value:
             raise ValueError("a toleration with operator Exists takes no value")
         if self.key is None and self.operator != "Exists":

@@ -11,7 +11,8 @@ the tests (and ``preproc manifests`` users) check every rendered object without 
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 __all__ = ["pod_specs", "check_restricted", "check_worker_policy"]
 

@@ -34,7 +34,7 @@ class RayOptions(BaseModel):
     kuberay: dict[str, Any] = {}
 
 
-def ray_options(spec: "Spec", address: str | None = None) -> RayOptions:
+def ray_options(spec: Spec, address: str | None = None) -> RayOptions:
     """The spec's ``executor.options`` as :class:`RayOptions` (``address`` overrides its own);
     a typo or a bad value is a ``ConfigError`` naming the option."""
     opts = dict(spec.executor.options)

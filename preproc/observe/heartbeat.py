@@ -35,7 +35,7 @@ STALE_AFTER = 3.0   # intervals without a beat before a "running" coordinator co
 class Heartbeat:
     """``with Heartbeat(store):`` beats while the block runs and records how it ended."""
 
-    def __init__(self, store: "Store", *, interval_s: float = INTERVAL_S):
+    def __init__(self, store: Store, *, interval_s: float = INTERVAL_S):
         self.store = store
         self.interval_s = interval_s
         self.started_s = time.time()
@@ -57,7 +57,7 @@ class Heartbeat:
         while not self._stop.wait(self.interval_s):
             self._write("running")
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         self._write("running")
         self._thread = threading.Thread(target=self._loop, name="preproc-heartbeat", daemon=True)
         self._thread.start()

@@ -37,7 +37,8 @@ import os
 import socket
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from preproc.spec.secrets import install_log_redaction
 
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
 __all__ = ["setup", "context", "current_context", "attempt_number", "JsonFormatter", "TextFormatter"]
 
 CONTEXT_KEYS = ("run_id", "stage", "index", "attempt")
-_context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("preproc_log_context", default={})
+_context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("preproc_log_context", default={})  # noqa: B039  (never mutated: context() sets a new dict)
 # LogRecord attributes that are not user "extra" fields.
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName"}
 HOST = socket.gethostname()
@@ -68,7 +69,7 @@ def current_context() -> dict[str, Any]:
     return dict(_context.get())
 
 
-def attempt_number(store: "Store", stage: str, index: int) -> int:
+def attempt_number(store: Store, stage: str, index: int) -> int:
     """This try's number, 1-based (see the module docstring for where it comes from)."""
     for var, add in (("PREPROC_ATTEMPT", 0), ("PREPROC_INDEX_FAILURE_COUNT", 1)):
         v = os.environ.get(var, "").strip()

@@ -71,8 +71,9 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest, push_to_gateway
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -114,7 +115,7 @@ class MetricsConfig:
     auth_file: str | None = None  # "user:password" for the Pushgateway's basic auth
 
 
-def metrics_config(plan: "Plan") -> MetricsConfig:
+def metrics_config(plan: Plan) -> MetricsConfig:
     """The spec's ``metrics`` section, overridden by the environment."""
     m = getattr(plan.spec, "metrics", None)
     enabled = bool(getattr(m, "enabled", True))
@@ -236,7 +237,7 @@ def index_families(plan_run_id: str, stage: str, index: int, stats: dict[str, An
 
 # -- sending ----------------------------------------------------------------------------------
 
-def _store(plan: "Plan", uri: str | None):
+def _store(plan: Plan, uri: str | None):
     storage = getattr(plan.spec, "storage", None)
     if uri is None:
         return plan.store() if hasattr(plan, "store") else Store(plan.output)
@@ -246,7 +247,7 @@ def _store(plan: "Plan", uri: str | None):
         return Store(uri)
 
 
-def _send(cfg: MetricsConfig, plan: "Plan", families: list[Any], *, grouping: dict[str, str], filename: str) -> None:
+def _send(cfg: MetricsConfig, plan: Plan, families: list[Any], *, grouping: dict[str, str], filename: str) -> None:
     """Push ``families`` to the Pushgateway (replacing ``grouping``'s group) or write the textfile."""
     reg = _Families(families).registry()
     if cfg.pushgateway:
@@ -265,7 +266,7 @@ def _send(cfg: MetricsConfig, plan: "Plan", families: list[Any], *, grouping: di
                    filename, type(e).__name__, e)
 
 
-def publish_index(plan: "Plan", stage: str, index: int, stats: dict[str, Any] | None, *, ok: bool,
+def publish_index(plan: Plan, stage: str, index: int, stats: dict[str, Any] | None, *, ok: bool,
                   attempt: int, duration_s: float) -> None:
     """Publish one index attempt's metrics (called by :func:`preproc.engine.stages.run_index`)."""
     try:
@@ -285,7 +286,7 @@ def publish_index(plan: "Plan", stage: str, index: int, stats: dict[str, Any] | 
 class RunMetrics:
     """Run-level gauges of one run, held by the coordinator process; fed by ``Progress``."""
 
-    def __init__(self, plan: "Plan"):
+    def __init__(self, plan: Plan):
         self.plan = plan
         self.cfg = metrics_config(plan)
         self.started_s = time.time()
@@ -370,7 +371,7 @@ class RunMetrics:
 _runs: dict[tuple[str, str], RunMetrics] = {}
 
 
-def run_metrics(plan: "Plan") -> RunMetrics:
+def run_metrics(plan: Plan) -> RunMetrics:
     """The coordinator's :class:`RunMetrics` for ``plan`` (one per run and process)."""
     key = (plan.run_id, plan.output)
     rm = _runs.get(key)

@@ -13,11 +13,12 @@ Two things differ from a run reading its own output:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
-from preproc.errors import ConfigError
 from preproc.engine.plan import Plan
+from preproc.errors import ConfigError
 from preproc.io import layout
 from preproc.io.preflight import preflight_error
 from preproc.io.s3 import as_storage, join

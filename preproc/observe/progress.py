@@ -66,7 +66,7 @@ def fmt_count(x: float) -> str:
 class Progress:
     """Per-stage progress on the coordinator (see the module docstring for the API)."""
 
-    def __init__(self, stage: str, *, total: int, done: int, enabled: bool = True, plan: "Plan | None" = None):
+    def __init__(self, stage: str, *, total: int, done: int, enabled: bool = True, plan: Plan | None = None):
         self.stage, self.total, self.done = stage, total, done
         self.done_at_start = done
         self.docs = 0

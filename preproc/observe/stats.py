@@ -24,7 +24,8 @@ Missing fields (markers of an older run) just leave their section of the report 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -269,7 +270,7 @@ class CleanProfile:
                 log.debug("token sample failed", exc_info=True)
         return out
 
-    def finish(self, plan: "Plan", store: "Store", encoder: Callable[..., Any] | None = None) -> dict[str, Any]:
+    def finish(self, plan: Plan, store: Store, encoder: Callable[..., Any] | None = None) -> dict[str, Any]:
         """:meth:`to_stats` with the run's tokenizer (if it can be loaded).
 
         ``encoder(store, tokenizer_info, encode_special_tokens=...)`` makes it (the clean stage

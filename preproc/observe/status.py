@@ -46,7 +46,7 @@ def _merge_status_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
-def _mtimes(store: "Store", rel: str) -> dict[str, float]:
+def _mtimes(store: Store, rel: str) -> dict[str, float]:
     """name → modification time (epoch seconds) of the files directly under ``rel``."""
     try:
         entries = store.fs.ls(store.path(rel), detail=True)

@@ -48,7 +48,7 @@ def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str
     return raw
 
 
-def load_spec(spec: "Spec | str | Path | dict[str, Any]", **overrides: Any) -> Spec:
+def load_spec(spec: Spec | str | Path | dict[str, Any], **overrides: Any) -> Spec:
     """Read and validate a spec from a YAML path, a YAML string, a dict or a :class:`Spec`.
 
     Overrides win over the file: ``input`` (str or list), ``output``, ``shards``, ``workers``,

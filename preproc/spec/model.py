@@ -28,7 +28,7 @@ The storage settings (``storage:``) are the storage room's own objects
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, field_validator, model_validator
 
@@ -77,7 +77,7 @@ class DedupSpec(_Model):
     exact: ExactDedupSpec = ExactDedupSpec()
     # Near duplicates (MinHash LSH): ``true`` or a mapping as written, resolved once into
     # frozen options (preproc.spec.near); ``None`` = off, written back as ``false``.
-    near: Annotated[Optional[NearOptions], BeforeValidator(resolve_near), PlainSerializer(near_json)] = None
+    near: Annotated[NearOptions | None, BeforeValidator(resolve_near), PlainSerializer(near_json)] = None
 
     @field_validator("exact", mode="before")
     @classmethod
@@ -89,8 +89,8 @@ class TokenizeSpec(_Model):
     # Path or URI of a HF ``tokenizer.json``. Required to run; ``preproc demo`` trains one.
     tokenizer: str | None = None
     # ``true``: append the tokenizer's end-of-text token; a string names the token.
-    eos: Union[bool, str] = True
-    bos: Union[bool, str] = False
+    eos: bool | str = True
+    bos: bool | str = False
     formats: list[Literal["parquet", "megatron"]] = ["parquet", "megatron"]
     # Documents per ``encode_batch`` call: large batches keep the Rust thread pool busy.
     batch_size: int = Field(default=2048, ge=1)
@@ -159,7 +159,7 @@ class Spec(_Model):
     target_shard_bytes: Size = 128 * 2**20
     # ``false`` passes text through unchanged; otherwise each key names a clean step
     # (``normalize``, ``length``, and the quality filters), ``false`` switches it off.
-    clean: Union[bool, dict[str, Any]] = True
+    clean: bool | dict[str, Any] = True
     dedup: DedupSpec = DedupSpec()
     tokenize: TokenizeSpec = TokenizeSpec()
     executor: ExecutorSpec = ExecutorSpec()
@@ -173,7 +173,7 @@ class Spec(_Model):
         return v
 
     @model_validator(mode="after")
-    def _check_clean(self) -> "Spec":
+    def _check_clean(self) -> Spec:
         build_steps(self.clean)   # the registry validates each step's options
         return self
 

@@ -122,7 +122,7 @@ class NearOptions:
             s += f"-{self.keep}"
         return s
 
-    def as_unverified(self) -> "NearOptions":
+    def as_unverified(self) -> NearOptions:
         """These options as an unverified config would resolve them (what ``near: true`` or
         a threshold meant before verification became the default), written with explicit
         ``bands`` and ``rows``: the options a refresh names to go on with such a dataset."""

@@ -23,12 +23,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from preproc.tokenize.megatron import megatron_dtype, write_index
-from preproc.observe.stats import log2_histogram
-from preproc.tokenize.tokenizer import Encoder
 from preproc.dedup.drops import read_drops
-from preproc.dedup.near import DROP_STAGES as NEAR_DROP_STAGES
 from preproc.io import layout
+from preproc.observe.stats import log2_histogram
+from preproc.tokenize.megatron import megatron_dtype, write_index
+from preproc.tokenize.tokenizer import Encoder
 
 if TYPE_CHECKING:
     from preproc.engine.plan import Plan
@@ -105,7 +104,7 @@ def _kept_batches(pf: pq.ParquetFile, drops: np.ndarray, max_docs: int, max_byte
         yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
 
 
-def run(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
+def run(plan: Plan, index: int, store: Store) -> dict[str, Any]:
     cfg = plan.spec.tokenize
     info = plan.tokenizer
     tok = Encoder(store, info, encode_special_tokens=cfg.encode_special_tokens)

@@ -9,15 +9,16 @@ that changed after planning is an error, not a silent mix of two vocabularies.
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from tokenizers import Tokenizer
 
-from preproc.spec.model import TokenizeSpec
 from preproc.errors import ConfigError
 from preproc.io.readers import ReadLog, read_split
 from preproc.io.s3 import read_bytes
 from preproc.io.store import Store
+from preproc.spec.model import TokenizeSpec
 from preproc.tokenize import tiktoken_backend  # imports tiktoken itself only when used (optional)
 
 if TYPE_CHECKING:

@@ -44,7 +44,8 @@ import posixpath
 import time
 import uuid
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -113,7 +114,7 @@ def window_order(positions: np.ndarray, num_windows: int, *, seed: int, epoch: i
 # ---------------------------------------------------------------------------------------
 # Reading the token stream
 
-def _read_manifest(source: str, storage: "StorageSpec") -> tuple[str, dict[str, Any]]:
+def _read_manifest(source: str, storage: StorageSpec) -> tuple[str, dict[str, Any]]:
     src = str(source).rstrip("/")
     if src.endswith(".json"):
         base, name = posixpath.dirname(src) if "://" in src else os.path.dirname(os.path.abspath(src)), src
@@ -135,7 +136,7 @@ def _read_manifest(source: str, storage: "StorageSpec") -> tuple[str, dict[str, 
 class _TokenStream:
     """Random access to ``[a, b)`` of the concatenated shards, local or remote."""
 
-    def __init__(self, base: str, manifest: dict[str, Any], storage: "StorageSpec", *,
+    def __init__(self, base: str, manifest: dict[str, Any], storage: StorageSpec, *,
                  cache_dir: str | os.PathLike | bool | None, block_bytes: int):
         self.base = base
         self.storage = storage
@@ -410,7 +411,7 @@ class TokenDataset:
                 f"{self.num_tokens:,} tokens, {self.num_windows:,} windows, epoch {self.epoch})")
 
 
-def torch_dataset(source: "TokenDataset | str | os.PathLike", seq_len: int | None = None, *,
+def torch_dataset(source: TokenDataset | str | os.PathLike, seq_len: int | None = None, *,
                   batch_size: int | None = None, **kwargs: Any):
     """A ``torch.utils.data.IterableDataset`` over :class:`TokenDataset` windows (int64 tensors).
 

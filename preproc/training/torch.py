@@ -9,7 +9,8 @@ it. It needs ``TokenDataset`` only for annotations, so it does not import the lo
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import IterableDataset, get_worker_info

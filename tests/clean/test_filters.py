@@ -15,8 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from preproc.errors import ConfigError
 from preproc.clean.steps import CleanPipeline, build_steps
+from preproc.errors import ConfigError
 
 ALL_OFF = {"normalize": False, "length": False, "langid": False, "gopher_quality": False,
            "gopher_repetition": False, "pii": False}
@@ -452,8 +452,9 @@ def test_badness_regex_translation_finds_what_ftfy_finds():
     """The RE2 prefilter must flag every text ftfy's own detector flags (else a document
     that needs repair would never reach ftfy)."""
     ftfy_badness = pytest.importorskip("ftfy.badness")
-    from preproc.clean.filters.unicode import _badness_re2
     import pyarrow.compute as pc
+
+    from preproc.clean.filters.unicode import _badness_re2
 
     rx = _badness_re2()
     assert rx is not None

@@ -16,7 +16,6 @@ from preproc.clean.filters._punct import SENTENCE_TERMINALS, count_sentences
 from preproc.clean.filters._text import TextView
 from preproc.clean.filters.gopher import word_units
 from preproc.clean.steps import CleanPipeline, build_steps
-
 from tests.clean.test_filters import ALL_OFF, batch
 
 # The rule alone, on lines (25 lines of one length with no end marks look hard-wrapped).

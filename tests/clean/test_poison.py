@@ -9,9 +9,9 @@ import numpy as np
 import pyarrow as pa
 
 import preproc
-from preproc.io.readers import InputSplit, ReadLog
 from preproc.clean.stage import clean_isolating
 from preproc.clean.steps import CleanPipeline, Filter, StepOptions, build_steps
+from preproc.io.readers import InputSplit, ReadLog
 
 
 class Explodes(Filter):

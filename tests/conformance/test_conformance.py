@@ -19,7 +19,6 @@ import pyarrow.parquet as pq
 import pytest
 
 import preproc
-
 from tests.conftest import read_tree
 from tests.s3server import dummy_env
 

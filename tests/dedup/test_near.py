@@ -21,14 +21,21 @@ import pytest
 
 import preproc
 from preproc.dedup.components import components_by_rounds, local_components, node_partition
-from preproc.errors import ConfigError, StageFailed
-from preproc.engine.plan import Plan
-from preproc.dedup.minhash import (MinHasher, MinHashParams, candidate_probability, jaccard, lsh_params,
-                             shingle_hashes, shingle_sets, unit_hashes)
 from preproc.dedup.drops import read_drops
+from preproc.dedup.minhash import (
+    MinHasher,
+    MinHashParams,
+    candidate_probability,
+    jaccard,
+    lsh_params,
+    shingle_hashes,
+    shingle_sets,
+    unit_hashes,
+)
 from preproc.dedup.near import read_clusters
+from preproc.engine.plan import Plan
+from preproc.errors import ConfigError, StageFailed
 from preproc.io.store import Store
-
 from tests.conftest import CORPUS, DATA, GPT2, need, read_tree
 
 NEARDUP = DATA / "neardup"
@@ -383,6 +390,7 @@ def test_more_buckets_than_shards_and_partitions_without_a_star_centre(tmp_path,
     """Regression: a component partition holding edges but no star centre (many buckets,
     one shard) must yield no clusters there, not fail."""
     import json as _json
+
     import preproc as _p
 
     inp = tmp_path / "a.jsonl"
@@ -435,8 +443,8 @@ def test_rounds_after_convergence_run_in_the_coordinator(tmp_path, small, monkey
                     "markers written by the coordinator"] if len(skip) > 1 else len(idle) == 1
 
     # Status and the report: one row for the rounds, the rounds inside.
-    from preproc.observe.status import format_status, run_status
     from preproc.observe.report import report_data
+    from preproc.observe.status import format_status, run_status
 
     st = run_status(str(out))
     names = [s["stage"] for s in st["stages"]]
@@ -456,8 +464,8 @@ def test_components_one_stage_or_rounds_same_clusters(tmp_path, small, monkeypat
     one stage (``near_components``, one index) and no round is dispatched; with
     ``local_max_edges: 0`` the large-/small-star rounds do it. Same clusters, same keepers,
     byte-identical drop lists and tokens."""
-    from preproc.executors.local import LocalExecutor
     from preproc.dedup.near import read_clusters
+    from preproc.executors.local import LocalExecutor
 
     dispatched: list[str] = []
     run_stage = LocalExecutor.run_stage

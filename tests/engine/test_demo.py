@@ -1,9 +1,7 @@
 import json
 
-
 import preproc
 from preproc.demo import demo_spec, run_demo
-
 from tests.conftest import ROOT
 
 

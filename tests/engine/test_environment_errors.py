@@ -22,12 +22,10 @@ import pytest
 import yaml
 
 import preproc
+from preproc.clean.stage import clean_isolating
+from preproc.clean.steps import CleanPipeline, Filter, Requirement, StepOptions, build_steps, check_requirements, registered_steps
 from preproc.errors import ConfigError, StageFailed
 from preproc.io.readers import InputSplit, ReadLog
-from preproc.clean.stage import clean_isolating
-from preproc.clean.steps import (CleanPipeline, Filter, Requirement, StepOptions, build_steps, check_requirements,
-                           registered_steps)
-
 from tests.conftest import ROOT
 
 

@@ -13,7 +13,6 @@ from tokenizers import Tokenizer
 
 import preproc
 from preproc.training.megatron import IndexedDataset
-
 from tests.conftest import read_tree
 from tests.tokenize.test_megatron import _parse
 

@@ -11,7 +11,6 @@ import sys
 
 import preproc
 from preproc.engine.plan import MIN_SHARD_BYTES, MIN_SHARDS, default_shards
-
 from tests.conftest import ROOT
 
 

@@ -9,9 +9,7 @@ import importlib.util
 import re
 import sys
 
-
 from preproc.clean.steps import build_steps
-
 from tests.conftest import ROOT
 
 _spec = importlib.util.spec_from_file_location("check_install", ROOT / "scripts" / "check_install.py")

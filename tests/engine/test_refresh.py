@@ -18,7 +18,6 @@ import yaml
 import preproc
 from preproc.engine.refresh import Lock, refresh
 from preproc.io.store import Store
-
 from tests.conftest import ROOT
 
 

@@ -10,7 +10,6 @@ import sys
 import preproc
 from preproc.engine.runner import prepare
 from preproc.engine.stages import run_index
-
 from tests.conftest import ROOT
 
 

@@ -18,14 +18,13 @@ import time
 import pytest
 import yaml
 
-from preproc.spec import load_spec
 from preproc.demo import demo_spec
+from preproc.engine.runner import prepare, run
 from preproc.errors import EXIT_CONFIG, ConfigError, StageFailed
 from preproc.executors.k8s import KubernetesExecutor
-from preproc.k8s import job_name
-from preproc.engine.runner import prepare, run
 from preproc.io.store import Store
-
+from preproc.k8s import job_name
+from preproc.spec import load_spec
 from tests.k8s.checks import MANIFESTS, REPO, assert_valid
 from tests.k8s.standin import ADMIN_TOKEN, StandIn, rbac_rules_from
 
@@ -110,7 +109,7 @@ def test_demo_on_k8s_is_byte_identical_to_local(tmp_path, demo_inputs, cluster, 
                       for p in pods) == list(range(n))
         for p in pods:
             assert "--index" not in p["spec"]["containers"][0]["command"]
-            assert p["spec"]["hostname"] == f"{job['metadata']['name']}-{p['metadata']['labels']['batch.kubernetes.io/job-completion-index']}"
+            assert p["spec"]["hostname"] == f"{job['metadata']['name']}-{p['metadata']['labels']['batch.kubernetes.io/job-completion-index']}"  # noqa: E501
     assert not cluster.deletions
     assert any("created Job preproc/" in r.getMessage() for r in caplog.records)
     print(f"k8s demo run: {len(plan_stages)} stages, {sum(n for _, n in plan_stages)} pods, {elapsed:.1f}s")

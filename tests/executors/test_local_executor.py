@@ -39,7 +39,8 @@ def test_spec_and_cli_override_reach_the_executor(tmp_path, gpt2):
     assert s.executor.threads_per_worker == 1
     ex = get_executor(s, progress=False)
     assert (ex.workers, ex.threads) == (2, 1)
-    from preproc.cli import build_parser, overrides as _overrides
+    from preproc.cli import build_parser
+    from preproc.cli import overrides as _overrides
 
     a = build_parser().parse_args(["run", "spec.yaml", "--workers", "2", "--threads-per-worker", "1"])
     assert _overrides(a)["threads_per_worker"] == 1
@@ -75,7 +76,6 @@ def test_a_script_without_a_main_guard_gets_one_clear_error(tmp_path, demo_input
     import sys
 
     from preproc.executors.local import SPAWN_MAIN_MESSAGE
-
     from tests.conftest import ROOT
 
     script = tmp_path / "prep.py"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 import preproc
-
 from tests.conftest import read_tree
 
 ray = pytest.importorskip("ray")

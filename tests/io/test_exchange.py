@@ -20,12 +20,11 @@ import pyarrow.parquet as pq
 import pytest
 
 import preproc
-from preproc.io import exchange as partitions
-from preproc.spec import load_spec
 from preproc.engine.runner import execute, prepare
 from preproc.engine.stages import run_index
+from preproc.io import exchange as partitions
 from preproc.io.store import Store
-
+from preproc.spec import load_spec
 from tests.conftest import GPT2, need
 
 OPS = ("open", "exists", "ls", "read_bytes", "open_atomic")
@@ -220,7 +219,6 @@ def test_bucket_counts_follow_the_data_not_the_shards(tmp_path):
                       "dedup": {"exact": {"buckets": 9}, "near": {"buckets": 6}}}, output=str(tmp_path / "o"),
                      tokenizer=str(GPT2))
     assert p.stage("exact_dedup").fan_out == 9 and p.stage("near_pairs").fan_out == 6
-    from preproc.dedup import exact
-    from preproc.dedup import near
+    from preproc.dedup import exact, near
     assert exact.buckets_for(3 * exact.INPUT_BYTES_PER_BUCKET + 1) == 4
     assert near.buckets_for(near.INPUT_BYTES_PER_BUCKET) == 1

@@ -16,10 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import preproc
-from preproc.io.readers import stream
+from preproc.io.readers import InputSplit, ReadLog, read_split, stream
 from preproc.spec import InputSpec
-from preproc.io.readers import InputSplit, ReadLog, read_split
-
 from tests.conftest import BAD, ROOT, need
 
 

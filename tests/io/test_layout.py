@@ -1,7 +1,7 @@
 """The on-disk names are a format: pin them (output_hashes checks whole runs)."""
 
-from preproc.io.readers import InputSplit
 from preproc.io import layout
+from preproc.io.readers import InputSplit
 
 
 def test_names_are_pinned():

@@ -6,9 +6,8 @@ import os
 import pyarrow as pa
 import pytest
 
-from preproc.spec.model import InputSpec
 from preproc.io.readers import InputSplit, ReadLog, read_split
-
+from preproc.spec.model import InputSpec
 from tests.conftest import BAD, need
 
 EXPECTED = json.loads((BAD / "expected.json").read_text()) if BAD.exists() else {}

@@ -17,7 +17,6 @@ import pytest
 import yaml
 
 import preproc
-
 from tests.conftest import read_tree
 from tests.s3server import DUMMY_SECRET
 

@@ -12,11 +12,10 @@ import pytest
 import yaml
 
 import preproc
-from preproc.io import s3 as storage
 from preproc.errors import ConfigError
+from preproc.io import s3 as storage
 from preproc.io.s3 import open_fs
 from preproc.io.store import Store
-
 from tests.s3server import DUMMY_SECRET
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,7 +15,6 @@ import xxhash
 
 import preproc
 from preproc.observe.status import run_status
-
 from tests.conftest import ROOT
 
 
@@ -143,8 +142,8 @@ def test_integrity_on_s3(s3, demo_inputs):
     data = s3.get(bucket, "run/tokens/part-00000.bin")
     assert m["files"]["tokens/part-00000.bin"] == {"bytes": len(data), "xxh3": xxhash.xxh3_64(data).hexdigest()}
     s3.client.put_object(Bucket=bucket, Key="run/tokens/part-00000.bin", Body=data[:-8])
-    from preproc.io.integrity import verify
     from preproc.engine.plan import Plan
+    from preproc.io.integrity import verify
 
     plan = Plan.load(out, s3.storage)
     r = verify(plan.store(), plan)

@@ -17,7 +17,6 @@ import pytest
 import preproc
 from preproc.io.lease import Lease, LeaseHeld, LeaseLost
 from preproc.io.store import Store
-
 from tests.conftest import ROOT, wait_for
 
 

@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 
 import preproc
-from preproc.spec import load_spec
 from preproc.errors import ConfigError
 from preproc.io.ownership import check_paths
-
+from preproc.spec import load_spec
 from tests.conftest import ROOT
 
 

@@ -9,7 +9,6 @@ import preproc
 from preproc.engine.runner import prepare
 from preproc.engine.stages import run_index
 
-
 CLEAN = {"defaults": False, "normalize": True, "length": {"min_chars": 50}}
 
 

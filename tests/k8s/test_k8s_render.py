@@ -11,12 +11,11 @@ import sys
 import pytest
 import yaml
 
-from preproc.spec import load_spec
-from preproc.errors import EXIT_BAD_SHARD, EXIT_CONFIG, ConfigError
-from preproc.k8s import job_name, parse_indexes, format_indexes, parse_options, render_job, render_manifests
-from preproc.k8s.pss import check_restricted, check_worker_policy
 from preproc.engine.plan import Plan, StagePlan
-
+from preproc.errors import EXIT_BAD_SHARD, EXIT_CONFIG, ConfigError
+from preproc.k8s import format_indexes, job_name, parse_indexes, parse_options, render_job, render_manifests
+from preproc.k8s.pss import check_restricted, check_worker_policy
+from preproc.spec import load_spec
 from tests.k8s.checks import MANIFESTS, OVERLAYS, REPO, assert_valid, kustomize, schema_errors
 
 STAGES = [("clean", 4), ("exact_dedup", 4), ("tokenize", 4), ("finalize", 1)]

@@ -12,7 +12,6 @@ import yaml
 import preproc
 from preproc.k8s.pss import check_restricted
 from preproc.k8s.ray import render_raycluster, render_rayjob
-
 from tests.conftest import ROOT
 from tests.k8s.checks import assert_valid, kustomize
 from tests.k8s.crd import crd_errors

@@ -15,10 +15,9 @@ from typing import Any
 import pytest
 
 import preproc
-from preproc.k8s.ray import render_raycluster, render_rayjob
-from preproc.k8s.job import render_job
 from preproc.engine.plan import Plan, StagePlan
-
+from preproc.k8s.job import render_job
+from preproc.k8s.ray import render_raycluster, render_rayjob
 from tests.k8s.checks import MANIFESTS, assert_valid, kustomize
 
 ALL = ["base", "overlays/pvc", "overlays/s3",

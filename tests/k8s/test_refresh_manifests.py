@@ -1,9 +1,8 @@
 """The refresh CronJob validates like every other object and runs what it should."""
 
+import preproc
 from tests.conftest import ROOT
 from tests.k8s.checks import assert_valid, kustomize
-
-import preproc
 
 
 def test_refresh_overlay_cronjob():

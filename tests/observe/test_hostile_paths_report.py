@@ -13,9 +13,8 @@ import sys
 import pytest
 
 import preproc
-from preproc.spec.model import Spec
 from preproc.io.listing import list_inputs
-
+from preproc.spec.model import Spec
 from tests.conftest import ROOT
 from tests.observe.test_report import _parse
 

@@ -13,9 +13,8 @@ import sys
 import pytest
 
 import preproc
-from preproc.observe import logs
 from preproc.io.store import Store
-
+from preproc.observe import logs
 from tests.conftest import ROOT
 
 

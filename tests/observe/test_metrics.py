@@ -14,8 +14,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import preproc
-from preproc.observe import metrics
 from preproc.engine.plan import Plan
+from preproc.observe import metrics
 
 
 def _spec(out: Path, demo_inputs: Path, **extra) -> dict:

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 import preproc
-
 from tests.conftest import ROOT
 
 

@@ -139,8 +139,8 @@ def _status_from_s3(out: Path, local: dict, monkeypatch) -> None:
         boto3.client("s3").create_bucket(Bucket="runs")
         s3fs.S3FileSystem(skip_instance_cache=True).put(str(out), "runs/web-v1", recursive=True)
         from preproc.engine.plan import Plan
-        from preproc.observe.status import run_status
         from preproc.observe.report import report_data
+        from preproc.observe.status import run_status
 
         st = run_status("s3://runs/web-v1")
         assert st["complete"] and st["run_id"] == local["run_id"]

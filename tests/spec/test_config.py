@@ -1,7 +1,7 @@
 import pytest
 
-from preproc.spec import load_spec, parse_size
 from preproc.errors import ConfigError
+from preproc.spec import load_spec, parse_size
 
 
 def test_minimal_spec_and_overrides():

@@ -17,7 +17,6 @@ import preproc
 from preproc.errors import ConfigError
 from preproc.spec.secrets import check_spec, redact
 
-
 ROOT = Path(__file__).resolve().parents[2]
 VALUE = "planted-Secret-Value-42"
 

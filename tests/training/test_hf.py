@@ -16,7 +16,6 @@ from tokenizers import Tokenizer
 import preproc
 from preproc.training.hf import parquet_files, to_hf_dataset
 from preproc.training.megatron import IndexedDataset
-
 from tests.conftest import read_tree
 
 datasets = pytest.importorskip("datasets")

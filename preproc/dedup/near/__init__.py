@@ -69,16 +69,37 @@ holds what the engine asks for: :func:`stages`, :data:`RUNNERS`, :data:`TRIVIAL`
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from preproc.dedup.near.clusters import read_clusters, run_clusters, run_drops
-from preproc.dedup.near.common import (CLUSTERS, COMPONENTS, DROP_STAGES, DROPS, INPUT_BYTES_PER_BUCKET, PAIRS,
-                                       ROUND_PREFIX, SHINGLES, SIGNATURES, VERIFY, buckets, buckets_for, paths,
-                                       round_name)
+from preproc.dedup.near.common import (
+    CLUSTERS,
+    COMPONENTS,
+    DROP_STAGES,
+    DROPS,
+    INPUT_BYTES_PER_BUCKET,
+    PAIRS,
+    ROUND_PREFIX,
+    SHINGLES,
+    SIGNATURES,
+    VERIFY,
+    buckets,
+    buckets_for,
+    paths,
+    round_name,
+)
 from preproc.dedup.near.history import compact_segments
 from preproc.dedup.near.pairs import run_pairs
-from preproc.dedup.near.rounds import (components_trivial, converged_source, edges_index, final_source,
-                                       round_runner, round_trivial, run_components)
+from preproc.dedup.near.rounds import (
+    components_trivial,
+    converged_source,
+    edges_index,
+    final_source,
+    round_runner,
+    round_trivial,
+    run_components,
+)
 from preproc.dedup.near.signatures import run_signatures
 from preproc.dedup.near.summary import summary
 from preproc.dedup.near.verify import run_shingles, run_verify
@@ -108,18 +129,18 @@ def stages(cfg: NearOptions | None, num_shards: int, input_bytes: int = 0) -> li
     return out
 
 
-RUNNERS: dict[str, Callable[["Plan", int, "Store"], dict[str, Any]]] = {
+RUNNERS: dict[str, Callable[[Plan, int, Store], dict[str, Any]]] = {
     SIGNATURES: run_signatures, PAIRS: run_pairs, SHINGLES: run_shingles, VERIFY: run_verify,
     COMPONENTS: run_components,
     **{round_name(k): round_runner(k) for k in range(MAX_ROUNDS)},
     CLUSTERS: run_clusters, DROPS: run_drops}
 # Stages whose every index is, given what the store holds, only a marker: the runner runs
 # them in the coordinator instead of dispatching them (see preproc.engine.stages.trivial).
-TRIVIAL: dict[str, Callable[["Plan", "Store"], bool]] = {
+TRIVIAL: dict[str, Callable[[Plan, Store], bool]] = {
     COMPONENTS: components_trivial, **{round_name(k): round_trivial(k) for k in range(MAX_ROUNDS)}}
 
 
-def prepare(plan: "Plan", stage: str, store: "Store") -> None:
+def prepare(plan: Plan, stage: str, store: Store) -> None:
     """Merge the exchange indexes ``stage`` reads, in the coordinator, before dispatch."""
     where = paths(plan)
     b, n = buckets(plan), plan.num_shards

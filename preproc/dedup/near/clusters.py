@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from preproc.engine.plan import Plan
 
 
-def run_clusters(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
+def run_clusters(plan: Plan, index: int, store: Store) -> dict[str, Any]:
     """The stars centred in this partition → members and their keeper, sent to the
     member's shard."""
     cfg = options(plan)
@@ -50,7 +50,7 @@ def run_clusters(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
             "source": source}
 
 
-def run_drops(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
+def run_drops(plan: Plan, index: int, store: Store) -> dict[str, Any]:
     """This shard's cluster members that are not their cluster's keeper → the drop list."""
     cfg = options(plan)
     where = paths(plan)

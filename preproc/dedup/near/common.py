@@ -42,7 +42,7 @@ def buckets_for(input_bytes: int) -> int:
     return max(1, -(-int(input_bytes) // INPUT_BYTES_PER_BUCKET))
 
 
-def options(plan: "Plan") -> NearOptions:
+def options(plan: Plan) -> NearOptions:
     """The plan's resolved near-dedup options (the stages are only planned when on)."""
     cfg = plan.spec.dedup.near
     if cfg is None:  # pragma: no cover - the stages are only planned when on
@@ -50,12 +50,12 @@ def options(plan: "Plan") -> NearOptions:
     return cfg
 
 
-def paths(plan: "Plan") -> NearPaths:
+def paths(plan: Plan) -> NearPaths:
     """The plan's ``near/<canonical>/`` folders."""
     return NearPaths(options(plan).canonical)
 
 
-def buckets(plan: "Plan") -> int:
+def buckets(plan: Plan) -> int:
     """The fan-out of the bucket stages (pairs, rounds, clusters)."""
     return plan.stage(PAIRS).fan_out
 

@@ -38,11 +38,11 @@ VERIFIED_SEGMENT_SCHEMA = pa.schema([("bucket", pa.uint32()), ("key", pa.uint64(
 EARLIER = U64(1 << 63)
 
 
-def _files(root: "Store", seg: str, bucket: int) -> list[str]:
+def _files(root: Store, seg: str, bucket: int) -> list[str]:
     return segment_files(seg, root.ls(seg), bucket)
 
 
-def earlier_keys(plan: "Plan", bucket: int) -> np.ndarray | None:
+def earlier_keys(plan: Plan, bucket: int) -> np.ndarray | None:
     """Band keys (bucket ``bucket``) of the documents earlier generations kept, or None."""
     segs = plan.refresh.near_segments if plan.refresh else ()
     if not segs:
@@ -57,7 +57,7 @@ def earlier_keys(plan: "Plan", bucket: int) -> np.ndarray | None:
     return np.unique(np.concatenate(parts)) if parts else np.empty(0, U64)
 
 
-def earlier_generations(plan: "Plan") -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+def earlier_generations(plan: Plan) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """``(generations, first global shard, shards, paths)`` of the earlier generations,
     sorted, from the plan's refresh context: how an earlier node names a part."""
     rows = sorted((plan.refresh.near_earlier or ()) if plan.refresh else (), key=lambda g: g.generation)
@@ -69,7 +69,7 @@ def earlier_generations(plan: "Plan") -> tuple[np.ndarray, np.ndarray, np.ndarra
     return gens, base, shards, [g.path for g in rows]
 
 
-def earlier_docs(plan: "Plan", bucket: int, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def earlier_docs(plan: Plan, bucket: int, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(key, node)`` of the documents earlier generations kept that have one of ``keys``
     (bucket ``bucket``), unique; the nodes as :data:`EARLIER` numbers them."""
     segs = plan.refresh.near_segments if plan.refresh else ()
@@ -102,7 +102,7 @@ def earlier_docs(plan: "Plan", bucket: int, keys: np.ndarray) -> tuple[np.ndarra
     return unique_rows(key, nodes)
 
 
-def earlier_part(plan: "Plan", gshard: int) -> tuple[str, int]:
+def earlier_part(plan: Plan, gshard: int) -> tuple[str, int]:
     """The clean/ part (relative to the dataset root) of an earlier global shard."""
     gens, base, _, gen_paths = earlier_generations(plan)
     g = int(np.searchsorted(base, gshard, side="right")) - 1
@@ -110,7 +110,7 @@ def earlier_part(plan: "Plan", gshard: int) -> tuple[str, int]:
     return f"{gen_paths[g]}/{clean_part(shard)}", shard
 
 
-def write_segment(plan: "Plan", store: "Store", index: int, dropped_rows: np.ndarray) -> None:
+def write_segment(plan: Plan, store: Store, index: int, dropped_rows: np.ndarray) -> None:
     """This generation's kept documents' band keys (and, verifying, who they are), for the
     generations after it."""
     cfg = options(plan)
@@ -126,7 +126,7 @@ def write_segment(plan: "Plan", store: "Store", index: int, dropped_rows: np.nda
     write_row_groups(plan.refresh_root(), segment_part(plan.refresh.near_segment_out, index), seg)
 
 
-def compact_segments(root: "Store", segs: list[str], bucket: int, *, verified: bool) -> pa.Table:
+def compact_segments(root: Store, segs: list[str], bucket: int, *, verified: bool) -> pa.Table:
     """Bucket ``bucket`` of the near-dedup segments ``segs`` merged into one table (unique
     rows, sorted): what :func:`preproc.engine.refresh.compact` writes as ``bucket-j``. With
     ``verified`` the rows keep the earlier documents' identities (``gen``, ``doc``)."""

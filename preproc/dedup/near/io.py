@@ -9,7 +9,8 @@ segments (read one file at a time) stay Parquet with a row group per value.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -37,7 +38,7 @@ CLUSTERS_SCHEMA = pa.schema([("kept_shard", pa.uint32()), ("kept_row", pa.uint32
 EDGE_COLUMNS = ["src", "dst", "sprio", "dprio"]
 
 
-def read_parts(store: "Store", folder: str, part: int, columns: list[str],
+def read_parts(store: Store, folder: str, part: int, columns: list[str],
                types: list[pa.DataType], producer_column: str | None = None) -> dict[str, np.ndarray]:
     """Partition ``part`` of an exchange as numpy columns (typed empty ones when no
     producer wrote any)."""
@@ -49,7 +50,7 @@ def read_parts(store: "Store", folder: str, part: int, columns: list[str],
     return {c: t.column(c).to_numpy() for c in t.column_names}
 
 
-def iter_rows(store: "Store", shard: int | str, rows: np.ndarray | None,
+def iter_rows(store: Store, shard: int | str, rows: np.ndarray | None,
               batch_size: int) -> Iterator[tuple[np.ndarray, pa.Array]]:
     """``(rows, text)`` batches of ``clean/part-i`` (or of the part file ``shard`` names;
     only ``rows``, sorted, when given), skipping the row groups that hold none of them."""
@@ -78,7 +79,7 @@ def iter_rows(store: "Store", shard: int | str, rows: np.ndarray | None,
                 yield r, text
 
 
-def write_edges(store: "Store", folder: str, producer: int, x: np.ndarray, y: np.ndarray, xp: np.ndarray,
+def write_edges(store: Store, folder: str, producer: int, x: np.ndarray, y: np.ndarray, xp: np.ndarray,
                 yp: np.ndarray, parts: int, *, unconverged: int | None = None) -> int:
     """Write undirected edges both ways, each direction in the partition of its source;
     the number of undirected edges."""
@@ -93,7 +94,7 @@ def write_edges(store: "Store", folder: str, producer: int, x: np.ndarray, y: np
     return int(len(src)) // 2
 
 
-def read_edges(store: "Store", folder: str, part: int) -> tuple[np.ndarray, ...]:
+def read_edges(store: Store, folder: str, part: int) -> tuple[np.ndarray, ...]:
     """Partition ``part``'s directed edges ``(src, dst, sprio, dprio)``, sorted unique."""
     d = read_parts(store, folder, part, EDGE_COLUMNS, [pa.uint64()] * 4)
     return unique_edges(d["src"], d["dst"], d["sprio"], d["dprio"])

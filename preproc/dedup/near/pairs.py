@@ -69,7 +69,7 @@ def candidate_pairs(nodes: np.ndarray, starts: np.ndarray, sizes: np.ndarray) ->
     return a, b
 
 
-def run_pairs(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
+def run_pairs(plan: Plan, index: int, store: Store) -> dict[str, Any]:
     """Bucket ``index`` of every shard's keys: documents that share a band key.
 
     A band key lives in exactly one bucket, so each bucket sees whole groups and the

@@ -11,7 +11,8 @@ and the runner does that in the coordinator (:data:`~preproc.dedup.near.TRIVIAL`
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 StageRun = Callable[["Plan", int, "Store"], dict[str, Any]]
 
 
-def producers(plan: "Plan", source: str) -> int:
+def producers(plan: Plan, source: str) -> int:
     """How many indices wrote the edges in ``source`` (a ``cc/`` folder name)."""
     if source == CC_LOCAL:
         return 1
@@ -38,7 +39,7 @@ def producers(plan: "Plan", source: str) -> int:
     return buckets(plan)
 
 
-def edges_index(plan: "Plan", store: "Store", source: str) -> str:
+def edges_index(plan: Plan, store: Store, source: str) -> str:
     """The folder of ``source``'s edges, its exchange index built if nobody has yet."""
     folder = paths(plan).cc(source)
     if not store.exists(f"{folder}/{INDEX_NAME}"):
@@ -46,7 +47,7 @@ def edges_index(plan: "Plan", store: "Store", source: str) -> str:
     return folder
 
 
-def local_fits(plan: "Plan", store: "Store") -> tuple[bool, int]:
+def local_fits(plan: Plan, store: Store) -> tuple[bool, int]:
     """Whether the candidate graph's edges fit one worker's budget, and how many there are
     (from the exchange index of ``cc/00``: no edge is read)."""
     info = index_info(store, edges_index(plan, store, cc_round(0)))
@@ -54,7 +55,7 @@ def local_fits(plan: "Plan", store: "Store") -> tuple[bool, int]:
     return edges <= options(plan).local_max_edges, edges
 
 
-def run_components(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
+def run_components(plan: Plan, index: int, store: Store) -> dict[str, Any]:
     """All components in one stage, when the edges fit a worker (``local_max_edges``):
     every edge of ``cc/00`` in memory, :func:`~preproc.dedup.components.local_components`, and
     the converged stars (each component's smallest node at the centre, exactly what the
@@ -78,7 +79,7 @@ def run_components(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
             "components": int(len(np.unique(roots)))}
 
 
-def run_round(k: int, plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
+def run_round(k: int, plan: Plan, index: int, store: Store) -> dict[str, Any]:
     """Round ``k``: large-star (even) or small-star (odd) on this partition's nodes.
 
     Round ``k`` reads ``cc/<k>`` and writes ``cc/<k+1>``. Each output carries in the
@@ -99,7 +100,7 @@ def run_round(k: int, plan: "Plan", index: int, store: "Store") -> dict[str, Any
             "edges_in": int(len(src)), "edges_out": edges, "unconverged": unconverged}
 
 
-def converged_source(plan: "Plan", k: int, store: "Store") -> str | None:
+def converged_source(plan: Plan, k: int, store: Store) -> str | None:
     """When the graph had converged before round ``k`` (found in one stage, an earlier
     round skipped, or round ``k-1``'s outputs hold no unconverged node), the ``cc/``
     folder round ``k`` and all later ones point at; else None. Reads only markers and one
@@ -117,21 +118,21 @@ def converged_source(plan: "Plan", k: int, store: "Store") -> str | None:
     return None
 
 
-def final_source(plan: "Plan", store: "Store") -> str:
+def final_source(plan: Plan, store: Store) -> str:
     """The ``cc/`` folder of the final stars: where the last round pointed."""
     rounds = options(plan).max_rounds
     last = store.read_marker(round_name(rounds - 1), 0) or {}
     return last.get("source", cc_round(rounds))
 
 
-def components_trivial(plan: "Plan", store: "Store") -> bool:
+def components_trivial(plan: Plan, store: Store) -> bool:
     """``near_components`` only writes a marker: the edges do not fit one worker."""
     return not local_fits(plan, store)[0]
 
 
-def round_trivial(k: int) -> Callable[["Plan", "Store"], bool]:
+def round_trivial(k: int) -> Callable[[Plan, Store], bool]:
     """Round ``k`` only writes a marker: the graph converged before it."""
-    def trivial(plan: "Plan", store: "Store") -> bool:
+    def trivial(plan: Plan, store: Store) -> bool:
         return converged_source(plan, k, store) is not None
 
     return trivial
@@ -139,7 +140,7 @@ def round_trivial(k: int) -> Callable[["Plan", "Store"], bool]:
 
 def round_runner(k: int) -> StageRun:
     """The stage runner of round ``k``."""
-    def run(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
+    def run(plan: Plan, index: int, store: Store) -> dict[str, Any]:
         return run_round(k, plan, index, store)
 
     run.__name__ = f"run_{round_name(k)}"

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from preproc.io.store import Store
 
 
-def run_signatures(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
+def run_signatures(plan: Plan, index: int, store: Store) -> dict[str, Any]:
     """MinHash band keys of the documents of shard ``index`` that exact dedup kept.
 
     Text is read and hashed ``batch_size`` documents at a time; the keys of the shard

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from preproc.io.store import Store
 
 
-def summary(plan: "Plan", store: "Store") -> dict[str, Any]:
+def summary(plan: Plan, store: Store) -> dict[str, Any]:
     """Config, candidates, clusters, component rounds, from the stages' markers."""
     cfg = options(plan)
 

@@ -32,7 +32,7 @@ def _no_sets() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.empty(0, np.uint32), np.zeros(1, np.int64), np.empty(0, U64)
 
 
-def sets_for_rows(cfg: NearOptions, store: "Store", shard: int | str, rows: np.ndarray, *,
+def sets_for_rows(cfg: NearOptions, store: Store, shard: int | str, rows: np.ndarray, *,
                   prio_offset: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Shingle sets and prio of ``rows`` (sorted unique) of a shard (or part file), in that
     order. ``prio_offset``: 1 in a refresh (see :func:`~preproc.dedup.near.signatures.run_signatures`)."""
@@ -62,7 +62,7 @@ def sets_for_rows(cfg: NearOptions, store: "Store", shard: int | str, rows: np.n
     return np.concatenate(vals), off, np.concatenate(prios)
 
 
-def run_shingles(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
+def run_shingles(plan: Plan, index: int, store: Store) -> dict[str, Any]:
     """Shingle sets of the documents of this shard that are the *second* of a candidate
     pair, sent to the shard of the first (where the pair is verified). In a refresh, also
     those of the earlier generations' documents whose global shard maps to this index,
@@ -114,7 +114,7 @@ def run_shingles(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
     return stats
 
 
-def _partner_sets(store: "Store", folder: str, index: int) -> tuple[np.ndarray, ...]:
+def _partner_sets(store: Store, folder: str, index: int) -> tuple[np.ndarray, ...]:
     """``(ids, prio, values, offsets)`` of the partners' sets sent to shard ``index``,
     sorted by id."""
     st = read_partition(store, folder, index, ["b", "prio", "shingles"])
@@ -135,7 +135,7 @@ def _partner_sets(store: "Store", folder: str, index: int) -> tuple[np.ndarray, 
     return b_ids, b_prio, b_vals, b_off
 
 
-def run_verify(plan: "Plan", index: int, store: "Store") -> dict[str, Any]:
+def run_verify(plan: Plan, index: int, store: Store) -> dict[str, Any]:
     """Exact Jaccard of every candidate pair whose first document is in this shard."""
     cfg = options(plan)
     where = paths(plan)

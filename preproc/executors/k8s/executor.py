@@ -39,7 +39,7 @@ class KubernetesExecutor:
 
     name = "k8s"
 
-    def __init__(self, spec: "Spec", *, context: str | None = None, kubeconfig: str | None = None,
+    def __init__(self, spec: Spec, *, context: str | None = None, kubeconfig: str | None = None,
                  api_client: Any = None, progress: bool = True):
         self.options: KubernetesOptions = parse_options(spec.executor.options)
         self.retries = spec.executor.retries
@@ -72,14 +72,14 @@ class KubernetesExecutor:
         containers = (obj.get("spec") or {}).get("containers") or []
         return containers[0].get("image") if containers else None
 
-    def prestart(self, spec: "Spec") -> None:
+    def prestart(self, spec: Spec) -> None:
         """Nothing to start before the plan: a stage's pods come with its Job."""
 
     def close(self) -> None:
         self.api_client.close()
 
     # -- the Executor contract -------------------------------------------------------------
-    def run_stage(self, plan: "Plan", stage: str, indices: list[int]) -> None:
+    def run_stage(self, plan: Plan, stage: str, indices: list[int]) -> None:
         """Create (or adopt) the stage's Job, watch it to the end, check the markers."""
         if not indices:
             return

@@ -18,8 +18,16 @@ from urllib3.exceptions import HTTPError
 
 from preproc.errors import EXIT_BAD_SHARD, EXIT_CONFIG, ConfigError, StageFailed
 from preproc.executors.k8s.client import (
-    STUCK_REASONS, TRANSIENT_STATUS, api_error, attempt_order, condition, failed_exit, last_line, pod_index,
-    terminal, terminated,
+    STUCK_REASONS,
+    TRANSIENT_STATUS,
+    api_error,
+    attempt_order,
+    condition,
+    failed_exit,
+    last_line,
+    pod_index,
+    terminal,
+    terminated,
 )
 from preproc.io import layout
 from preproc.k8s.indexes import format_indexes, parse_indexes
@@ -39,8 +47,8 @@ log = logging.getLogger("preproc.k8s")
 class StageRun:
     """One stage on one Job: the watch loop, progress, and the verdict."""
 
-    def __init__(self, ex: "KubernetesExecutor", plan: "Plan", stage: str, indices: list[int],
-                 job: dict[str, Any], store: "Store"):
+    def __init__(self, ex: KubernetesExecutor, plan: Plan, stage: str, indices: list[int],
+                 job: dict[str, Any], store: Store):
         self.ex, self.plan, self.stage, self.indices, self.job, self.store = ex, plan, stage, indices, job, store
         self.name = job["metadata"]["name"]
         self.opts = ex.options

@@ -23,7 +23,8 @@ re-encoded as UTF-8), ``schema_missing_text``, ``schema_text_not_string``, ``unr
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 

@@ -43,7 +43,7 @@ class InputSplit:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "InputSplit":
+    def from_json(cls, d: dict[str, Any]) -> InputSplit:
         d = dict(d)
         if d.get("row_groups") is not None:
             d["row_groups"] = tuple(d["row_groups"])

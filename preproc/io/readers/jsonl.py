@@ -10,7 +10,8 @@ owns the lines that *start* in its range. A record's id is its ``id_field`` or
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import pyarrow as pa

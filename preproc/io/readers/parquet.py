@@ -6,7 +6,8 @@ rows the split holds, so rows a file error leaves unread are counted, not lost.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq

@@ -8,7 +8,8 @@ would be. A record's id is its ``id_field`` or ``<rel>:<row number>``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc

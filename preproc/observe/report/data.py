@@ -7,11 +7,10 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from preproc.engine.stats import collect_stats
 from preproc.io import layout
 from preproc.io.layout import split_label
-from preproc.observe.stats import (EXAMPLES_PER_REASON, ROUNDS_ROW, SHARD_STAGES, group_rounds,
-                                   merge_histograms)
-from preproc.engine.stats import collect_stats
+from preproc.observe.stats import EXAMPLES_PER_REASON, ROUNDS_ROW, SHARD_STAGES, group_rounds, merge_histograms
 
 if TYPE_CHECKING:
     from preproc.engine.plan import Plan
@@ -26,7 +25,7 @@ def _span(markers: dict[int, dict[str, Any]]) -> float | None:
     return round(max(ends) - min(starts), 3) if starts and ends else None
 
 
-def report_data(plan: "Plan", store: "Store", stats: dict[str, Any] | None = None) -> dict[str, Any]:
+def report_data(plan: Plan, store: Store, stats: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything the page shows, from ``stats.json`` (or the markers) and the markers."""
     markers = {st.name: store.read_markers(st.name) for st in plan.stages}
     complete = store.exists(layout.DATASET)

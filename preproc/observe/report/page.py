@@ -15,11 +15,25 @@ from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from preproc.io import layout
-from preproc.observe.report.charts import (BLUE, GREEN, GREY, ORANGE, RED, bin_label, clip, esc, fmt_bytes,
-                                           fmt_int, fmt_secs, svg_hbars, svg_histogram)
+from preproc.observe.report.charts import (
+    BLUE,
+    GREEN,
+    GREY,
+    ORANGE,
+    RED,
+    bin_label,
+    clip,
+    esc,
+    fmt_bytes,
+    fmt_int,
+    fmt_secs,
+    svg_hbars,
+    svg_histogram,
+)
 from preproc.observe.report.data import report_data
 from preproc.observe.stats import EXAMPLE_CHARS, EXAMPLES_PER_REASON, SAMPLE_DOCS
 
@@ -214,7 +228,7 @@ def _length_table(h: dict[str, list[float]]) -> str:
     return _table(["length"] + [lbl for _, lbl in cols], rows, cls="lengths", num_cols=(1, 2, 3, 4))
 
 
-def write_report(store: "Store", plan: "Plan", stats: dict[str, Any] | None = None, *,
+def write_report(store: Store, plan: Plan, stats: dict[str, Any] | None = None, *,
                  rel: str = layout.REPORT) -> str:
     """Build and write the report under the output (atomically); return its location."""
     page = render_report(report_data(plan, store, stats))

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-
 REPO_ROOT = Path(__file__).resolve().parents[3]
 ADMIN_TOKEN = "standin-admin-token"
 INDEX_KEY = "batch.kubernetes.io/job-completion-index"

@@ -10,7 +10,6 @@ from typing import Any
 
 from tests.k8s.standin.common import MAX_INT32, ApiError, now
 
-
 # -- validation and defaulting, as the API server does for Jobs ---------------------------------
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
