@@ -16,7 +16,7 @@ from tokenizers import Tokenizer
 
 from preproc.errors import ConfigError
 from preproc.io.readers import ReadLog, read_split
-from preproc.io.s3 import read_bytes
+from preproc.io.s3 import StorageLike, read_bytes
 from preproc.io.store import Store
 from preproc.spec.model import TokenizeSpec
 from preproc.tokenize import tiktoken_backend  # imports tiktoken itself only when used (optional)
@@ -59,7 +59,7 @@ def _parse(data: bytes) -> Tokenizer:
     return _cached("plan|" + hashlib.sha256(data).hexdigest(), lambda: Tokenizer.from_str(data.decode("utf-8")))
 
 
-def inspect_tokenizer(cfg: TokenizeSpec, storage_options: dict[str, Any] | None = None) -> tuple[dict[str, Any], bytes]:
+def inspect_tokenizer(cfg: TokenizeSpec, storage_options: StorageLike = None) -> tuple[dict[str, Any], bytes]:
     """Read and check the spec's tokenizer; return its plan entry and its bytes."""
     if not cfg.tokenizer:
         raise ConfigError("tokenize.tokenizer: no tokenizer; set it in the spec or pass --tokenizer PATH")
