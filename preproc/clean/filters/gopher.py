@@ -117,33 +117,7 @@ class GopherQualityV1(ScopedFilter):
         wid = view.word_id
         n_words = view.per_doc_sum(f["is_word"][wid])
         mean_len = ratio(view.per_doc_sum(f["core_chars"][wid]), n_words)
-        checks: list = [
-            (1, None if o.min_words is None else ws & (n_words < o.min_words)),
-            (2, None if o.max_words is None else ws & (n_words > o.max_words)),
-        ]
-        if o.min_mean_word_length is not None:
-            checks.append((3, ws & (mean_len < o.min_mean_word_length)))
-        if o.max_mean_word_length is not None:
-            checks.append((3, ws & (mean_len > o.max_mean_word_length)))
-        if o.max_hash_word_ratio is not None:
-            checks.append((4, ratio(view.per_doc_sum(f["hashes"][wid]), n_words)
-                           > o.max_hash_word_ratio))
-        if o.max_ellipsis_word_ratio is not None:
-            checks.append((5, ratio(view.per_doc_sum(f["ellipses"][wid]), n_words)
-                           > o.max_ellipsis_word_ratio))
-        if o.max_bullet_lines_ratio is not None or o.max_ellipsis_lines_ratio is not None:
-            lines = view.stripped_lines
-            nonblank = view.line_words > 0
-            n_lines = view.per_doc_line_sum(nonblank)
-            if o.max_bullet_lines_ratio is not None:
-                bullet = pc.match_substring_regex(lines, _BULLET).to_numpy(zero_copy_only=False)
-                checks.append((6, ratio(view.per_doc_line_sum(bullet & nonblank), n_lines)
-                               > o.max_bullet_lines_ratio))
-            if o.max_ellipsis_lines_ratio is not None:
-                ell = (pc.ends_with(lines, "...").to_numpy(zero_copy_only=False)
-                       | pc.ends_with(lines, "\u2026").to_numpy(zero_copy_only=False))
-                checks.append((7, ratio(view.per_doc_line_sum(ell & nonblank), n_lines)
-                               > o.max_ellipsis_lines_ratio))
+        checks = _word_checks(view, o, f, wid, ws, n_words, mean_len, ws) + _line_checks(view, o)
         if o.min_alpha_words_ratio is not None:
             alpha = ratio(view.per_doc_sum(f["has_alpha"][wid]), n_words)
             checks.append((8, (n_words > 0) & (alpha < o.min_alpha_words_ratio)))
@@ -255,21 +229,7 @@ class GopherQualityV2(ScopedFilter):
         n_spaced = view.per_doc_sum(spaced)
         mean_len = ratio(view.per_doc_sum(np.where(spaced, f["core_chars"][wid], 0)), n_spaced)
         length_applies = ws & (n_spaced > 0) & (n_spaced >= o.min_spaced_frac_for_length * n_words)
-        checks: list = [
-            (1, None if o.min_words is None else ws & (n_words < o.min_words)),
-            (2, None if o.max_words is None else ws & (n_words > o.max_words)),
-        ]
-        if o.min_mean_word_length is not None:
-            checks.append((3, length_applies & (mean_len < o.min_mean_word_length)))
-        if o.max_mean_word_length is not None:
-            checks.append((3, length_applies & (mean_len > o.max_mean_word_length)))
-        if o.max_hash_word_ratio is not None:
-            checks.append((4, ratio(view.per_doc_sum(f["hashes"][wid]), n_words)
-                           > o.max_hash_word_ratio))
-        if o.max_ellipsis_word_ratio is not None:
-            checks.append((5, ratio(view.per_doc_sum(f["ellipses"][wid]), n_words)
-                           > o.max_ellipsis_word_ratio))
-        checks += _line_checks(view, o)
+        checks = _word_checks(view, o, f, wid, ws, n_words, mean_len, length_applies) + _line_checks(view, o)
         if o.min_alpha_words_ratio is not None:
             alpha = ratio(view.per_doc_sum(np.where(f["has_alpha"][wid], u["units"][wid], 0)),
                           n_words)
@@ -279,6 +239,24 @@ class GopherQualityV2(ScopedFilter):
             checks.append((9, sw & (distinct_stop_words(view, f, o.stop_words)
                                     < o.min_stop_words)))
         return first_reason(view.n_docs, checks)
+
+
+def _word_checks(view: TextView, o, f, wid, ws, n_words, mean_len, length_mask) -> list:
+    """The word-count, mean-word-length, hash and ellipsis word rules (codes 1-5), shared by v1
+    and v2; ``length_mask`` says where the mean word length is judged (v2: spaced scripts only)."""
+    checks: list = [
+        (1, None if o.min_words is None else ws & (n_words < o.min_words)),
+        (2, None if o.max_words is None else ws & (n_words > o.max_words)),
+    ]
+    if o.min_mean_word_length is not None:
+        checks.append((3, length_mask & (mean_len < o.min_mean_word_length)))
+    if o.max_mean_word_length is not None:
+        checks.append((3, length_mask & (mean_len > o.max_mean_word_length)))
+    if o.max_hash_word_ratio is not None:
+        checks.append((4, ratio(view.per_doc_sum(f["hashes"][wid]), n_words) > o.max_hash_word_ratio))
+    if o.max_ellipsis_word_ratio is not None:
+        checks.append((5, ratio(view.per_doc_sum(f["ellipses"][wid]), n_words) > o.max_ellipsis_word_ratio))
+    return checks
 
 
 def _line_checks(view: TextView, o) -> list:
