@@ -346,6 +346,13 @@ class TokenDataset:
         if self.epoch == epoch and self._position() + self.rank >= self.num_windows:
             self.set_epoch(epoch + 1)
 
+    def iter_worker_windows(self, worker: int, num_workers: int) -> Iterator[np.ndarray]:
+        """Worker ``worker`` of ``num_workers`` readers of this rank: every ``num_workers``-th
+        of the rank's remaining windows of the current epoch, in the epoch's order. Nothing is
+        counted as consumed (a worker cannot know what its siblings yielded): resume from the
+        training loop's own count (``state_dict(consumed=...)``)."""
+        yield from self._iter_windows(self._positions(worker=worker, num_workers=num_workers), self.epoch)
+
     def iter_batches(self, batch_size: int, *, worker: int = 0, num_workers: int = 1) -> Iterator[np.ndarray]:
         """This rank's windows stacked ``(batch, seq_len + 1)``; with ``num_workers``, the
         batches of one worker (every ``num_workers``-th). A final shorter window (``drop_last=

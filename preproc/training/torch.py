@@ -42,8 +42,7 @@ class TorchTokenDataset(IterableDataset):
             for w in ds:
                 yield torch.from_numpy(w.astype("int64", copy=False))
         else:
-            pos = ds._positions(worker=worker, num_workers=workers)
-            for w in ds._iter_windows(pos, ds.epoch):
+            for w in ds.iter_worker_windows(worker, workers):
                 yield torch.from_numpy(w.astype("int64", copy=False))
 
     def __len__(self) -> int:
