@@ -8,6 +8,7 @@ that every descendant inherits.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -19,9 +20,21 @@ from pathlib import Path
 import pytest
 import yaml
 
+from preproc.executors.lifeline import TAG_ENV, reaper
+from preproc.spec import load_spec
 from tests.conftest import ROOT, wait_for
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc (Linux)")
+
+
+@pytest.fixture
+def fresh_ray():
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        ray.shutdown()
+    yield
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 def _ppids() -> dict[int, int]:
@@ -120,13 +133,58 @@ def test_local_workers_die_with_the_coordinator(tmp_path, corpus, gpt2):
     _kill_coordinator_and_check(tmp_path, corpus, gpt2, "local", workers_min=2)
 
 
-# Passed on its own branch (issue 16) and by hand on the merged tree (kill -9 of `preproc run`
-# with a hanging tokenize: the watcher took DashboardAgent and RuntimeEnvAgent down), but in
-# this test on the merged tree those two agents outlive the coordinator: open, see the issue 16
-# note. Not strict, so the fix shows as XPASS.
-@pytest.mark.xfail(strict=False, reason="Ray agents outlive a kill -9 in this test on the merged tree (issue 16)")
 def test_local_ray_dies_with_the_coordinator(tmp_path, corpus, gpt2):
     pytest.importorskip("ray")
     # raylet + gcs + at least one Ray worker stalled in a task.
     _kill_coordinator_and_check(tmp_path, corpus, gpt2, "ray", workers_min=4,
                                 extra={"options": {"local_cpus": 2}})
+
+
+def test_reaper_kills_a_descendant_that_dropped_the_tag():
+    """A tagged process's child whose environment lacks the tag (``env -i``; or clobbered, as
+    setproctitle does) still goes: the watcher also takes the descendants of tagged processes."""
+    r = reaper()
+    with r.tagging():
+        parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
+                                   "c = subprocess.Popen(['sleep', '120'], env={}); print(c.pid, flush=True); time.sleep(120)"],
+                                  stdout=subprocess.PIPE)
+    assert TAG_ENV not in os.environ and "SPT_NOENV" not in os.environ   # the host's env is restored
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        assert _alive(child) and r.tag.encode() not in Path(f"/proc/{child}/environ").read_bytes()
+        r.close()
+        parent.wait(10)
+        assert wait_for(lambda: not _alive(child), timeout=10, poll_s=0.1), _names({child})
+    finally:
+        for pid in (parent.pid, child):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _pid() -> int:
+    return os.getpid()
+
+
+def test_every_local_ray_process_carries_the_tag(tmp_path, fresh_ray):
+    """The watcher finds Ray's processes by the tag in /proc/PID/environ; Ray's agents and
+    workers call setproctitle, which must not overwrite it (lifeline sets SPT_NOENV). Without
+    that, DashboardAgent and RuntimeEnvAgent lost the tag and outlived a kill -9."""
+    ray = pytest.importorskip("ray")
+    from preproc.executors.ray import RayExecutor
+
+    spec = load_spec({"input": {"paths": [str(tmp_path / "*.jsonl")]}, "output": str(tmp_path / "out"),
+                      "executor": {"kind": "ray", "options": {"local_cpus": 1}}})
+    ex = RayExecutor(spec, progress=False)
+    try:
+        assert ray.get(ray.remote(num_cpus=1)(_pid).remote()) > 0   # a Ray worker is up too
+        tag = ex._reaper.tag.encode() if ex._reaper else b""
+        assert tag
+        procs = _descendants(os.getpid()) - {ex._reaper._proc.pid}
+        names = _names(procs)
+        assert any("DashboardAgent" in n for n in names) or any("RuntimeEnvAgent" in n for n in names), names
+        untagged = {p for p in procs if _alive(p) and f"{TAG_ENV}=".encode() + tag not in
+                    Path(f"/proc/{p}/environ").read_bytes().split(b"\0")}
+        assert not untagged, f"Ray processes without the lifeline tag: {_names(untagged)}"
+    finally:
+        ex.close()
