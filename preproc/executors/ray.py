@@ -84,8 +84,12 @@ class RayExecutor:
                 # A local Ray we start is ours to take down, even if we are killed (-9):
                 # every Ray process carries the reaper's tag (preproc.executors.lifeline).
                 self._reaper = reaper()
-                with self._reaper.tagging():
-                    ray.init(num_cpus=self.options.local_cpus or os.cpu_count() or 1, include_dashboard=False, **kw)
+                try:
+                    with self._reaper.tagging():
+                        ray.init(num_cpus=self.options.local_cpus or os.cpu_count() or 1, include_dashboard=False, **kw)
+                except BaseException:   # a Ray that failed to start leaves no process behind
+                    self.close()
+                    raise
                 self._started = True
         res: dict[str, Any] = {"num_cpus": self.options.num_cpus}
         if self.options.memory:
