@@ -18,7 +18,19 @@ Ray parents to one another) are tagged instead: :func:`reaper` puts a unique tag
 environment they inherit and starts a tiny watcher holding the read end of a pipe whose write
 end only the coordinator has. When the coordinator dies, however it dies, the pipe reaches EOF
 and the watcher SIGKILLs every process carrying the tag (found in ``/proc/*/environ``, or with
-``psutil`` where there is no ``/proc``).
+``psutil`` where there is no ``/proc``) and every descendant of one, sweeping until no such
+process is left.
+
+The tag must stay readable. ``/proc/PID/environ`` is the memory the environment was
+exec'd into, and ``setproctitle`` (Ray's processes call it: ``ray::DashboardAgent``,
+``ray::IDLE``) reuses that memory for a long title, zeroing part of it: Ray's agents, spawned
+by the raylet with its environment in an order of its own, lost the tag about half the time
+and outlived a ``kill -9`` of the coordinator (GCS and raylet die with it through Ray's own
+PR_SET_PDEATHSIG, so the agents are re-parented to init at once and Ray's own liveness check
+takes longer than our bound). :meth:`Reaper.tagging` therefore also sets ``SPT_NOENV=1``,
+which tells setproctitle (Ray's vendored copy honours it) to leave the environment alone, and
+the watcher also takes the descendants of a tagged process, in case some other program
+clobbers its environment.
 """
 
 from __future__ import annotations
@@ -69,46 +81,64 @@ def watch_parent(parent_pid: int | None = None) -> None:
 
 
 TAG_ENV = "PREPROC_LIFELINE"
+_NO_TITLE_ENV = "SPT_NOENV"   # setproctitle: keep the environment, shorten the title
 
 # The watcher: a few lines of plain Python (no preproc import, so it starts in milliseconds
 # and holds no memory worth naming). It blocks on stdin; EOF means the coordinator is gone
-# (or done), and every process carrying the tag is killed; the sweep repeats until three in a
-# row find none (at most 10 s), so a process forked or spawned during a sweep goes too.
+# (or done). Each sweep takes one snapshot of /proc and kills every process carrying the tag
+# and every descendant of one (a child whose environment was clobbered still has its parent
+# in the snapshot: the set is computed before anything is killed, so nothing is re-parented
+# away from it mid-sweep). Sweeps repeat until three in a row find none (at most 10 s), so a
+# process forked or spawned during a sweep goes too.
 _WATCHER = r"""
-import os, signal, sys
-tag = sys.argv[1]
+import os, signal, sys, time
+tag, var = sys.argv[1], sys.argv[2]
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 sys.stdin.buffer.read()
-needle = ("%s=%s" % (sys.argv[2], tag)).encode()
-def tagged():
+needle = ("%s=%s" % (var, tag)).encode()
+def doomed():
     try:
         pids = [int(d) for d in os.listdir("/proc") if d.isdigit()]
     except OSError:
         try:
             import psutil
         except ImportError:
-            return []
-        out = []
+            return set()
+        out = set()
         for p in psutil.process_iter():
             try:
-                if p.environ().get(sys.argv[2]) == tag:
-                    out.append(p.pid)
+                if p.environ().get(var) == tag:
+                    out.add(p.pid)
+                    out.update(c.pid for c in p.children(recursive=True))
             except Exception:
                 pass
         return out
-    out = []
+    children, out = {}, set()
     for pid in pids:
+        try:
+            with open("/proc/%d/stat" % pid, "rb") as f:
+                state, ppid = f.read().rsplit(b")", 1)[1].split()[:2]
+        except (OSError, ValueError):
+            continue
+        if state == b"Z":   # dead already: nothing to kill, and it has no children left
+            continue
+        children.setdefault(int(ppid), []).append(pid)
         try:
             with open("/proc/%d/environ" % pid, "rb") as f:
                 if needle in f.read().split(b"\0"):
-                    out.append(pid)
+                    out.add(pid)
         except OSError:
             pass
+    todo = list(out)
+    while todo:
+        for c in children.get(todo.pop(), ()):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
     return out
-import time
 quiet, deadline = 0, time.monotonic() + 10
 while quiet < 3 and time.monotonic() < deadline:
-    pids = [p for p in tagged() if p != os.getpid()]
+    pids = doomed() - {os.getpid()}
     quiet = 0 if pids else quiet + 1
     for pid in pids:
         try:
@@ -131,15 +161,17 @@ class Reaper:
     @contextlib.contextmanager
     def tagging(self) -> Iterator[None]:
         """Processes started inside this block (and their descendants) carry the tag."""
-        old = os.environ.get(TAG_ENV)
+        old = {k: os.environ.get(k) for k in (TAG_ENV, _NO_TITLE_ENV)}
         os.environ[TAG_ENV] = self.tag
+        os.environ[_NO_TITLE_ENV] = "1"   # setproctitle must not overwrite the tag (module doc)
         try:
             yield
-        finally:   # a host program's later subprocesses must not carry it
-            if old is None:
-                os.environ.pop(TAG_ENV, None)
-            else:
-                os.environ[TAG_ENV] = old
+        finally:   # a host program's later subprocesses must not carry them
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
     def close(self, timeout_s: float = 10.0) -> None:
         with contextlib.suppress(OSError):

@@ -45,12 +45,17 @@ __all__ = ["RayExecutor"]
 log = logging.getLogger("preproc")
 
 
-def _task(output: str, stage: str, index: int) -> dict[str, Any]:
+def _task(output: str, stage: str, index: int, storage: dict[str, Any]) -> dict[str, Any]:
     """Runs inside a Ray worker. Config/bad-shard errors come back as values (retrying
-    cannot help them); anything else raises, and Ray retries the task."""
+    cannot help them); anything else raises, and Ray retries the task.
+
+    ``storage`` (the run's S3 settings, no secrets) reaches ``plan.json``: a Ray worker's
+    environment was fixed when its Ray started (before the run, or on another machine), so
+    ``$PREPROC_S3`` cannot carry it as it does for local workers. Without it an S3 output
+    was looked for on AWS's default endpoint, and each task stalled in connection retries."""
     install_log_redaction()
     try:
-        return {"ok": True, "stats": run_index(Plan.load(output), stage, index)}
+        return {"ok": True, "stats": run_index(Plan.load(output, storage), stage, index)}
     except PreprocError as e:
         if e.exit_code in (2, 3):
             return {"ok": False, "error": f"{type(e).__name__}: {e}"}
@@ -79,8 +84,12 @@ class RayExecutor:
                 # A local Ray we start is ours to take down, even if we are killed (-9):
                 # every Ray process carries the reaper's tag (preproc.executors.lifeline).
                 self._reaper = reaper()
-                with self._reaper.tagging():
-                    ray.init(num_cpus=self.options.local_cpus or os.cpu_count() or 1, include_dashboard=False, **kw)
+                try:
+                    with self._reaper.tagging():
+                        ray.init(num_cpus=self.options.local_cpus or os.cpu_count() or 1, include_dashboard=False, **kw)
+                except BaseException:   # a Ray that failed to start leaves no process behind
+                    self.close()
+                    raise
                 self._started = True
         res: dict[str, Any] = {"num_cpus": self.options.num_cpus}
         if self.options.memory:
@@ -94,7 +103,8 @@ class RayExecutor:
         ray = self.ray
         total = plan.stage(stage).fan_out
         bar = Progress(stage, total=total, done=total - len(indices), enabled=self.progress, plan=plan)
-        refs = {self._remote.remote(plan.output, stage, i): i for i in indices}
+        storage = plan.spec.storage.model_dump(mode="json")
+        refs = {self._remote.remote(plan.output, stage, i, storage): i for i in indices}
         errors: dict[int, str] = {}
         pending = list(refs)
         try:

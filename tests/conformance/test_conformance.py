@@ -191,9 +191,6 @@ ACCOUNTING = ("read", "kept", "tokens", "filtered_total", "duplicates_total", "r
 
 def test_s3_every_executor(harness, s3, demo_small, reference, tmp_path):
     """Inputs, tokenizer and output on S3 (moto on loopback): the same tokens as the local run."""
-    if harness.kind == "ray":
-        pytest.skip("Ray on moto's S3: the tasks stall (>3 min, seen while adding this matrix); "
-                    "open item of issue 17's conformance matrix")
     b = s3.bucket("conf")
     s3.upload(demo_small / "input", b, "corpus")
     s3.client.put_object(Bucket=b, Key="models/tokenizer.json", Body=(demo_small / "tokenizer.json").read_bytes())

@@ -8,6 +8,7 @@ that every descendant inherits.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from preproc.executors.lifeline import TAG_ENV, reaper
 from tests.conftest import ROOT, wait_for
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc (Linux)")
@@ -62,6 +64,15 @@ def _tagged(tag: str) -> set[int]:
     return found
 
 
+def _clobbered(pid: int) -> bool:
+    """Whether the process's /proc environ shows zeroed entries (overwritten in place)."""
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+    return b"" in env.rstrip(b"\0").split(b"\0")
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -82,7 +93,8 @@ def _names(pids: set[int]) -> list[str]:
 
 
 def _kill_coordinator_and_check(tmp_path: Path, corpus: Path, gpt2: Path, executor: str, workers_min: int,
-                                extra: dict | None = None) -> None:
+                                extra: dict | None = None, expect: tuple[str, ...] = ()) -> None:
+    """``expect``: parts of command lines that must be among the processes before the kill."""
     spec = {"input": {"paths": [str(corpus / "*.jsonl.gz")]}, "shards": 4, "clean": False,
             "dedup": {"exact": False}, "tokenize": {"tokenizer": str(gpt2)},
             "executor": {"kind": executor, "workers": 2, **(extra or {})}}
@@ -101,6 +113,14 @@ def _kill_coordinator_and_check(tmp_path: Path, corpus: Path, gpt2: Path, execut
             (tmp_path / "coordinator.log").read_text()[-3000:]
         time.sleep(3)   # let every worker reach the failpoint
         before = _descendants(proc.pid) | _tagged(tag)
+        # The watcher finds a local Ray's processes by a tag in /proc/PID/environ, as this test
+        # does with its own: every process must show its whole environment. (setproctitle, which
+        # Ray's agents and workers call, zeroed part of it unless told not to: lifeline sets
+        # SPT_NOENV. Which variables it hit depended on their order, so check for any damage.)
+        damaged = {p for p in before if _alive(p) and _clobbered(p)}
+        assert not damaged, f"processes whose /proc environ was overwritten: {_names(damaged)}"
+        names = " ".join(_names(before))
+        assert all(e in names for e in expect), names
         assert proc.poll() is None, (tmp_path / "coordinator.log").read_text()[-3000:]
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -120,13 +140,31 @@ def test_local_workers_die_with_the_coordinator(tmp_path, corpus, gpt2):
     _kill_coordinator_and_check(tmp_path, corpus, gpt2, "local", workers_min=2)
 
 
-# Passed on its own branch (issue 16) and by hand on the merged tree (kill -9 of `preproc run`
-# with a hanging tokenize: the watcher took DashboardAgent and RuntimeEnvAgent down), but in
-# this test on the merged tree those two agents outlive the coordinator: open, see the issue 16
-# note. Not strict, so the fix shows as XPASS.
-@pytest.mark.xfail(strict=False, reason="Ray agents outlive a kill -9 in this test on the merged tree (issue 16)")
 def test_local_ray_dies_with_the_coordinator(tmp_path, corpus, gpt2):
     pytest.importorskip("ray")
     # raylet + gcs + at least one Ray worker stalled in a task.
     _kill_coordinator_and_check(tmp_path, corpus, gpt2, "ray", workers_min=4,
-                                extra={"options": {"local_cpus": 2}})
+                                extra={"options": {"local_cpus": 2}}, expect=("gcs_server", "raylet", "ray::"))
+
+
+def test_reaper_kills_a_descendant_that_dropped_the_tag():
+    """A tagged process's child whose environment lacks the tag (``env -i``; or clobbered, as
+    setproctitle does) still goes: the watcher also takes the descendants of tagged processes."""
+    r = reaper()
+    with r.tagging():
+        parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
+                                   "c = subprocess.Popen(['sleep', '120'], env={}); print(c.pid, flush=True); time.sleep(120)"],
+                                  stdout=subprocess.PIPE)
+    assert TAG_ENV not in os.environ and "SPT_NOENV" not in os.environ   # the host's env is restored
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        assert _alive(child) and r.tag.encode() not in Path(f"/proc/{child}/environ").read_bytes()
+        r.close()
+        parent.wait(10)
+        assert wait_for(lambda: not _alive(child), timeout=10, poll_s=0.1), _names({child})
+    finally:
+        for pid in (parent.pid, child):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
