@@ -15,6 +15,7 @@ Outputs of index ``i`` (each committed atomically, then the marker):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,7 +28,8 @@ from preproc.clean.steps import ENVIRONMENT_ERRORS, CleanPipeline, CleanResult, 
 from preproc.errors import ConfigError
 from preproc.io import layout
 from preproc.io.exchange import write_partitioned
-from preproc.io.readers import ReadLog, read_split
+from preproc.io.readers import InputSplit, ReadLog, read_split
+from preproc.io.readers.small import SmallFiles, runs
 from preproc.observe.stats import CleanProfile
 from preproc.tokenize.tokenizer import Encoder
 
@@ -84,14 +86,19 @@ def run(plan: Plan, index: int, store: Store) -> dict[str, Any]:
     text_bytes = 0
     writer: pq.ParquetWriter | None = None
     with store.open_atomic(layout.clean_part(index)) as f:
-        for split in shard.splits:
+        for part in runs(shard.splits):
+            # A run of small files is read as one stream (preproc.io.readers.small): batches
+            # across files, bytes fetched ahead; any other split on its own.
+            small = SmallFiles(part, spec.input, log, spec.storage) if isinstance(part, tuple) else None
+            split = part[0] if isinstance(part, tuple) else part
+            batches = small if small is not None else read_split(split, spec.input, log, spec.storage)
             pending = 0      # rows handed on by the reader (counted read) and not yet accounted
             try:
-                for batch in read_split(split, spec.input, log, spec.storage):
+                for batch in batches:
                     pending = batch.num_rows
                     profile.observe_in(batch)
                     offered += batch.num_rows
-                    res = clean_isolating(pipe, batch, log, split)
+                    res = clean_isolating(pipe, batch, log, small.split_of if small is not None else split)
                     pending = res.kept.num_rows     # the others are now filtered or rejected
                     for k, v in res.filtered.items():
                         filtered[k] = filtered.get(k, 0) + v
@@ -177,7 +184,8 @@ def store_table(store: Store, rel: str, table: pa.Table) -> None:
         pq.write_table(table, f, compression="zstd")
 
 
-def clean_isolating(pipe: CleanPipeline, batch: pa.RecordBatch, log: ReadLog, split) -> CleanResult:
+def clean_isolating(pipe: CleanPipeline, batch: pa.RecordBatch, log: ReadLog,
+                    split: InputSplit | Callable[[int], InputSplit]) -> CleanResult:
     """Run the clean steps on ``batch``; if they raise, bisect the batch to find the
     documents that make them raise and reject those (reason ``poison:<error>``), so one
     pathological document costs itself, not its shard. Deterministic: the same documents
@@ -187,14 +195,18 @@ def clean_isolating(pipe: CleanPipeline, batch: pa.RecordBatch, log: ReadLog, sp
     (:data:`~preproc.clean.steps.ENVIRONMENT_ERRORS`: a missing package, out of memory, a
     :class:`~preproc.errors.PreprocError`) propagates and fails the index with exit code 2,
     and so does one exception type raised by every document of a batch of two or more:
-    that is a step that cannot run here, not a batch of poison documents."""
+    that is a step that cannot run here, not a batch of poison documents.
+
+    ``split``: the batch's input split, or a function from a row to its split (a batch of
+    many small files)."""
     poison: list[tuple[int, BaseException]] = []
     res = _bisect(pipe, batch, 0, poison)
     if poison and len(poison) == batch.num_rows >= 2 and len({type(e) for _, e in poison}) == 1:
         raise every_document_failed(pipe, batch.num_rows, "of a batch")
     for row, e in poison:
         rid = batch.column("id")[row].as_py()
-        log.reject(split, f"id {rid}", f"poison:{type(e).__name__}", batch.column("text")[row].as_py() or "")
+        where = split(row) if callable(split) else split
+        log.reject(where, f"id {rid}", f"poison:{type(e).__name__}", batch.column("text")[row].as_py() or "")
         log.read -= 1        # it was counted as read when the reader accepted it
     return res
 
