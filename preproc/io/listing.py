@@ -161,6 +161,8 @@ def _list_inputs(spec: Spec) -> list[InputFile]:
             matched += 1
         if matched == 0:
             raise ConfigError(f"input.paths: no input files match {pattern!r}")
+    if len(spec.input.paths) == 1:
+        return list(found.values())     # entries were taken in sorted order, one prefix: sorted
     return sorted(found.values(), key=lambda f: f.uri)
 
 

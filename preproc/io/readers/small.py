@@ -104,7 +104,7 @@ class SmallFiles:
 
     def _fetch(self, window: tuple[InputSplit, ...]) -> list[bytes]:
         fs, _ = open_fs(window[0].uri, self.storage)
-        paths = [open_fs(s.uri, self.storage)[1] for s in window]
+        paths = [fs._strip_protocol(s.uri) for s in window]     # one filesystem per run (see runs())
         # One byte past the planned size tells a file that grew apart from one that did not.
         return list(fs.cat_ranges(paths, [0] * len(window), [s.bytes + 1 for s in window], on_error="raise"))
 
