@@ -92,45 +92,52 @@ def run(plan: Plan, index: int, store: Store) -> dict[str, Any]:
             small = SmallFiles(part, spec.input, log, spec.storage) if isinstance(part, tuple) else None
             split = part[0] if isinstance(part, tuple) else part
             batches = small if small is not None else read_split(split, spec.input, log, spec.storage)
-            pending = 0      # rows handed on by the reader (counted read) and not yet accounted
-            try:
-                for batch in batches:
-                    pending = batch.num_rows
-                    profile.observe_in(batch)
-                    offered += batch.num_rows
-                    res = clean_isolating(pipe, batch, log, small.split_of if small is not None else split)
-                    pending = res.kept.num_rows     # the others are now filtered or rejected
-                    for k, v in res.filtered.items():
-                        filtered[k] = filtered.get(k, 0) + v
-                    for k, v in res.counters.items():
-                        counters[k] = counters.get(k, 0) + v
-                    if res.removed is not None:
-                        profile.observe_removed(res.removed)
-                        if keep_removed:
-                            removed.append(res.removed)
-                    kept = res.kept
-                    if kept.num_rows == 0:
-                        continue
-                    profile.observe_out(kept)
-                    if writer is None:
-                        writer = pq.ParquetWriter(f, kept.schema, compression="zstd")
-                    writer.write_batch(kept)
-                    pending = 0
-                    text = kept.column("text")
-                    if buckets:
-                        h1, h2 = text_hashes(text)
-                        keys_h1.append(h1)
-                        keys_h2.append(h2)
-                    rows += kept.num_rows
-                    chars += int(pc.sum(pc.utf8_length(text)).as_py() or 0)
-                    text_bytes += int(pc.sum(pc.binary_length(text)).as_py() or 0)
-            except _DATA_ERRORS as e:
-                log.file_error(split, "unreadable", f"{type(e).__name__}: {e}")
-                if pending:
-                    # A batch that failed after the reader handed it on: its rows are
-                    # rejected, so read = kept + filtered + duplicates + rejected still holds.
-                    log.read -= pending
-                    log.reject_rows(split, f"batch of {pending} rows", "file_error:unreadable", pending)
+            it = iter(batches)     # resumed after a failed batch of a run of small files
+            while True:
+                pending = 0      # rows handed on by the reader (counted read) and not yet accounted
+                try:
+                    for batch in it:
+                        pending = batch.num_rows
+                        profile.observe_in(batch)
+                        offered += batch.num_rows
+                        res = clean_isolating(pipe, batch, log, small.split_of if small is not None else split)
+                        pending = res.kept.num_rows     # the others are now filtered or rejected
+                        for k, v in res.filtered.items():
+                            filtered[k] = filtered.get(k, 0) + v
+                        for k, v in res.counters.items():
+                            counters[k] = counters.get(k, 0) + v
+                        if res.removed is not None:
+                            profile.observe_removed(res.removed)
+                            if keep_removed:
+                                removed.append(res.removed)
+                        kept = res.kept
+                        if kept.num_rows == 0:
+                            continue
+                        profile.observe_out(kept)
+                        if writer is None:
+                            writer = pq.ParquetWriter(f, kept.schema, compression="zstd")
+                        writer.write_batch(kept)
+                        pending = 0
+                        text = kept.column("text")
+                        if buckets:
+                            h1, h2 = text_hashes(text)
+                            keys_h1.append(h1)
+                            keys_h2.append(h2)
+                        rows += kept.num_rows
+                        chars += int(pc.sum(pc.utf8_length(text)).as_py() or 0)
+                        text_bytes += int(pc.sum(pc.binary_length(text)).as_py() or 0)
+                    break
+                except _DATA_ERRORS as e:
+                    where = small.split_of(0) if small is not None else split
+                    log.file_error(where, "unreadable", f"{type(e).__name__}: {e}")
+                    if pending:
+                        # A batch that failed after the reader handed it on: its rows are
+                        # rejected, so read = kept + filtered + duplicates + rejected still holds.
+                        log.read -= pending
+                        log.reject_rows(where, f"batch of {pending} rows", "file_error:unreadable", pending)
+                    if small is None:
+                        break    # the rest of a split is lost with its failed batch, as ever
+                    # A run of small files goes on with its next files (they are not read yet).
         # Batches of one document each (one per small file) escape the per-batch rule: an
         # index none of whose documents survived one and the same exception fails too.
         poisoned = [k for k in log.rejected if k.startswith("poison:")]

@@ -192,3 +192,15 @@ def test_many_small_files_on_s3_give_the_local_documents(s3, tmp_path, gpt2):
         here = pq.read_table(str(Path(local) / layout.clean_part(i)))
         assert remote.column("text").to_pylist() == here.column("text").to_pylist()
         assert remote.column("id").to_pylist() == here.column("id").to_pylist()
+
+
+def test_a_data_error_in_one_small_file_costs_that_file_only(tmp_path, gpt2, monkeypatch):
+    inp = _files(tmp_path / "in", 30)
+    out = str(tmp_path / "out")
+    prepare(_spec(str(inp), out, gpt2, shards=1))
+    monkeypatch.setenv("PREPROC_FAILPOINTS", "point=read_batch,file=d000/doc-000005.jsonl,action=data_error")
+    stats = run_index(Plan.load(out), "clean", 0)
+    ids = pq.read_table(str(tmp_path / "out" / layout.clean_part(0))).column("id").to_pylist()
+    assert ids == [f"doc{i}" for i in range(30) if i != 5]
+    assert stats["read"] == 29 and [(e["file"].rsplit("/", 1)[1], e["error"]) for e in stats["file_errors"]] == \
+        [("doc-000005.jsonl", "unreadable")]

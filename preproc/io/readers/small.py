@@ -86,7 +86,7 @@ class SmallFiles:
         for end, split in self._segments:
             if row < end:
                 return split
-        return self._segments[-1][1]
+        return self._segments[-1][1] if self._segments else self.splits[0]
 
     def _windows(self) -> list[tuple[InputSplit, ...]]:
         out: list[tuple[InputSplit, ...]] = []
