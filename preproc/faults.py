@@ -22,7 +22,8 @@ Off unless ``PREPROC_FAILPOINTS`` is set, and then only checked at a few points 
   exact point instead of a moment a test guesses).
 * ``read_batch`` (a reader's batch boundary, in ``readers.read_split``) also takes ``batch``
   (the boundary's number in its split: 0 before the first batch) and ``file`` (the input's
-  relative path); any other key a point passes is matched the same way.
+  relative path); any other key a point passes is matched the same way. Small files read
+  with their neighbours (``readers.small``) pass it once each, with ``batch`` 0.
 * ``pause`` (an action): create ``paused-<point>-<pid>`` in ``PREPROC_FAILPOINT_STATE``, then wait
   until a file ``resume`` appears there, at most ``wait_s`` seconds, default 120: lets a test
   hold two processes at the same point.

@@ -15,6 +15,7 @@ Outputs of index ``i`` (each committed atomically, then the marker):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,7 +28,8 @@ from preproc.clean.steps import ENVIRONMENT_ERRORS, CleanPipeline, CleanResult, 
 from preproc.errors import ConfigError
 from preproc.io import layout
 from preproc.io.exchange import write_partitioned
-from preproc.io.readers import ReadLog, read_split
+from preproc.io.readers import InputSplit, ReadLog, read_split
+from preproc.io.readers.small import SmallFiles, runs
 from preproc.observe.stats import CleanProfile
 from preproc.tokenize.tokenizer import Encoder
 
@@ -84,46 +86,58 @@ def run(plan: Plan, index: int, store: Store) -> dict[str, Any]:
     text_bytes = 0
     writer: pq.ParquetWriter | None = None
     with store.open_atomic(layout.clean_part(index)) as f:
-        for split in shard.splits:
-            pending = 0      # rows handed on by the reader (counted read) and not yet accounted
-            try:
-                for batch in read_split(split, spec.input, log, spec.storage):
-                    pending = batch.num_rows
-                    profile.observe_in(batch)
-                    offered += batch.num_rows
-                    res = clean_isolating(pipe, batch, log, split)
-                    pending = res.kept.num_rows     # the others are now filtered or rejected
-                    for k, v in res.filtered.items():
-                        filtered[k] = filtered.get(k, 0) + v
-                    for k, v in res.counters.items():
-                        counters[k] = counters.get(k, 0) + v
-                    if res.removed is not None:
-                        profile.observe_removed(res.removed)
-                        if keep_removed:
-                            removed.append(res.removed)
-                    kept = res.kept
-                    if kept.num_rows == 0:
-                        continue
-                    profile.observe_out(kept)
-                    if writer is None:
-                        writer = pq.ParquetWriter(f, kept.schema, compression="zstd")
-                    writer.write_batch(kept)
-                    pending = 0
-                    text = kept.column("text")
-                    if buckets:
-                        h1, h2 = text_hashes(text)
-                        keys_h1.append(h1)
-                        keys_h2.append(h2)
-                    rows += kept.num_rows
-                    chars += int(pc.sum(pc.utf8_length(text)).as_py() or 0)
-                    text_bytes += int(pc.sum(pc.binary_length(text)).as_py() or 0)
-            except _DATA_ERRORS as e:
-                log.file_error(split, "unreadable", f"{type(e).__name__}: {e}")
-                if pending:
-                    # A batch that failed after the reader handed it on: its rows are
-                    # rejected, so read = kept + filtered + duplicates + rejected still holds.
-                    log.read -= pending
-                    log.reject_rows(split, f"batch of {pending} rows", "file_error:unreadable", pending)
+        for part in runs(shard.splits):
+            # A run of small files is read as one stream (preproc.io.readers.small): batches
+            # across files, bytes fetched ahead; any other split on its own.
+            small = SmallFiles(part, spec.input, log, spec.storage) if isinstance(part, tuple) else None
+            split = part[0] if isinstance(part, tuple) else part
+            batches = small if small is not None else read_split(split, spec.input, log, spec.storage)
+            it = iter(batches)     # resumed after a failed batch of a run of small files
+            while True:
+                pending = 0      # rows handed on by the reader (counted read) and not yet accounted
+                try:
+                    for batch in it:
+                        pending = batch.num_rows
+                        profile.observe_in(batch)
+                        offered += batch.num_rows
+                        res = clean_isolating(pipe, batch, log, small.split_of if small is not None else split)
+                        pending = res.kept.num_rows     # the others are now filtered or rejected
+                        for k, v in res.filtered.items():
+                            filtered[k] = filtered.get(k, 0) + v
+                        for k, v in res.counters.items():
+                            counters[k] = counters.get(k, 0) + v
+                        if res.removed is not None:
+                            profile.observe_removed(res.removed)
+                            if keep_removed:
+                                removed.append(res.removed)
+                        kept = res.kept
+                        if kept.num_rows == 0:
+                            continue
+                        profile.observe_out(kept)
+                        if writer is None:
+                            writer = pq.ParquetWriter(f, kept.schema, compression="zstd")
+                        writer.write_batch(kept)
+                        pending = 0
+                        text = kept.column("text")
+                        if buckets:
+                            h1, h2 = text_hashes(text)
+                            keys_h1.append(h1)
+                            keys_h2.append(h2)
+                        rows += kept.num_rows
+                        chars += int(pc.sum(pc.utf8_length(text)).as_py() or 0)
+                        text_bytes += int(pc.sum(pc.binary_length(text)).as_py() or 0)
+                    break
+                except _DATA_ERRORS as e:
+                    where = small.split_of(0) if small is not None else split
+                    log.file_error(where, "unreadable", f"{type(e).__name__}: {e}")
+                    if pending:
+                        # A batch that failed after the reader handed it on: its rows are
+                        # rejected, so read = kept + filtered + duplicates + rejected still holds.
+                        log.read -= pending
+                        log.reject_rows(where, f"batch of {pending} rows", "file_error:unreadable", pending)
+                    if small is None:
+                        break    # the rest of a split is lost with its failed batch, as ever
+                    # A run of small files goes on with its next files (they are not read yet).
         # Batches of one document each (one per small file) escape the per-batch rule: an
         # index none of whose documents survived one and the same exception fails too.
         poisoned = [k for k in log.rejected if k.startswith("poison:")]
@@ -177,7 +191,8 @@ def store_table(store: Store, rel: str, table: pa.Table) -> None:
         pq.write_table(table, f, compression="zstd")
 
 
-def clean_isolating(pipe: CleanPipeline, batch: pa.RecordBatch, log: ReadLog, split) -> CleanResult:
+def clean_isolating(pipe: CleanPipeline, batch: pa.RecordBatch, log: ReadLog,
+                    split: InputSplit | Callable[[int], InputSplit]) -> CleanResult:
     """Run the clean steps on ``batch``; if they raise, bisect the batch to find the
     documents that make them raise and reject those (reason ``poison:<error>``), so one
     pathological document costs itself, not its shard. Deterministic: the same documents
@@ -187,14 +202,18 @@ def clean_isolating(pipe: CleanPipeline, batch: pa.RecordBatch, log: ReadLog, sp
     (:data:`~preproc.clean.steps.ENVIRONMENT_ERRORS`: a missing package, out of memory, a
     :class:`~preproc.errors.PreprocError`) propagates and fails the index with exit code 2,
     and so does one exception type raised by every document of a batch of two or more:
-    that is a step that cannot run here, not a batch of poison documents."""
+    that is a step that cannot run here, not a batch of poison documents.
+
+    ``split``: the batch's input split, or a function from a row to its split (a batch of
+    many small files)."""
     poison: list[tuple[int, BaseException]] = []
     res = _bisect(pipe, batch, 0, poison)
     if poison and len(poison) == batch.num_rows >= 2 and len({type(e) for _, e in poison}) == 1:
         raise every_document_failed(pipe, batch.num_rows, "of a batch")
     for row, e in poison:
         rid = batch.column("id")[row].as_py()
-        log.reject(split, f"id {rid}", f"poison:{type(e).__name__}", batch.column("text")[row].as_py() or "")
+        where = split(row) if callable(split) else split
+        log.reject(where, f"id {rid}", f"poison:{type(e).__name__}", batch.column("text")[row].as_py() or "")
         log.read -= 1        # it was counted as read when the reader accepted it
     return res
 

@@ -16,13 +16,15 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from preproc.engine.refresh_context import RefreshContext
 from preproc.errors import ConfigError
-from preproc.io import layout
-from preproc.io.listing import InputFile, split_file
+from preproc.io import layout, splitlists
+from preproc.io.listing import InputFile, gc_paused, split_file
 from preproc.io.ownership import run_writes
 from preproc.io.readers import InputSplit
 from preproc.io.store import Store
@@ -30,16 +32,37 @@ from preproc.spec import Spec, load_spec
 
 __all__ = ["Plan", "Shard", "StagePlan", "DROP_STAGES", "plan_shards", "run_fingerprint"]
 
-PLAN_VERSION = 1
+# 2: the file lists live in _plan/ (preproc.io.splitlists); 1 held them inline (still read).
+PLAN_VERSION = 2
 
-@dataclass(frozen=True)
 class Shard:
-    index: int
-    splits: tuple[InputSplit, ...]
+    """One shard: its index, its input bytes and its input splits.
+
+    A shard of a plan read back from ``plan.json`` loads its splits on first use, from its
+    own file under ``_plan/`` (:mod:`preproc.io.splitlists`) and no other: a worker reads
+    one shard's file list, however many input files the run has."""
+
+    __slots__ = ("index", "bytes", "num_splits", "_splits", "_load")
+
+    def __init__(self, index: int, splits: tuple[InputSplit, ...] | None = None, *, nbytes: int | None = None,
+                 num_splits: int | None = None, load: Callable[[], tuple[InputSplit, ...]] | None = None):
+        if splits is None and load is None:
+            raise ValueError("a shard needs its splits or a way to load them")
+        self.index = index
+        self._splits = tuple(splits) if splits is not None else None
+        self._load = load
+        self.bytes: int = nbytes if nbytes is not None else sum(x.bytes for x in self._splits or ())
+        self.num_splits: int = num_splits if num_splits is not None else len(self._splits or ())
 
     @property
-    def bytes(self) -> int:
-        return sum(s.bytes for s in self.splits)
+    def splits(self) -> tuple[InputSplit, ...]:
+        if self._splits is None:
+            assert self._load is not None
+            self._splits = self._load()
+        return self._splits
+
+    def __repr__(self) -> str:
+        return f"Shard({self.index}, {self.num_splits} split(s), {self.bytes} B)"
 
 
 @dataclass(frozen=True)
@@ -73,6 +96,8 @@ class Plan:
     # Set for a generation of an incremental refresh (see preproc.engine.refresh): the dataset
     # root, the generation number and the dedup index segments of earlier generations.
     refresh: RefreshContext | None = None
+    # Distinct input files (plan.json keeps the number; the lists are per shard).
+    input_files: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shards", tuple(self.shards))
@@ -102,7 +127,12 @@ class Plan:
         names = self.stage_names
         return [s for s in DROP_STAGES if s in names]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, digests: list[str] | None = None) -> dict[str, Any]:
+        """``plan.json``: per shard only ``[bytes, splits, digest of its file list]``, so that
+        its size does not grow with the number of input files. ``digests``: what
+        :func:`write_plan` wrote (computed here when not given)."""
+        if digests is None:
+            digests = [splitlists.digest(splitlists.encode(s.index, s.splits)) for s in self.shards]
         return {
             "version": self.version,
             "run_id": self.run_id,
@@ -114,35 +144,57 @@ class Plan:
             "stages": [{"name": s.name, "fan_out": s.fan_out} for s in self.stages],
             # The run record: what this run writes at the top of its output (--force removes these).
             "writes": run_writes(self.stage_names),
-            "shards": [{"index": s.index, "splits": [x.to_json() for x in s.splits]} for s in self.shards],
+            "input_files": self.input_files,
+            "shards": [[s.bytes, s.num_splits, d] for s, d in zip(self.shards, digests)],
         }
 
     @classmethod
     def from_json(cls, d: dict[str, Any], output: str | None = None) -> Plan:
-        if d.get("version") != PLAN_VERSION:
-            raise ConfigError(f"plan.json has version {d.get('version')}; this preproc reads version {PLAN_VERSION}")
+        version = d.get("version")
+        if version not in (1, PLAN_VERSION):
+            raise ConfigError(f"plan.json has version {version}; this preproc reads versions 1 and {PLAN_VERSION}")
+        spec = load_spec(d["spec"])
+        output = output or d["output"]
+        if version == 1:    # an older plan: the splits inline
+            shards = tuple(Shard(s["index"], tuple(InputSplit.from_json(x) for x in s["splits"])) for s in d["shards"])
+            files = len({x.uri for s in shards for x in s.splits})
+        else:
+            # The output as the reader sees it, with the run's storage settings (as Plan.store()).
+            store = Store(output, spec.storage)
+            shards = tuple(Shard(i, nbytes=b, num_splits=n, load=partial(splitlists.read, store, i, h))
+                           for i, (b, n, h) in enumerate(d["shards"]))
+            files = int(d.get("input_files") or 0)
         return cls(
             run_id=d["run_id"],
             # The output as the reader sees it (a PVC may be mounted elsewhere than on the
             # machine that planned); the plan's own value is only a default.
-            output=output or d["output"],
-            spec=load_spec(d["spec"]),
+            output=output,
+            spec=spec,
             tokenizer=d.get("tokenizer", {}),
             stages=tuple(StagePlan(s["name"], s["fan_out"]) for s in d["stages"]),
-            shards=tuple(Shard(s["index"], tuple(InputSplit.from_json(x) for x in s["splits"])) for s in d["shards"]),
+            shards=shards,
             created_s=d.get("created_s", 0.0),
             refresh=RefreshContext.from_json(d.get("refresh")),
+            version=PLAN_VERSION,
+            input_files=files,
         )
 
     @classmethod
     def load(cls, output: str, storage: Any = None) -> Plan:
         """Read ``output/plan.json``. ``storage`` reaches the output (default: ``$PREPROC_S3``
-        and the AWS environment); the plan's own ``storage`` settings apply to everything after."""
+        and the AWS environment); the plan's own ``storage`` settings apply to everything after,
+        the shards' file lists included (each read when its shard is first used)."""
         store = Store(output, storage)
         try:
             return cls.from_json(store.read_json(layout.PLAN), output=output)
         except FileNotFoundError:
             raise ConfigError(f"{store.url(layout.PLAN)}: no plan here; run `preproc run` first") from None
+
+    def write(self, store: Store) -> None:
+        """Write the shards' file lists, then ``plan.json`` (the run record, last: a plan is
+        never there without its lists). Each file is written atomically."""
+        digests = splitlists.write_all(store, [(s.index, s.splits) for s in self.shards])
+        store.write_json(layout.PLAN, self.to_json(digests))
 
     def store(self) -> Store:
         """The run's output, reached with the run's storage settings."""
@@ -156,7 +208,7 @@ class Plan:
 
     def summary(self) -> str:
         lines = [f"run {self.run_id}  output {self.output}",
-                 f"inputs: {len({x.uri for s in self.shards for x in s.splits})} file(s), "
+                 f"inputs: {self.input_files} file(s), "
                  f"{_human(self.input_bytes)}, {self.num_shards} shard(s)"]
         for s in self.stages:
             lines.append(f"  stage {s.name:<14} {s.fan_out} index(es)")
@@ -217,6 +269,11 @@ def plan_shards(files: list[InputFile], *, shards: int | None, target_shard_byte
     With ``shards`` given, aim for exactly that many (fewer when there are fewer pieces than
     shards: compressed files are not cut); otherwise :func:`default_shards`.
     """
+    with gc_paused():   # a few objects per input file, none freed (see gc_paused)
+        return _plan_shards(files, shards=shards, target_shard_bytes=target_shard_bytes, storage=storage)
+
+
+def _plan_shards(files: list[InputFile], *, shards: int | None, target_shard_bytes: int, storage: Any) -> list[Shard]:
     total = sum(max(f.bytes, 1) for f in files)
     n = shards or default_shards(total, target_shard_bytes)
     target = max(1, math.ceil(total / n))

@@ -81,7 +81,7 @@ def make_plan(spec: Spec, tokenizer: tuple[dict[str, Any], bytes], *, files: lis
     return Plan(run_id=run_id, output=spec.output, spec=spec, shards=tuple(shards),
                 stages=tuple(pipeline_stages(spec, len(shards), sum(s.bytes for s in shards))),
                 tokenizer={**info, **choose_backend(spec, shards, tok_bytes)}, created_s=time.time(),
-                refresh=refresh)
+                refresh=refresh, input_files=len(files))
 
 
 def build_plan(s: Spec, files: list[InputFile] | None = None,
@@ -120,8 +120,9 @@ def prepare(s: Spec, *, force: bool = False, planned: tuple[Plan, bytes] | None 
             store.write_bytes(layout.TOKENIZER, tok_bytes)
         return old
     try:
-        # The run record first: from now on this folder is ours.
-        store.write_json(layout.PLAN, new.to_json())
+        # The run record first (after the shards' file lists it points to): from now on
+        # this folder is ours.
+        new.write(store)
     except OSError as e:
         raise ConfigError(f"output: cannot write to {new.output}: {e.strerror or e}") from None
     store.write_bytes(layout.TOKENIZER, tok_bytes)

@@ -8,6 +8,7 @@ changes the on-disk format, which ``tests/io/test_layout.py`` pins and
 A run's output::
 
     plan.json                      the run record (see preproc.io.ownership)
+    _plan/shard-00000.json         shard 0's input splits (plan.json keeps counts and a hash)
     tokenizer.json                 the run's copy of its tokenizer
     dataset.json  stats.json  report.html
     _coordinator.json  _lease/  _metrics/
@@ -52,6 +53,12 @@ EXACT_DEDUP = "exact_dedup"     # the exact-dedup stage's folder (markers, drops
 FINALIZE = "finalize"           # the finalize stage's folder (markers)
 DONE = "_done"
 FAILED = "_failed"
+PLAN_SPLITS = "_plan"           # the plan's file lists, one file per shard (preproc.io.splitlists)
+
+
+def plan_splits(i: int) -> str:
+    """``_plan/shard-00042.json``: shard 42's input splits, written with the plan."""
+    return f"{PLAN_SPLITS}/shard-{i:05d}.json"
 
 
 def lease_version(lease: str, n: int) -> str:
@@ -109,9 +116,10 @@ def lease_temporary(token: str) -> str:
     return f".lease-{token}"
 
 
-# What our own interrupted writes leave at the top of an output (the run lease, temporaries
-# of :func:`temporary` and :func:`lease_temporary`): never a sign of someone else's files.
-LEFTOVER = re.compile(rf"^({re.escape(RUN_LEASE)}|\..+\.tmp-[0-9a-f]{{12}}|\.lease-[0-9a-f]{{32}})$")
+# What our own interrupted writes leave at the top of an output (the run lease, the plan's
+# file lists written just before plan.json, temporaries of :func:`temporary` and
+# :func:`lease_temporary`): never a sign of someone else's files.
+LEFTOVER = re.compile(rf"^({re.escape(RUN_LEASE)}|{re.escape(PLAN_SPLITS)}|\..+\.tmp-[0-9a-f]{{12}}|\.lease-[0-9a-f]{{32}})$")
 
 
 # ---- clean ----------------------------------------------------------------------------

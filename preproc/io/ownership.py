@@ -34,7 +34,7 @@ __all__ = ["check_paths", "check_run_output", "check_dataset_root", "run_writes"
 RECORD = layout.PLAN
 # What a run writes at the top of its output (besides one folder per stage); a plan records
 # the list it wrote, and `--force` removes exactly those names.
-RUN_ENTRIES = (layout.PLAN, layout.TOKENIZER, layout.DATASET, layout.STATS, layout.REPORT, layout.REJECTS,
+RUN_ENTRIES = (layout.PLAN, layout.PLAN_SPLITS, layout.TOKENIZER, layout.DATASET, layout.STATS, layout.REPORT, layout.REJECTS,
                layout.REMOVED, layout.CLEAN, layout.EXACT_DEDUP, layout.TOKENS, layout.FINALIZE, layout.NEAR,
                layout.METRICS, layout.HEARTBEAT)
 # Our own leftovers that never make a folder foreign: the lease and temporary files of an

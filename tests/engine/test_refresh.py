@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 import preproc
+from preproc.engine.plan import Plan
 from preproc.engine.refresh import Lock, refresh
 from preproc.io.store import Store
 from tests.conftest import ROOT
@@ -61,8 +62,8 @@ def test_refresh_generations(setup, corpus):
     fr_es = _records(corpus / "gutenberg_fr_es.jsonl.gz")
     # Only the new files were read.
     assert r2.stats["read"] == len(fr_es) + len(copies) + len(fresh)
-    gen2_plan = json.loads((tmp / "ds" / "generations" / "00002" / "plan.json").read_text())
-    assert sorted({x["rel"] for s in gen2_plan["shards"] for x in s["splits"]}) == ["gutenberg_fr_es.jsonl.gz", "more.jsonl"]
+    gen2_plan = Plan.load(str(tmp / "ds" / "generations" / "00002"))
+    assert sorted({x.rel for s in gen2_plan.shards for x in s.splits}) == ["gutenberg_fr_es.jsonl.gz", "more.jsonl"]
     # Copies of earlier generations are dropped; fresh documents are added.
     assert r2.stats["duplicates"]["exact"] == len(copies)
     ds = json.loads((tmp / "ds" / "dataset.json").read_text())

@@ -10,6 +10,7 @@ def test_names_are_pinned():
     assert layout.marker("clean", 3) == "clean/_done/00003.json"
     assert layout.failure("tokenize", 12) == "tokenize/_failed/00012.json"
     assert layout.clean_part(0) == "clean/part-00000.parquet"
+    assert layout.plan_splits(42) == "_plan/shard-00042.json"
     assert layout.rejects(7) == "rejects/part-00007.parquet"
     assert layout.removed(7) == "removed/part-00007.parquet"
     assert layout.tokens(1) == "tokens/part-00001"
@@ -43,7 +44,7 @@ def test_io_names_are_pinned():
     assert layout.lease_version(layout.RUN_LEASE, 3) == "_lease/0000000003.json"
     assert layout.temporary("part-00001.parquet", "abc") == ".part-00001.parquet.tmp-abc"
     assert layout.lease_temporary("f" * 32) == ".lease-" + "f" * 32
-    for ours in ("_lease", layout.temporary("plan.json", "0123456789ab"), layout.lease_temporary("0" * 32)):
+    for ours in ("_lease", "_plan", layout.temporary("plan.json", "0123456789ab"), layout.lease_temporary("0" * 32)):
         assert layout.LEFTOVER.match(ours)
     for foreign in ("lease", "data.jsonl", ".x.tmp-short", "_state"):
         assert not layout.LEFTOVER.match(foreign)

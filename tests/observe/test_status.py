@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from preproc.engine.plan import Plan
 from tests.conftest import ROOT
 
 SHARDS = 8
@@ -71,8 +72,7 @@ def test_status_of_a_killed_run_with_a_failed_index(tmp_path, demo_inputs, monke
     # The failed index: its reason, its attempt, and the input files of its shard.
     (f,) = clean["failures"]
     assert f["index"] == 1 and "failpoint start fired" in f["error"] and f["attempt"] == 1
-    plan = json.loads((out / "plan.json").read_text())
-    uris = {x["uri"] for x in plan["shards"][1]["splits"]}
+    uris = {x.uri for x in Plan.load(str(out)).shards[1].splits}
     assert f["inputs"] and {i.split("[")[0] for i in f["inputs"]} == uris
     assert clean["failed"] == {"1": f["error"]}
 

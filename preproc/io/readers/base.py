@@ -9,6 +9,7 @@ their reason and first bytes, and file errors.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,15 @@ class InputSplit:
     row_groups: tuple[int, ...] | None = None
     row_offset: int = 0                 # rows before the first row group (generated ids)
 
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> InputSplit:
+        """A split from all its fields in order (``row_groups`` a tuple or None), without the
+        frozen dataclass's keyword constructor: about 5x faster, which a plan of a million
+        files notices (its listing, and each worker reading its shard's file list)."""
+        s = object.__new__(cls)
+        s.__dict__.update(zip(_SPLIT_FIELDS, row))
+        return s
+
     def to_json(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         d["row_groups"] = list(self.row_groups) if self.row_groups is not None else None
@@ -48,6 +58,9 @@ class InputSplit:
         if d.get("row_groups") is not None:
             d["row_groups"] = tuple(d["row_groups"])
         return cls(**d)
+
+
+_SPLIT_FIELDS = tuple(InputSplit.__dataclass_fields__)
 
 
 @dataclass

@@ -22,46 +22,57 @@ from preproc.io.readers.base import BATCH_BYTES, Batcher, InputSplit, ReadLog, a
 if TYPE_CHECKING:
     from preproc.spec.model import InputSpec
 
-__all__ = ["read_jsonl"]
+__all__ = ["read_jsonl", "parse_into", "file_lines"]
 
 
 def read_jsonl(fs, path: str, split: InputSplit, spec: InputSpec, log: ReadLog,
                 batch_bytes: int = BATCH_BYTES) -> Iterator[pa.RecordBatch]:
     with fs.open(path, "rb") as f:
-        head = f.read(4)
-        chunks: Iterator[bytes]
-        start, end = split.start, split.end
-        if split.compression == "gzip":
-            f.seek(0)
-            if not head:
-                log.file_error(split, "empty_compressed", "0-byte file with a .gz name: no records")
-                return
-            if head[:2] != b"\x1f\x8b":
-                log.file_error(split, "not_gzip", "named .gz but not gzip data: read as plain text")
-                chunks = stream.raw_chunks(f, 0, None)
-            else:
-                chunks = stream.gunzip_chunks(f)
-            start, end = 0, None
-        elif split.compression == "zstd":
-            f.seek(0)
-            if not head:
-                log.file_error(split, "empty_compressed", "0-byte file with a .zst name: no records")
-                return
-            chunks = stream.unzstd_chunks(f)
+        yield from _parse_lines(file_lines(f, split, spec, log), split, spec, log, Batcher(spec.keep_fields, batch_bytes))
+
+
+def parse_into(f, split: InputSplit, spec: InputSpec, log: ReadLog, batcher: Batcher) -> Iterator[pa.RecordBatch]:
+    """Parse the records of ``split`` (open as ``f``) into ``batcher``, shared with other
+    splits: yields the batches that fill up, and leaves the rest in ``batcher`` for the
+    caller to flush (many small files make one batch, see :mod:`preproc.io.readers.small`)."""
+    yield from _parse_lines(file_lines(f, split, spec, log), split, spec, log, batcher, flush_last=False)
+
+
+def file_lines(f, split: InputSplit, spec: InputSpec, log: ReadLog) -> Iterator[tuple[int, bytes]]:
+    """``(offset, line)`` of the records ``split`` owns in the open file ``f``."""
+    head = f.read(4)
+    chunks: Iterator[bytes]
+    start, end = split.start, split.end
+    if split.compression == "gzip":
+        f.seek(0)
+        if not head:
+            log.file_error(split, "empty_compressed", "0-byte file with a .gz name: no records")
+            return
+        if head[:2] != b"\x1f\x8b":
+            log.file_error(split, "not_gzip", "named .gz but not gzip data: read as plain text")
+            chunks = stream.raw_chunks(f, 0, None)
+        else:
+            chunks = stream.gunzip_chunks(f)
+        start, end = 0, None
+    elif split.compression == "zstd":
+        f.seek(0)
+        if not head:
+            log.file_error(split, "empty_compressed", "0-byte file with a .zst name: no records")
+            return
+        chunks = stream.unzstd_chunks(f)
+        start, end = 0, None
+    else:
+        if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            if start > 0:
+                return  # the split at offset 0 decodes the whole UTF-16 file
+            log.file_error(split, "utf16_decoded", "file is UTF-16, not UTF-8: decoded to UTF-8")
+            chunks = stream.utf16_chunks(stream.raw_chunks(f, 0, None))
             start, end = 0, None
         else:
-            if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
-                if start > 0:
-                    return  # the split at offset 0 decodes the whole UTF-16 file
-                log.file_error(split, "utf16_decoded", "file is UTF-16, not UTF-8: decoded to UTF-8")
-                chunks = stream.utf16_chunks(stream.raw_chunks(f, 0, None))
-                start, end = 0, None
-            else:
-                chunks = stream.raw_chunks(f, max(start - 1, 0), end)
-        skip = start > 0
-        base = max(start - 1, 0) if skip else start
-        lines = stream.lines(chunks, base, end, split, log, skip_first_partial=skip, max_line_bytes=spec.max_doc_bytes)
-        yield from _parse_lines(lines, split, spec, log, batch_bytes)
+            chunks = stream.raw_chunks(f, max(start - 1, 0), end)
+    skip = start > 0
+    base = max(start - 1, 0) if skip else start
+    yield from stream.lines(chunks, base, end, split, log, skip_first_partial=skip, max_line_bytes=spec.max_doc_bytes)
 
 
 _REASONS_BY_TYPE = {type(None): "null_text"}
@@ -72,8 +83,7 @@ def _not_json(name: str) -> Any:
 
 
 def _parse_lines(lines: Iterator[tuple[int, bytes]], split: InputSplit, spec: InputSpec,
-                 log: ReadLog, batch_bytes: int = BATCH_BYTES) -> Iterator[pa.RecordBatch]:
-    batcher = Batcher(spec.keep_fields, batch_bytes)
+                 log: ReadLog, batcher: Batcher, *, flush_last: bool = True) -> Iterator[pa.RecordBatch]:
     tf, idf, sf = spec.text_field, spec.id_field, spec.source_field
     replace = spec.invalid_utf8 == "replace"
     max_bytes = spec.max_doc_bytes
@@ -140,6 +150,7 @@ def _parse_lines(lines: Iterator[tuple[int, bytes]], split: InputSplit, spec: In
         batcher.add(rid, text, src, extra)
         if batcher.full():
             yield batcher.flush()  # type: ignore[misc]
-    last = batcher.flush()
-    if last is not None:
-        yield last
+    if flush_last:
+        last = batcher.flush()
+        if last is not None:
+            yield last

@@ -60,12 +60,15 @@ def report_data(plan: Plan, store: Store, stats: dict[str, Any] | None = None) -
     slow = []
     for stage in [s for s in SHARD_STAGES if s in markers]:
         for i, m in markers[stage].items():
-            inputs = [split_label(x) for x in plan.shards[i].splits] if i < plan.num_shards else []
             slow.append({"stage": stage, "index": i, "wall_time_s": float(m.get("wall_time_s", 0.0)),
                          "docs": int(m.get("read", m.get("docs", 0)) or 0), "tokens": int(m.get("tokens", 0) or 0),
                          "input_bytes": int(m.get("input_bytes", 0) or 0) or (plan.shards[i].bytes if i < plan.num_shards else 0),
-                         "inputs": inputs})
+                         "inputs": []})
     slow.sort(key=lambda r: -r["wall_time_s"])
+    del slow[10:]
+    for r in slow:    # only the rows shown read their shard's file list (preproc.io.splitlists)
+        if r["index"] < plan.num_shards:
+            r["inputs"] = [split_label(x) for x in plan.shards[r["index"]].splits[:20]]
     stage_times = [{"stage": st.name, "indices": st.fan_out, "done": len(markers[st.name]),
                     "busy_s": round(sum(float(m.get("wall_time_s", 0.0)) for m in markers[st.name].values()), 3),
                     "span_s": _span(markers[st.name])} for st in plan.stages]
@@ -88,6 +91,6 @@ def report_data(plan: Plan, store: Store, stats: dict[str, Any] | None = None) -
         "by_language": dict(sorted(lang.items(), key=lambda kv: (-kv[1], kv[0]))),
         "language_from": lang_from,
         "examples": dict(sorted(examples.items())),
-        "slowest": slow[:10],
+        "slowest": slow,
         "stage_times": stage_times,
     }
