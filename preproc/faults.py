@@ -19,7 +19,9 @@ Off unless ``PREPROC_FAILPOINTS`` is set, and then only checked at a few points 
   a lost node; only where the group is its own session, i.e. the test started the run with
   ``start_new_session=True``, so a test can never kill its own runner), ``signal`` (send this
   process the signal ``signal=TERM`` names, default TERM: what Kubernetes sends a pod, at an
-  exact point instead of a moment a test guesses).
+  exact point instead of a moment a test guesses), ``skip`` (at ``start`` only: the index does
+  nothing but write its marker, with empty stats; a no-op index, for benchmarks of the
+  coordinator at many indices: the runner, marker, metrics and executors are the real code).
 * ``read_batch`` (a reader's batch boundary, in ``readers.read_split``) also takes ``batch``
   (the boundary's number in its split: 0 before the first batch) and ``file`` (the input's
   relative path); any other key a point passes is matched the same way. Small files read
@@ -95,12 +97,12 @@ _ERRORS = {e.__name__: e for e in (RuntimeError, ImportError, MemoryError, OSErr
 
 
 def failpoint(point: str, stage: str | None = None, index: int | None = None, *,
-              step: str | None = None, **where: object) -> None:
+              step: str | None = None, **where: object) -> bool:
     """Fire the first matching rule for this point, if any (no-op when not configured).
     ``step``: the clean step about to run; ``where``: more facts about the point (``batch=3``)
-    that a rule may require."""
+    that a rule may require. True when an ``action=skip`` rule fired: the caller skips the work."""
     if _ENV not in os.environ:
-        return
+        return False
     for rid, r in enumerate(_rules()):
         if r.get("point", "start") != point:
             continue
@@ -115,16 +117,18 @@ def failpoint(point: str, stage: str | None = None, index: int | None = None, *,
         if "times" in r and not _claim(rid, int(r["times"])):
             continue
         action = r.get("action", "raise")
+        if action == "skip":
+            return True
         if action == "pause":
             _pause(point, float(r.get("wait_s", 120)))
-            return
+            return False
         if action == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
         if action == "killpg":
             _killpg(point)
         if action == "signal":
             os.kill(os.getpid(), getattr(signal, "SIG" + r.get("signal", "TERM")))
-            return
+            return False
         if action == "exit":
             os._exit(1)
         if action == "hang":
@@ -134,6 +138,7 @@ def failpoint(point: str, stage: str | None = None, index: int | None = None, *,
             raise ValueError(f"failpoint {point} fired (stage={stage}, index={index}, {where})")
         error = _ERRORS.get(r.get("error", "RuntimeError"), RuntimeError)
         raise error(f"failpoint {point} fired (stage={stage}, index={index}, step={step})")
+    return False
 
 
 def _killpg(point: str) -> None:

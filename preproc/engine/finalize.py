@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from preproc.dedup.near import summary as near_summary
-from preproc.engine.stats import check_accounting, collect_stats
+from preproc.engine.stats import check_accounting, collect_stats, read_all_markers
 from preproc.io import layout
 from preproc.observe.report import write_report
 
@@ -31,18 +31,19 @@ def _write_report(plan: Plan, store: Store, stats: dict[str, Any]) -> None:
 
 
 def run(plan: Plan, index: int, store: Store) -> dict[str, Any]:
-    stats = collect_stats(plan, store)
+    markers = read_all_markers(plan, store)   # 2 x N markers at N shards: read once, not per use
+    stats = collect_stats(plan, store, markers)
     check_accounting(stats)
     for k in [k for k in stats if k.startswith("_")]:
         del stats[k]
     if "near_drops" in plan.stage_names:
         stats["near"] = near_summary(plan, store)   # config, candidates, clusters, component rounds
-    tok = store.read_markers("tokenize")
+    tok = markers.get("tokenize", {})
     formats = plan.spec.tokenize.formats
     shards = []
     for i in range(plan.num_shards):
         m = tok[i]
-        entry: dict[str, Any] = {"index": i, "documents": m["docs"], "tokens": m["tokens"]}
+        entry: dict[str, Any] = {"index": i, "documents": m.get("docs", 0), "tokens": m.get("tokens", 0)}
         if "parquet" in formats:
             entry["parquet"] = f"{layout.tokens(i)}.parquet"
         if "megatron" in formats:
@@ -56,7 +57,7 @@ def run(plan: Plan, index: int, store: Store) -> dict[str, Any]:
         "documents": stats["kept"],
         "tokens": stats["tokens"],
         "dtype": info["dtype"],
-        "megatron_dtype": tok[0]["megatron_dtype"] if tok else None,
+        "megatron_dtype": tok[0].get("megatron_dtype") if tok else None,
         "formats": formats,
         "tokenizer": {k: info.get(k) for k in ("path", "source", "sha256", "vocab_size", "eos_id", "eos_token",
                                                "bos_id", "bos_token")},

@@ -147,9 +147,9 @@ def _attempt(plan: Plan, stage: str, index: int, store: Store, attempt: int, *,
     faults.context.stage, faults.context.index = stage, index
     signals.busy = True
     try:
-        faults.failpoint("start", stage, index)
+        skip = faults.failpoint("start", stage, index)   # action=skip: a no-op index (benchmarks)
         with integrity.recording(store) as files:
-            stats = STAGE_RUNNERS[stage](plan, index, store)
+            stats = {} if skip else STAGE_RUNNERS[stage](plan, index, store)
         faults.failpoint("marker", stage, index)
     except Exception as e:
         try:
@@ -181,8 +181,17 @@ def _check_previous_done(plan: Plan, stage: str, store: Store) -> None:
     if pos == 0:
         return
     prev = plan.stages[pos - 1]
+    key = (plan.output, plan.run_id, prev.name)
+    if key in _complete_seen:
+        return
     have = store.done_indices(prev.name)
     if len(have & set(range(prev.fan_out))) < prev.fan_out:
         # An executor ran stages out of order: retrying cannot fix that, stop the run.
         raise ConfigError(f"stage {stage!r} cannot start: stage {prev.name!r} has "
                            f"{len(have)}/{prev.fan_out} indices done")
+    _complete_seen.add(key)
+
+
+# (output, run id, stage) that this process saw complete: a worker that runs many indices
+# lists the previous stage's markers once, not once per index (O(N^2) listings at N shards).
+_complete_seen: set[tuple[str, str, str]] = set()

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from preproc.engine.plan import Plan
     from preproc.io.store import Store
 
-__all__ = ["collect_stats", "check_accounting"]
+__all__ = ["collect_stats", "check_accounting", "read_all_markers"]
 
 
 def _merge(dicts) -> dict[str, int]:
@@ -32,19 +32,24 @@ def _dup_kind(stage: str) -> str:
     return "exact" if stage == "exact_dedup" else "near"
 
 
-def collect_stats(plan: Plan, store: Store) -> dict[str, Any]:
-    clean = store.read_markers("clean")
-    tok = store.read_markers("tokenize")
+def collect_stats(plan: Plan, store: Store,
+                  markers: dict[str, dict[int, dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """The run's statistics from its markers (``markers``: each stage's, when the caller
+    has read them already; each marker is read once either way). A marker without a
+    count (an index run with ``action=skip``, see :mod:`preproc.faults`) counts 0."""
+    if markers is None:
+        markers = read_all_markers(plan, store)
+    clean = markers.get("clean", {})
+    tok = markers.get("tokenize", {})
     duplicates = {"exact": 0, "near": 0}
     for stage in plan.drop_stages:
-        for m in store.read_markers(stage).values():
+        for m in markers.get(stage, {}).values():
             duplicates[_dup_kind(stage)] += int(m.get("duplicates", 0))
     filtered = _merge(m.get("filtered") for m in clean.values())
     rejected = _merge(m.get("rejected") for m in clean.values())
-    read = sum(m["read"] for m in clean.values())
-    kept = sum(m["docs"] for m in tok.values())
+    read = sum(m.get("read", 0) for m in clean.values())
+    kept = sum(m.get("docs", 0) for m in tok.values())
     file_errors = [e for i in sorted(clean) for e in clean[i].get("file_errors", [])]
-    markers = {s.name: store.read_markers(s.name) for s in plan.stages if s.name != "finalize"}
     # Worker time: the indices' own times added up (N workers busy for 10 s = 10×N s).
     worker_time = {k: round(sum(m.get("wall_time_s", 0.0) for m in ms.values()), 3) for k, ms in markers.items()}
     # Wall time: first index started to last index finished, what a user waited.
@@ -59,7 +64,7 @@ def collect_stats(plan: Plan, store: Store) -> dict[str, Any]:
         "duplicates_total": sum(duplicates.values()),
         "rejected": rejected,
         "rejected_total": sum(rejected.values()),
-        "tokens": sum(m["tokens"] for m in tok.values()),
+        "tokens": sum(m.get("tokens", 0) for m in tok.values()),
         "blank_lines": sum(m.get("blank_lines", 0) for m in clean.values()),
         "counters": _merge(m.get("counters") for m in clean.values()),
         "file_errors": file_errors,
@@ -67,9 +72,15 @@ def collect_stats(plan: Plan, store: Store) -> dict[str, Any]:
         "text_bytes_after_clean": sum(m.get("text_bytes", 0) for m in clean.values()),
         "stage_worker_time_s": worker_time,
         "stage_span_s": wall,
-        "_clean_docs": sum(m["docs"] for m in clean.values()),
+        "_clean_docs": sum(m.get("docs", 0) for m in clean.values()),
         "_tokenize_dropped": sum(m.get("dropped", 0) for m in tok.values()),
     }
+
+
+def read_all_markers(plan: Plan, store: Store) -> dict[str, dict[int, dict[str, Any]]]:
+    """Every stage's markers but finalize's, by stage and index (one listing and one read
+    per marker)."""
+    return {s.name: store.read_markers(s.name) for s in plan.stages if s.name != "finalize"}
 
 
 def _span(markers: dict[int, dict[str, Any]]) -> float:

@@ -8,7 +8,24 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["parse_indexes", "format_indexes"]
+__all__ = ["parse_indexes", "format_indexes", "index_ranges"]
+
+
+def index_ranges(text: str | None) -> list[tuple[int, int]]:
+    """``"0-2,5"`` → ``[(0, 2), (5, 5)]``: the runs as written, without expanding them (a
+    Job of 10,000 indices is one run, ``"0-9999"``, once it is done).
+
+    >>> index_ranges("1,3-5")
+    [(1, 1), (3, 5)]
+    """
+    out: list[tuple[int, int]] = []
+    for part in (text or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        first, sep, last = part.partition("-")
+        out.append((int(first), int(last) if sep else int(first)))
+    return out
 
 
 def parse_indexes(text: str | None) -> set[int]:
@@ -18,15 +35,8 @@ def parse_indexes(text: str | None) -> set[int]:
     [1, 3, 4, 5]
     """
     out: set[int] = set()
-    for part in (text or "").split(","):
-        part = part.strip()
-        if not part:
-            continue
-        first, sep, last = part.partition("-")
-        if sep:
-            out.update(range(int(first), int(last) + 1))
-        else:
-            out.add(int(first))
+    for first, last in index_ranges(text):
+        out.update(range(first, last + 1))
     return out
 
 

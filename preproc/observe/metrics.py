@@ -356,6 +356,11 @@ class RunMetrics:
             fams += [d, t]
         return fams
 
+    def due(self) -> bool:
+        """Whether an unforced :meth:`publish` would send now (callers skip building a
+        snapshot that would not be sent)."""
+        return self.cfg.enabled and time.time() - self.last_publish >= COORDINATOR_EVERY_S
+
     def publish(self, *, force: bool = False) -> None:
         if not self.cfg.enabled:
             return

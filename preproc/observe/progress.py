@@ -148,8 +148,8 @@ class Progress:
         self.last_log = time.time()
 
     def _publish(self, *, force: bool = False, closing: bool = False) -> None:
-        if self._metrics is None:
-            return
+        if self._metrics is None or not (force or self._metrics.due()):
+            return   # tick() runs per index: a snapshot only when it would be sent
         try:
             self._metrics.update_stage(self.snapshot(), closing=closing)
             self._metrics.publish(force=force)

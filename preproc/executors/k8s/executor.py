@@ -117,10 +117,14 @@ class KubernetesExecutor:
             if e.status != 404:
                 raise
 
-    def pods(self, job: dict[str, Any]) -> list[dict[str, Any]]:
+    def pods(self, job: dict[str, Any], *, phase: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """The Job's pods (``phase``: only those in it, a field selector the API server applies)."""
         uid = job["metadata"].get("uid")
         selector = f"{UID_LABEL}={uid}" if uid else f"batch.kubernetes.io/job-name={job['metadata']['name']}"
-        resp = self.core.list_namespaced_pod(self.namespace, label_selector=selector, _preload_content=False)
+        kw: dict[str, Any] = {"field_selector": f"status.phase={phase}"} if phase else {}
+        if limit:
+            kw["limit"] = limit
+        resp = self.core.list_namespaced_pod(self.namespace, label_selector=selector, _preload_content=False, **kw)
         return body_json(resp).get("items") or []
 
     def log_tail(self, pod: str, lines: int) -> str | None:

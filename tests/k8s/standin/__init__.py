@@ -31,6 +31,14 @@ index 2 (``DisruptionTarget``); ``STANDIN_EXIT=4:3`` makes every pod of index 4 
 without running. An image containing ``does-not-exist`` cannot be pulled. Python-side:
 :meth:`StandIn.evict`, :meth:`StandIn.compact`, :meth:`StandIn.drop_watches`.
 
+Scale mode (stages of thousands of indices, tests/executors/test_coordinator_scale.py and
+scripts/bench_coord.py): ``StandIn(pod_runner=f)`` runs a pod's container as ``f(command,
+env, index)`` on a small thread pool of this process instead of a subprocess (its return
+value is the exit code; no log; the ``STANDIN_*`` hooks do not apply), e.g.
+tests/k8s/inprocess.py's ``run_index`` per pod; ``sync_period_s`` makes each Job controller
+reconcile at most that often (as kube-controller-manager batches Job syncs), so the Job's
+status changes a few times a second rather than once per pod.
+
 The package: :mod:`.server` (state, pods as processes), :mod:`.controller` (the Job
 controller), :mod:`.validation` (what the API server checks on create), :mod:`.selectors`,
 :mod:`.api` (routes, RBAC, watch) and :mod:`.common` (constants, errors, and its own

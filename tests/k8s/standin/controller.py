@@ -48,11 +48,17 @@ class JobController:
                 self.reconcile()
                 if self.stopped:
                     break
-                self.s.cond.wait(0.05)
+                if self.s.sync_period_s <= 0:
+                    self.s.cond.wait(0.05)
+                    continue
+                # Batched, as kube-controller-manager's syncJobBatchPeriod: one reconcile (and at
+                # most one status write) per period, however many pods changed meanwhile.
+                until = time.monotonic() + self.s.sync_period_s
+                while not self.stopped and not self.s._stopping and (left := until - time.monotonic()) > 0:
+                    self.s.cond.wait(left)
 
     def _pods(self) -> list[dict[str, Any]]:
-        return [p for p in self.s.list("pods", self.ns)
-                if p["metadata"]["labels"].get("batch.kubernetes.io/controller-uid") == self.uid]
+        return self.s.controller_pods(self.uid, self.ns)
 
     def _cond(self, type_: str) -> dict[str, Any] | None:
         for c in self.job["status"].get("conditions") or []:

@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
@@ -38,19 +39,29 @@ class StandIn:
     def __init__(self, *, tokens: dict[str, list[dict[str, Any]] | None] | None = None,
                  python: str = sys.executable, kube_version: str = "1.34", history: int = 10000,
                  secrets: dict[tuple[str, str], dict[str, str]] | None = None,
-                 validate_schema: bool = True, pod_start_delay_s: float = 0.0):
+                 validate_schema: bool = True, pod_start_delay_s: float = 0.0,
+                 pod_runner: Callable[[list[str], dict[str, str], int], int] | None = None,
+                 pod_runner_threads: int = 8, sync_period_s: float = 0.0):
         self.tokens: dict[str, list[dict[str, Any]] | None] = {ADMIN_TOKEN: None, **(tokens or {})}
         self.python = python
         self.kube_version = kube_version
         self.validate_schema = validate_schema
         self.pod_start_delay_s = pod_start_delay_s
         self.secrets = dict(secrets or {})
+        # In-process pods (scale benchmarks): the container is pod_runner(command, env, index)
+        # on a thread pool, its return value the exit code; no process, no log.
+        self.pod_runner = pod_runner
+        self.sync_period_s = sync_period_s   # > 0: each Job controller reconciles at most this often
+        self._runner_pool = ThreadPoolExecutor(pod_runner_threads, thread_name_prefix="standin-pod") if pod_runner else None
         self.lock = threading.RLock()
         self.cond = threading.Condition(self.lock)
         self.rv = 100
         self.events: deque[tuple[int, str, str, dict[str, Any]]] = deque(maxlen=history)
         self.oldest_rv = self.rv  # watches from an older version get 410 Expired
-        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}  # (resource, ns, name)
+        # (resource, ns, name) -> object, in resourceVersion order: a changed object moves to
+        # the end, so lists need no sort (at 10,000 pods a sort per reconcile was most of the CPU).
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.by_controller: dict[str, dict[str, dict[str, Any]]] = {}  # job uid -> pod name -> pod, same order
         self.controllers: dict[str, "JobController"] = {}  # by job uid
         self.procs: dict[str, subprocess.Popen] = {}  # by pod name
         self.requests: list[tuple[str, str, str]] = []  # (method, path, query), for assertions
@@ -81,6 +92,8 @@ class StandIn:
             self.cond.notify_all()
         for name in list(self.procs):
             self._kill(name, signal.SIGKILL)
+        if self._runner_pool is not None:
+            self._runner_pool.shutdown(wait=True, cancel_futures=True)
         if self.httpd is not None:
             self.httpd.shutdown()
             self.httpd.server_close()
@@ -117,16 +130,37 @@ class StandIn:
 
     def put(self, resource: str, obj: dict[str, Any], event: str = "MODIFIED") -> None:
         meta = obj["metadata"]
+        key = (resource, meta["namespace"], meta["name"])
         with self.lock:
-            self.objects[(resource, meta["namespace"], meta["name"])] = obj
+            self.objects.pop(key, None)
+            self.objects[key] = obj
+            owner = self._controller_uid(resource, obj)
+            if owner is not None:
+                pods = self.by_controller.setdefault(owner, {})
+                pods.pop(meta["name"], None)
+                pods[meta["name"]] = obj
             self._bump(resource, meta["namespace"], obj, event)
 
     def remove(self, resource: str, ns: str, name: str) -> dict[str, Any] | None:
         with self.lock:
             obj = self.objects.pop((resource, ns, name), None)
             if obj is not None:
+                owner = self._controller_uid(resource, obj)
+                if owner is not None:
+                    self.by_controller.get(owner, {}).pop(name, None)
                 self._bump(resource, ns, obj, "DELETED")
             return obj
+
+    @staticmethod
+    def _controller_uid(resource: str, obj: dict[str, Any]) -> str | None:
+        if resource != "pods":
+            return None
+        return (obj["metadata"].get("labels") or {}).get("batch.kubernetes.io/controller-uid")
+
+    def controller_pods(self, uid: str, ns: str) -> list[dict[str, Any]]:
+        """The pods labelled with Job ``uid``'s controller-uid, in resourceVersion order."""
+        with self.lock:
+            return [p for p in self.by_controller.get(uid, {}).values() if p["metadata"]["namespace"] == ns]
 
     def get(self, resource: str, ns: str, name: str) -> dict[str, Any] | None:
         with self.lock:
@@ -134,8 +168,7 @@ class StandIn:
 
     def list(self, resource: str, ns: str | None = None) -> list[dict[str, Any]]:
         with self.lock:
-            return [o for (r, n, _), o in sorted(self.objects.items(), key=lambda kv: int(kv[1]["metadata"]["resourceVersion"]))
-                    if r == resource and (ns is None or n == ns)]
+            return [o for (r, n, _), o in self.objects.items() if r == resource and (ns is None or n == ns)]
 
     # test hooks -----------------------------------------------------------------------------
     def job(self, name: str, ns: str = "default") -> dict[str, Any] | None:
@@ -309,6 +342,9 @@ class StandIn:
             cmd = [self.python, "-m", "preproc"] + cmd[1:]
         elif cmd[0] in ("python", "python3"):
             cmd = [self.python] + cmd[1:]
+        if self.pod_runner is not None:
+            self._run_in_process(pod, c, {**base, **env}, index)
+            return
         exit_override = index_map(env.get("STANDIN_EXIT")).get(index)
         if exit_override is not None:
             cmd = [self.python, "-c", f"import sys; print('stand-in: exiting {exit_override}'); sys.exit({exit_override})"]
@@ -335,6 +371,29 @@ class StandIn:
         if first and index in index_set(env.get("STANDIN_DISRUPT_ONCE")):
             threading.Thread(target=self.evict, args=(name, pod["metadata"]["namespace"], "PreemptionByScheduler"),
                              daemon=True).start()
+
+    def _run_in_process(self, pod: dict[str, Any], c: dict[str, Any], env: dict[str, str], index: int) -> None:
+        """start_pod with a pod_runner: Running now, Succeeded/Failed when the runner returns."""
+        assert self._runner_pool is not None and self.pod_runner is not None
+        cmd = list(c.get("command") or []) + list(c.get("args") or [])
+        pod["status"]["phase"] = "Running"
+        pod["status"]["startTime"] = pod["status"].get("startTime") or now()
+        pod["status"]["containerStatuses"] = [{"name": c["name"], "image": c["image"], "imageID": "", "ready": True,
+                                               "restartCount": 0, "started": True,
+                                               "state": {"running": {"startedAt": now()}}}]
+        self.put("pods", pod)
+        runner = self.pod_runner
+
+        def run() -> None:
+            try:
+                rc = runner(cmd, env, index)
+            except BaseException:  # noqa: BLE001 - the container crashed
+                rc = 1
+            with self.lock:
+                if self.get("pods", pod["metadata"]["namespace"], pod["metadata"]["name"]) is pod:
+                    self._finish_pod(pod, rc)
+
+        self._runner_pool.submit(run)
 
     def _waiting(self, pod: dict[str, Any], reason: str, message: str) -> None:
         c = pod["spec"]["containers"][0]
