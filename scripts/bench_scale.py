@@ -283,8 +283,11 @@ def ceiling(corpus: Path, counts: list[int], *, mb_per_process: float, rounds: i
 # -- our pipeline ------------------------------------------------------------------------------
 
 def _e2e(inp: Path, out: Path, *, shards: int, workers: int, timeout_s: float) -> dict:
-    return bench.run_child("ours_e2e", {"input": str(inp), "out": str(out), "shards": shards, "workers": workers,
-                                        "threads": 1, "tokenizer": str(bench.TOKENIZER)}, timeout_s)
+    try:
+        return bench.run_child("ours_e2e", {"input": str(inp), "out": str(out), "shards": shards, "workers": workers,
+                                            "threads": 1, "tokenizer": str(bench.TOKENIZER)}, timeout_s)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)      # a GB-sized run's outputs: not kept
 
 
 def workers(inp: Path, size: dict, work: Path, counts: list[int], *, shards: int,
