@@ -22,6 +22,9 @@ seconds; docs/s likewise):
   Buckets | Cluster | ExactDedupFilter -> MinhashDedupFilter -> DocumentTokenizer;
 * scaling: our end to end with 1 and with N workers of one thread each (a worker = a core), best
   of alternating runs; and 1 worker with every core's threads vs N workers (the defaults);
+* scale (``--only scale``): the shard-count rows, then ``scripts/bench_scale.py``'s (the
+  machine's ceiling, workers 1..N, data x1 vs x10) and the other scale benchmarks' rows
+  (``bench_smallfiles``, ``bench_balance``, ``bench_coord``; each guarded: ``failed: ...``);
 * memory: the peak RSS of any one process of a run (the run is a child process; ``wait4``
   reports the maximum over it and every worker it reaped).
 
@@ -565,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scaling-repeat", type=int, default=2,
                     help="alternating 1-worker / N-worker runs for the scaling ratio (default 2)")
     ap.add_argument("--only", default="read,tokenize,near,e2e,scaling",
-                    help="comma list of sections to run")
+                    help="comma list of sections to run (also: shards, scale)")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per engine run")
     ap.add_argument("--shard-counts", default="16,256", help="shards section: few,many shards")
     ap.add_argument("--shard-docs", type=int, default=100_000, help="shards section: generated one-line docs")
