@@ -22,6 +22,9 @@ seconds; docs/s likewise):
   Buckets | Cluster | ExactDedupFilter -> MinhashDedupFilter -> DocumentTokenizer;
 * scaling: our end to end with 1 and with N workers of one thread each (a worker = a core), best
   of alternating runs; and 1 worker with every core's threads vs N workers (the defaults);
+* scale (``--only scale``): the shard-count rows, then ``scripts/bench_scale.py``'s (the
+  machine's ceiling, workers 1..N, data x1 vs x10) and the other scale benchmarks' rows
+  (``bench_smallfiles``, ``bench_balance``, ``bench_coord``; each guarded: ``failed: ...``);
 * memory: the peak RSS of any one process of a run (the run is a child process; ``wait4``
   reports the maximum over it and every worker it reaped).
 
@@ -565,12 +568,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scaling-repeat", type=int, default=2,
                     help="alternating 1-worker / N-worker runs for the scaling ratio (default 2)")
     ap.add_argument("--only", default="read,tokenize,near,e2e,scaling",
-                    help="comma list of sections to run")
+                    help="comma list of sections to run (also: shards, scale)")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per engine run")
     ap.add_argument("--shard-counts", default="16,256", help="shards section: few,many shards")
     ap.add_argument("--shard-docs", type=int, default=100_000, help="shards section: generated one-line docs")
     ap.add_argument("--shard-corpus-mb", type=float, default=8,
                     help="shards section: MB of the shared corpus (0: skip)")
+    ap.add_argument("--scale-mb", type=float, default=10,
+                    help="scale section: MB of unique text for workers 1..N (and data x1)")
+    ap.add_argument("--scale-factor", type=int, default=10, help="scale section: data x1 vs x N")
+    ap.add_argument("--scale-ceiling-mb", type=float, default=4, help="scale section: ceiling MB per process")
     ap.add_argument("--json", dest="json_path")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--child")
@@ -727,6 +734,16 @@ def main(argv: list[str] | None = None) -> int:
         step(f"shards: the same input in {few} and {many} shards, {W} workers")
         results["shards"] = guarded(shard_counts, work / "shards", Path(a.corpus), W, tab, docs=a.shard_docs,
                                     corpus_mb=a.shard_corpus_mb, counts=(few, many), timeout_s=a.timeout)
+    if "scale" in only:
+        import bench_scale
+
+        step(f"scale: the machine's ceiling, workers 1..{W}, data x1 vs x{a.scale_factor} ({a.scale_mb} MB)")
+        sc = guarded(bench_scale.run, work / "scale", mb=a.scale_mb, max_workers=W, factor=a.scale_factor,
+                     ceiling_mb=a.scale_ceiling_mb, timeout_s=a.timeout, corpus=Path(a.corpus))
+        step("scale: small files, balance, coordinator (scripts/bench_{smallfiles,balance,coord}.py)")
+        other = bench_scale.other_rows(work / "scale-other", timeout_s=a.timeout)
+        results["scale"] = {"rows": sc.get("rows", [{"label": "scale", "error": sc.get("error")}]) + other["rows"],
+                            "detail": {"bench_scale": sc, **other["detail"]}}
 
     # -- near-dedup ------------------------------------------------------------------------
     if "near" in only:
@@ -759,6 +776,8 @@ def main(argv: list[str] | None = None) -> int:
     results["elapsed_s"] = round(time.perf_counter() - t_start, 1)
     results["loadavg_end"] = os.getloadavg()
     table = tab.render()
+    if "scale" in results:   # rows of any shape: a label and numbers
+        table += "\n\nscale\n" + bench_scale.render(results["scale"]["rows"])
     print()
     print(table)
     print(f"\nMB/s: UTF-8 text bytes in / wall s; ratio: MB/s over the named row's; peak RSS: largest "

@@ -36,7 +36,7 @@ from preproc.engine import finalize, signals
 from preproc.engine.plan import DROP_STAGES, StagePlan
 from preproc.errors import ConfigError
 from preproc.io import integrity
-from preproc.io.store import Store
+from preproc.io.store import Store, deferred_sync
 from preproc.observe import logs, metrics
 from preproc.tokenize import stage as tokenize
 from preproc.tokenize.tokenizer import preload
@@ -148,7 +148,8 @@ def _attempt(plan: Plan, stage: str, index: int, store: Store, attempt: int, *,
     signals.busy = True
     try:
         skip = faults.failpoint("start", stage, index)   # action=skip: a no-op index (benchmarks)
-        with integrity.recording(store) as files:
+        # Outputs are synced together at the end of the block, before the marker (deferred_sync).
+        with integrity.recording(store) as files, deferred_sync():
             stats = {} if skip else STAGE_RUNNERS[stage](plan, index, store)
         faults.failpoint("marker", stage, index)
     except Exception as e:
@@ -175,23 +176,26 @@ def _attempt(plan: Plan, stage: str, index: int, store: Store, attempt: int, *,
     return stats
 
 
+# (output, run id, stage) whose every index this process has seen done. A stage's markers
+# are never removed while a later stage runs, so one listing per worker process and stage
+# is enough: listing N markers for each of N indices cost O(N^2) at thousands of shards.
+_seen_complete: set[tuple[str, str, str]] = set()
+
+
 def _check_previous_done(plan: Plan, stage: str, store: Store) -> None:
     names = plan.stage_names
     pos = names.index(stage)
     if pos == 0:
         return
     prev = plan.stages[pos - 1]
-    key = (plan.output, plan.run_id, prev.name)
-    if key in _complete_seen:
+    key = (store.root, plan.run_id, prev.name)
+    if key in _seen_complete:
         return
     have = store.done_indices(prev.name)
-    if len(have & set(range(prev.fan_out))) < prev.fan_out:
+    if len(have & set(range(prev.fan_out))) >= prev.fan_out:
+        _seen_complete.add(key)
+    else:
         # An executor ran stages out of order: retrying cannot fix that, stop the run.
         raise ConfigError(f"stage {stage!r} cannot start: stage {prev.name!r} has "
                            f"{len(have)}/{prev.fan_out} indices done")
-    _complete_seen.add(key)
 
-
-# (output, run id, stage) that this process saw complete: a worker that runs many indices
-# lists the previous stage's markers once, not once per index (O(N^2) listings at N shards).
-_complete_seen: set[tuple[str, str, str]] = set()

@@ -260,7 +260,8 @@ def _send(cfg: MetricsConfig, plan: Plan, families: list[Any], *, grouping: dict
         return
     try:
         rel = filename if cfg.textfile_dir else f"{layout.METRICS}/{filename}"
-        _store(plan, cfg.textfile_dir).write_bytes(rel, generate_latest(reg))
+        # A view, rewritten by every attempt: atomic (a scraper never sees half a file), no fsync.
+        _store(plan, cfg.textfile_dir).write_bytes(rel, generate_latest(reg), durable=False)
     except Exception as e:  # noqa: BLE001
         _warn_once(f"textfile:{cfg.textfile_dir}", "metrics: cannot write %s (%s: %s); going on without",
                    filename, type(e).__name__, e)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from typing import Any
 
@@ -115,16 +116,36 @@ def build(tokenizer_json: str) -> tuple[Any, str | None]:
 def encode_batch(enc, texts: list[str], *, encode_special_tokens: bool) -> list[list[int]]:
     """Ids as HF would give them: with ``encode_special_tokens`` special strings in text are
     plain text (``encode_ordinary``); without it they map to their special ids."""
-    threads = _threads()
+    threads = min(_threads(), max(1, len(texts) // _MIN_TEXTS_PER_THREAD))
     if threads <= 1:
         # tiktoken's *_batch functions hand every text to a thread pool even for one thread;
         # calling the encoder directly is ~20% faster (one worker per core is the common case).
-        if encode_special_tokens:
-            return [enc.encode_ordinary(t) for t in texts]
-        return [enc.encode(t, allowed_special="all") for t in texts]
+        return _encode_all(enc, texts, encode_special_tokens)
+    # tiktoken's *_batch functions start a new thread pool per call and submit one task per
+    # text: a fixed cost per batch (an index of a small shard is a few batches). One pool
+    # per process instead, and one contiguous slice of the batch per thread (the same ids,
+    # in order: each text is encoded alone either way).
+    step = -(-len(texts) // threads)
+    parts = _pool(threads).map(lambda i: _encode_all(enc, texts[i:i + step], encode_special_tokens),
+                               range(0, len(texts), step))
+    return [ids for part in parts for ids in part]
+
+
+def _encode_all(enc, texts: list[str], encode_special_tokens: bool) -> list[list[int]]:
     if encode_special_tokens:
-        return enc.encode_ordinary_batch(texts, num_threads=threads)
-    return enc.encode_batch(texts, allowed_special="all", num_threads=threads)
+        return [enc.encode_ordinary(t) for t in texts]
+    return [enc.encode(t, allowed_special="all") for t in texts]
+
+
+_MIN_TEXTS_PER_THREAD = 8
+_pools: dict[int, ThreadPoolExecutor] = {}
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    pool = _pools.get(threads)
+    if pool is None:
+        pool = _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="preproc-tiktoken")
+    return pool
 
 
 def _threads() -> int:

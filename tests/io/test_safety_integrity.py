@@ -151,3 +151,69 @@ def test_integrity_on_s3(s3, demo_inputs):
     assert len(r["bad"]) == 1 and "tokens/part-00000.bin has" in r["bad"][0]["problem"] and r["files"] > 5
     preproc.run(spec, output=out, workers=1, shards=2)       # resume: size differs, index redone
     assert s3.get(bucket, "run/tokens/part-00000.bin") == data
+
+
+def test_a_running_index_syncs_its_files_and_folders_together_before_the_block_ends(tmp_path, monkeypatch):
+    from preproc.io.store import Store, deferred_sync
+
+    synced = []
+    real = os.fsync
+
+    def spy(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    store = Store(str(tmp_path / "o"))
+    with deferred_sync():
+        for rel in ("a/x.bin", "a/y.bin", "b/z.bin"):
+            with store.open_atomic(rel) as f:
+                f.write(b"x" * 10)
+        assert synced == []                                  # renamed, not yet synced
+        assert (tmp_path / "o" / "a" / "x.bin").read_bytes() == b"x" * 10
+    root = tmp_path / "o"
+    # The final files (not temporaries) and each folder once, all before the block ended.
+    assert sorted(synced) == sorted(str(p) for p in (root / "a" / "x.bin", root / "a" / "y.bin",
+                                                     root / "b" / "z.bin", root / "a", root / "b"))
+    synced.clear()
+    with pytest.raises(RuntimeError), deferred_sync():
+        with store.open_atomic("c/w.bin") as f:
+            f.write(b"1")
+        raise RuntimeError("the index failed")
+    assert synced == []                  # a failed index writes no marker: nothing to make durable
+
+
+def test_index_markers_come_after_their_outputs_are_synced(tmp_path, demo_inputs, monkeypatch):
+    """Every fsync of an index's outputs happens before its marker is written."""
+    from preproc.engine.plan import Plan
+    from preproc.engine.runner import build_plan, prepare
+    from preproc.engine.stages import run_index
+    from preproc.spec.load import load_spec
+
+    s = load_spec(_spec(demo_inputs), output=str(tmp_path / "o"), shards=1, workers=1)
+    prepare(s, planned=build_plan(s))
+    plan = Plan.load(str(tmp_path / "o"))
+    events = []
+    real = os.fsync
+
+    def spy(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real(fd)
+
+    real_replace = os.replace
+
+    def spy_replace(a, b):
+        events.append(("rename", str(b)))
+        return real_replace(a, b)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    monkeypatch.setattr(os, "replace", spy_replace)
+    run_index(plan, "clean", 0)
+    marker = str(tmp_path / "o" / "clean" / "_done" / "00000.json")
+    at = events.index(("rename", marker))
+    part = str(tmp_path / "o" / "clean" / "part-00000.parquet")
+    assert ("fsync", part) in events[:at] and ("fsync", str(tmp_path / "o" / "clean")) in events[:at]
+    # The metrics textfile is written but not fsynced (a view); the marker itself is.
+    assert any("metrics" in p for e, p in events if e == "rename")
+    assert not any("metrics" in p for e, p in events if e == "fsync")
+    assert any(p.startswith(str(tmp_path / "o" / "clean" / "_done" / ".00000.json.tmp-")) for e, p in events[at - 2:at])
