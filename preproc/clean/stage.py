@@ -28,6 +28,7 @@ from preproc.errors import ConfigError
 from preproc.io import layout
 from preproc.io.exchange import write_partitioned
 from preproc.io.readers import ReadLog, read_split
+from preproc.io.slices import PROFILE_KEY, TextProfile
 from preproc.observe.stats import CleanProfile
 from preproc.tokenize.tokenizer import Encoder
 
@@ -82,6 +83,7 @@ def run(plan: Plan, index: int, store: Store) -> dict[str, Any]:
     offered = 0          # documents given to the clean steps
     chars = 0
     text_bytes = 0
+    sizes = TextProfile()    # where later stages may cut this part (preproc.io.slices)
     writer: pq.ParquetWriter | None = None
     with store.open_atomic(layout.clean_part(index)) as f:
         for split in shard.splits:
@@ -116,7 +118,9 @@ def run(plan: Plan, index: int, store: Store) -> dict[str, Any]:
                         keys_h2.append(h2)
                     rows += kept.num_rows
                     chars += int(pc.sum(pc.utf8_length(text)).as_py() or 0)
-                    text_bytes += int(pc.sum(pc.binary_length(text)).as_py() or 0)
+                    lengths = pc.fill_null(pc.binary_length(text), 0).to_numpy(zero_copy_only=False)
+                    text_bytes += int(lengths.sum())
+                    sizes.add(lengths)
             except _DATA_ERRORS as e:
                 log.file_error(split, "unreadable", f"{type(e).__name__}: {e}")
                 if pending:
@@ -153,6 +157,7 @@ def run(plan: Plan, index: int, store: Store) -> dict[str, Any]:
         "docs": kept_after,
         "chars": chars,
         "text_bytes": text_bytes,
+        PROFILE_KEY: sizes.to_json(),
         "input_bytes": shard.bytes,
         "file_errors": log.file_errors,
         **profile.finish(plan, store, Encoder),   # bounded histograms, counts, examples for report.html

@@ -40,7 +40,7 @@ def run(plan: Plan, index: int, store: Store) -> dict[str, Any]:
     tok = store.read_markers("tokenize")
     formats = plan.spec.tokenize.formats
     shards = []
-    for i in range(plan.num_shards):
+    for i in range(plan.stage("tokenize").fan_out):
         m = tok[i]
         entry: dict[str, Any] = {"index": i, "documents": m["docs"], "tokens": m["tokens"]}
         if "parquet" in formats:
