@@ -91,7 +91,8 @@ def raw_encode(texts: list[str]) -> float:
 
 def spec(inputs: Path) -> dict:
     # clean: false turns every clean step off; dedup off; the HF backend (the one raw is).
-    return {"input": {"paths": [str(inputs / "*.jsonl.gz")]}, "clean": False,
+    # shards: one per file (gzip is never cut; a small input would otherwise get fewer).
+    return {"input": {"paths": [str(inputs / "*.jsonl.gz")]}, "clean": False, "shards": FILES,
             "dedup": {"exact": False}, "tokenize": {"backend": "hf"}}
 
 
@@ -100,12 +101,23 @@ def pipeline_child(inputs: Path, out: Path) -> dict:
     import preproc
     from preproc.engine.plan import Plan
 
-    t0 = time.perf_counter()
+    t0, w0 = time.perf_counter(), time.time()
     r = preproc.run(spec(inputs), output=str(out), tokenizer=str(TOKENIZER), workers=WORKERS)
-    wall = time.perf_counter() - t0
-    store = Plan.load(str(out)).store()
+    wall, w1 = time.perf_counter() - t0, time.time()
+    plan = Plan.load(str(out))
+    store = plan.store()
     clean = store.read_markers("clean")
     tok = store.read_markers("tokenize")
+    fin = store.read_markers("finalize")[0]
+    # Where the time outside the stages goes (wall-clock points from the plan and markers).
+    first = min(m["started_s"] for m in clean.values())
+    clean_end = max(m["finished_s"] for m in clean.values())
+    tok_start = min(m["started_s"] for m in tok.values())
+    tok_end = max(m["finished_s"] for m in tok.values())
+    timeline = {"plan_s": plan.created_s - w0, "plan_to_first_clean_s": first - plan.created_s,
+                "clean_s": clean_end - first, "clean_to_tokenize_s": tok_start - clean_end,
+                "tokenize_s": tok_end - tok_start, "tokenize_to_finalize_s": fin["started_s"] - tok_end,
+                "finalize_s": fin["finished_s"] - fin["started_s"], "after_finalize_s": w1 - fin["finished_s"]}
     # Before balanced slices, tokenize index i read clean part i (its text_bytes).
     tok_bytes = [int(tok[i].get("text_bytes", clean[i]["text_bytes"])) for i in sorted(tok)]
     tok_busy = [float(tok[i]["wall_time_s"]) for i in sorted(tok)]
@@ -116,6 +128,7 @@ def pipeline_child(inputs: Path, out: Path) -> dict:
             "shards": len(clean), "tokenize_indices": len(tok),
             "stage_span_s": span, "stage_worker_time_s": worker,
             "other_s": round(wall - sum(span.values()), 3),
+            "timeline_s": {k: round(v, 3) for k, v in timeline.items()},
             "clean_text_bytes": [int(clean[i]["text_bytes"]) for i in sorted(clean)],
             "tokenize_text_bytes": tok_bytes, "tokenize_busy_s": tok_busy,
             "tokenize_bytes_max_over_mean": round(max(tok_bytes) / (sum(tok_bytes) / len(tok_bytes)), 3),
@@ -130,6 +143,7 @@ def run(work: Path, *, mb: float = 200, timeout_s: float = 600) -> dict:
     docs = make_inputs(inputs, mb)
     text_mb = sum(len(t.encode("utf-8")) for t in docs) / 1e6
     raw1 = raw_encode(docs)
+    print(f"bench_balance: {text_mb:.1f} MB; raw encode_batch_fast {raw1:.2f} s; now the pipeline", file=sys.stderr, flush=True)
     fd_out = work / "child.json"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     try:
@@ -166,6 +180,7 @@ def _print(res: dict) -> None:
     for k in ("clean", "tokenize", "finalize"):
         print(f"  {k:<10} span {o['stage_span_s'].get(k, 0):>7.2f} s   worker time {o['stage_worker_time_s'].get(k, 0):>7.2f} s")
     print(f"  other (plan, pool start-up, coordinator) {o['other_s']:.2f} s")
+    print("  timeline: " + ", ".join(f"{k} {v:.2f}" for k, v in o["timeline_s"].items()))
     print(f"  tokenize alone: ratio {res['tokenize_ratio_to_raw']:.2f}x raw; per index text bytes max/mean "
           f"{o['tokenize_bytes_max_over_mean']}, busy max/mean {o['tokenize_busy_max_over_mean']}")
     print(f"  clean parts' text MB: {[round(b / 1e6, 1) for b in o['clean_text_bytes']]}")

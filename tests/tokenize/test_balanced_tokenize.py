@@ -14,7 +14,9 @@ import pyarrow.parquet as pq
 import preproc
 from preproc.dedup.drops import read_drops
 from preproc.engine.plan import Plan
+from preproc.engine.stages import run_index
 from preproc.io import integrity, layout
+from preproc.io.slices import read_slices
 from preproc.training.loader import TokenDataset
 
 
@@ -107,6 +109,18 @@ def test_unequal_gzip_inputs_tokenize_in_balanced_slices(tmp_path, corpus, gpt2)
     assert not v["bad"] and not v["not_done"] and not v["unrecorded"]
     windows = [w.size for w in TokenDataset(str(out), 64, drop_last=True)]
     assert len(windows) == r.tokens // 64 and set(windows) == {65}     # 64 inputs + the next token
+
+    # A worker that finds no stored cut (run by hand) computes the same one from the
+    # markers, and writes the same bytes.
+    stored = read_slices(store, "tokenize", "clean", 8, 8)
+    before = {n: (out / "tokens" / n).read_bytes() for n in ("part-00003.parquet", "part-00003.bin")}
+    (out / layout.slices("tokenize")).unlink()
+    (out / layout.marker("tokenize", 3)).unlink()
+    for n in before:
+        (out / "tokens" / n).unlink()
+    assert read_slices(store, "tokenize", "clean", 8, 8) == stored
+    run_index(plan, "tokenize", 3, store)
+    assert {n: (out / "tokens" / n).read_bytes() for n in before} == before
 
     # Another cut (2 shards, each several files; 1 worker): the same (id, token ids).
     other = tmp_path / "out2"
