@@ -30,6 +30,7 @@ from preproc.io import layout
 from preproc.io.exchange import write_partitioned
 from preproc.io.readers import InputSplit, ReadLog, read_split
 from preproc.io.readers.small import SmallFiles, runs
+from preproc.io.slices import PROFILE_KEY, TextProfile
 from preproc.observe.stats import CleanProfile
 from preproc.tokenize.tokenizer import Encoder
 
@@ -84,6 +85,7 @@ def run(plan: Plan, index: int, store: Store) -> dict[str, Any]:
     offered = 0          # documents given to the clean steps
     chars = 0
     text_bytes = 0
+    sizes = TextProfile()    # where later stages may cut this part (preproc.io.slices)
     writer: pq.ParquetWriter | None = None
     with store.open_atomic(layout.clean_part(index)) as f:
         for part in runs(shard.splits):
@@ -125,7 +127,9 @@ def run(plan: Plan, index: int, store: Store) -> dict[str, Any]:
                             keys_h2.append(h2)
                         rows += kept.num_rows
                         chars += int(pc.sum(pc.utf8_length(text)).as_py() or 0)
-                        text_bytes += int(pc.sum(pc.binary_length(text)).as_py() or 0)
+                        lengths = pc.fill_null(pc.binary_length(text), 0).to_numpy(zero_copy_only=False)
+                        text_bytes += int(lengths.sum())
+                        sizes.add(lengths)
                     break
                 except _DATA_ERRORS as e:
                     where = small.split_of(0) if small is not None else split
@@ -167,6 +171,7 @@ def run(plan: Plan, index: int, store: Store) -> dict[str, Any]:
         "docs": kept_after,
         "chars": chars,
         "text_bytes": text_bytes,
+        PROFILE_KEY: sizes.to_json(),
         "input_bytes": shard.bytes,
         "file_errors": log.file_errors,
         **profile.finish(plan, store, Encoder),   # bounded histograms, counts, examples for report.html

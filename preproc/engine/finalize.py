@@ -41,7 +41,7 @@ def run(plan: Plan, index: int, store: Store) -> dict[str, Any]:
     tok = markers.get("tokenize", {})
     formats = plan.spec.tokenize.formats
     shards = []
-    for i in range(plan.num_shards):
+    for i in range(plan.stage("tokenize").fan_out):
         m = tok[i]
         entry: dict[str, Any] = {"index": i, "documents": m.get("docs", 0), "tokens": m.get("tokens", 0)}
         if "parquet" in formats:

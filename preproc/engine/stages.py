@@ -12,7 +12,8 @@ stage          fan-out            does
 clean          shards             read input splits, reject bad records, clean steps,
                                   write ``clean/part-i.parquet`` + exact-dedup keys
 exact_dedup    buckets            one hash bucket across all shards → ids to drop
-tokenize       shards             clean part minus drops → tokens (Parquet, Megatron)
+tokenize       shards             a slice of the clean output, cut at equal text bytes,
+                                  minus drops → tokens (Parquet, Megatron)
 finalize       1                  ``dataset.json``, ``stats.json``, accounting check
 =============  =================  ========================================================
 """
@@ -36,6 +37,7 @@ from preproc.engine import finalize, signals
 from preproc.engine.plan import DROP_STAGES, StagePlan
 from preproc.errors import ConfigError
 from preproc.io import integrity
+from preproc.io.slices import write_slices
 from preproc.io.store import Store, deferred_sync
 from preproc.observe import logs, metrics
 from preproc.tokenize import stage as tokenize
@@ -111,6 +113,9 @@ def prepare(plan: Plan, stage: str, store: Store) -> None:
         for st in plan.drop_stages if stage == "tokenize" else ["exact_dedup"]:
             if st in plan.stage_names:
                 index_drops(store, st, plan.stage(st).fan_out, plan.num_shards)
+        if stage == "tokenize":
+            # Which rows of the clean output each index reads, cut at equal text bytes.
+            write_slices(store, stage, "clean", plan.num_shards, plan.stage(stage).fan_out)
     elif stage.startswith("near_"):
         near.prepare(plan, stage, store)
 

@@ -19,6 +19,7 @@ A run's output::
     <stage>/drops/                 rows a dedup stage removed (an exchange)
     near/<canonical>/...           near dedup's working folders
     tokens/part-00000.parquet  tokens/part-00000.bin  tokens/part-00000.idx
+    tokenize/_slices.json          which rows of the clean output each tokenize index reads
 
 A refresh dataset root::
 
@@ -223,8 +224,14 @@ def segment_files(seg: str, names: list[str], j: int) -> list[str]:
 
 # ---- tokenize -------------------------------------------------------------------------
 def tokens(i: int) -> str:
-    """Prefix of shard ``i``'s token files (``.parquet``, ``.bin``, ``.idx`` are added)."""
+    """Prefix of tokenize index ``i``'s token files (``.parquet``, ``.bin``, ``.idx`` are added)."""
     return f"{TOKENS}/{part(i)}"
+
+
+def slices(stage: str) -> str:
+    """The balanced slices of the clean output that ``stage``'s indices read
+    (:mod:`preproc.io.slices`)."""
+    return f"{stage}/_slices.json"
 
 
 # ---- a refresh dataset root -----------------------------------------------------------
@@ -260,3 +267,9 @@ def split_label(split: Any, *, short: bool = False) -> str:
         rg = "rg" if short else "row groups"
         return f"{name}[{rg} {split.row_groups[0]}..{split.row_groups[-1]}]"
     return name
+
+
+def slice_label(part_index: int, start: int, end: int) -> str:
+    """How the report names a piece of a slice of the clean output (rows ``start..end``
+    of clean part ``part_index``)."""
+    return f"{clean_part(part_index)}[rows {start}:{end}]"

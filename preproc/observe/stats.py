@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from preproc.io.store import Store
 
 __all__ = ["CleanProfile", "log2_histogram", "merge_histograms", "dominant_script", "documents_in",
-           "group_rounds", "SHARD_STAGES", "ROUND_PREFIX", "ROUNDS_ROW", "SAMPLE_DOCS",
+           "group_rounds", "SHARD_STAGES", "SLICE_STAGES", "ROUND_PREFIX", "ROUNDS_ROW", "SAMPLE_DOCS",
            "EXAMPLES_PER_REASON", "EXAMPLE_CHARS"]
 
 log = logging.getLogger("preproc")
@@ -291,7 +291,10 @@ class CleanProfile:
 # == rows per stage (status and the report) ====================================================
 
 # Stages whose index i reads shard i of the inputs (failures name its input files).
-SHARD_STAGES = ("clean", "tokenize", "near_signatures", "near_shingles", "near_verify", "near_drops")
+SHARD_STAGES = ("clean", "near_signatures", "near_shingles", "near_verify", "near_drops")
+# Stages whose index i reads slice i of the clean output (its marker names the slice:
+# preproc.io.slices).
+SLICE_STAGES = ("tokenize",)
 
 
 # Near dedup's connected-component rounds (near_cc_00, near_cc_01, ...): up to max_rounds

@@ -1,6 +1,9 @@
-"""Stage ``tokenize``: a shard's clean part, minus the rows dedup dropped, to token files.
+"""Stage ``tokenize``: a slice of the clean output, minus the rows dedup dropped, to token files.
 
-Outputs of index ``i``:
+Index ``i`` reads slice ``i`` of the concatenated clean parts, cut at equal text bytes
+(:mod:`preproc.io.slices`), so unequal clean parts (whole compressed files) still give every
+index the same work; the token files, concatenated in index order, hold the documents in
+clean order whatever the cut. Outputs of index ``i``:
 
 * ``tokens/part-i.parquet`` — ``id`` (string), ``input_ids`` (list of uint16 when every id
   fits, else uint32), ``num_tokens`` (int32); readable by ``datasets.load_dataset("parquet")``.
@@ -15,6 +18,7 @@ arithmetic on the flat id array, not per document in Python.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable, Iterator
 from itertools import chain
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +29,7 @@ import pyarrow.parquet as pq
 
 from preproc.dedup.drops import read_drops
 from preproc.io import layout
+from preproc.io.slices import Piece, read_slices
 from preproc.observe.stats import log2_histogram
 from preproc.tokenize.megatron import megatron_dtype, write_index
 from preproc.tokenize.tokenizer import Encoder
@@ -61,24 +66,61 @@ def encode(tok: Encoder, texts: list[str], *, bos_id: int | None, eos_id: int | 
     return out, offsets
 
 
-def _kept_batches(pf: pq.ParquetFile, drops: np.ndarray, max_docs: int, max_bytes: int,
-                  counts: dict[str, int]):
-    """The clean part's rows minus ``drops``, regrouped into batches of at most ``max_docs``
-    documents and about ``max_bytes`` of text: token lists are Python ints until they reach
-    numpy, so bounding the text per call bounds the worker's memory, whatever the shard."""
+_ROWS = pa.schema([("id", pa.string()), ("text", pa.string())])
+
+
+def _rows(pf: pq.ParquetFile, start: int, end: int | None, drops: np.ndarray,
+          counts: dict[str, int]) -> Iterator[pa.RecordBatch]:
+    """Rows ``start..end`` (``id``, ``text``) of a clean part, minus the rows in ``drops``
+    (sorted row numbers of the part); the row groups outside the range are not read."""
+    end = pf.metadata.num_rows if end is None else end
+    lo = 0
+    for g in range(pf.num_row_groups):
+        hi = lo + pf.metadata.row_group(g).num_rows
+        if hi <= start or lo >= end:
+            lo = hi
+            continue
+        row0 = lo
+        for batch in pf.iter_batches(batch_size=256, row_groups=[g], columns=["id", "text"]):
+            n = batch.num_rows
+            a, b = max(start - row0, 0), min(end - row0, n)
+            if a > 0 or b < n:
+                batch = batch.slice(a, max(b - a, 0))
+            first = row0 + a
+            row0 += n
+            if batch.num_rows and len(drops):
+                rows = np.arange(first, first + batch.num_rows, dtype=np.uint32)
+                keep = ~np.isin(rows, drops, assume_unique=True)
+                counts["dropped"] += int(batch.num_rows - keep.sum())
+                batch = batch.filter(pa.array(keep))
+            if batch.num_rows:
+                yield batch
+            if row0 >= end:
+                return
+        lo = hi
+
+
+def _slice_rows(store: Store, pieces: list[Piece], drop_stages: list[str],
+                counts: dict[str, int]) -> Iterator[pa.RecordBatch]:
+    """The rows of a slice of the clean output (:mod:`preproc.io.slices`), in order, minus
+    the rows the dedup stages dropped (their drop lists are kept per clean part)."""
+    for p in pieces:
+        drops = read_drops(store, drop_stages, p.part)
+        with store.open(layout.clean_part(p.part)) as f:
+            for batch in _rows(pq.ParquetFile(f), p.start, p.end, drops, counts):
+                # One schema for every part (a slice's batches are regrouped together).
+                yield pa.RecordBatch.from_arrays([batch.column("id").cast(pa.string()),
+                                                  batch.column("text").cast(pa.string())], schema=_ROWS)
+
+
+def _regroup(batches: Iterable[pa.RecordBatch], max_docs: int, max_bytes: int) -> Iterator[pa.RecordBatch]:
+    """``batches`` regrouped into batches of at most ``max_docs`` documents and about
+    ``max_bytes`` of text: token lists are Python ints until they reach numpy, so bounding
+    the text per call bounds the worker's memory, whatever the shard. Where the input
+    batches begin and end does not change the output's."""
     pending: list[pa.RecordBatch] = []
     size = 0
-    row0 = 0
-    for batch in pf.iter_batches(batch_size=256, columns=["id", "text"]):
-        n = batch.num_rows
-        if len(drops):
-            rows = np.arange(row0, row0 + n, dtype=np.uint32)
-            keep = ~np.isin(rows, drops, assume_unique=True)
-            counts["dropped"] += int(n - keep.sum())
-            batch = batch.filter(pa.array(keep))
-        row0 += n
-        if batch.num_rows == 0:
-            continue
+    for batch in batches:
         lens = pc.binary_length(batch.column("text")).to_numpy(zero_copy_only=False)
         cum = np.cumsum(lens)
         # Cut inside the small batch too, so that one huge document travels alone.
@@ -110,13 +152,15 @@ def run(plan: Plan, index: int, store: Store) -> dict[str, Any]:
     tok = Encoder(store, info, encode_special_tokens=cfg.encode_special_tokens)
     dtype = np.dtype(info["dtype"])
     mdtype = megatron_dtype(info["max_id"])
-    drops = read_drops(store, plan.drop_stages, index)
+    # Index i reads slice i of the clean output, cut at equal text bytes whatever the
+    # sizes of the clean parts (preproc.io.slices); its token files are named after i.
+    pieces = read_slices(store, "tokenize", "clean", plan.num_shards, plan.stage("tokenize").fan_out)[index]
     prefix = layout.tokens(index)
     want_pq = "parquet" in cfg.formats
     want_mg = "megatron" in cfg.formats
     schema = pa.schema([("id", pa.string()), ("input_ids", pa.list_(pa.from_numpy_dtype(dtype))),
                         ("num_tokens", pa.int32())])
-    docs = tokens = 0
+    docs = tokens = text_bytes = 0
     counts = {"dropped": 0}
     lengths: list[np.ndarray] = []
     with contextlib.ExitStack() as stack:
@@ -125,25 +169,28 @@ def run(plan: Plan, index: int, store: Store) -> dict[str, Any]:
         # No dictionary encoding: token ids and document ids gain nothing from it, and trying
         # it costs as much as the compression (halves the writing time, and a smaller file).
         writer = stack.enter_context(pq.ParquetWriter(fpq, schema, compression="zstd", use_dictionary=False)) if fpq else None
-        with store.open(layout.clean_part(index)) as f:
-            for batch in _kept_batches(pq.ParquetFile(f), drops, cfg.batch_size, cfg.batch_bytes, counts):
-                flat, offsets = encode(tok, batch.column("text").to_pylist(), bos_id=info.get("bos_id"),
-                                       eos_id=info.get("eos_id"), dtype=dtype)
-                lens = np.diff(offsets).astype(np.int32)
-                if writer is not None:
-                    ids = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(flat))
-                    writer.write_batch(pa.RecordBatch.from_arrays(
-                        [batch.column("id"), ids, pa.array(lens)], schema=schema))
-                if fbin is not None:
-                    fbin.write(flat.astype(mdtype, copy=False).tobytes())
-                lengths.append(lens)
-                docs += batch.num_rows
-                tokens += int(offsets[-1])
+        for batch in _regroup(_slice_rows(store, pieces, plan.drop_stages, counts), cfg.batch_size, cfg.batch_bytes):
+            text_bytes += int(pc.sum(pc.binary_length(batch.column("text"))).as_py() or 0)
+            flat, offsets = encode(tok, batch.column("text").to_pylist(), bos_id=info.get("bos_id"),
+                                   eos_id=info.get("eos_id"), dtype=dtype)
+            lens = np.diff(offsets).astype(np.int32)
+            if writer is not None:
+                ids = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(flat))
+                writer.write_batch(pa.RecordBatch.from_arrays(
+                    [batch.column("id"), ids, pa.array(lens)], schema=schema))
+            if fbin is not None:
+                fbin.write(flat.astype(mdtype, copy=False).tobytes())
+            lengths.append(lens)
+            docs += batch.num_rows
+            tokens += int(offsets[-1])
     dropped = counts["dropped"]
     if want_mg:
         with store.open_atomic(f"{prefix}.idx") as f:
             write_index(f, np.concatenate(lengths) if lengths else np.empty(0, np.int32), mdtype)
     return {"docs": docs, "tokens": tokens, "dropped": dropped, "dtype": str(dtype),
+            # What this index read: its slice of the clean output ([part, first row, end row,
+            # text bytes] each) and the text it tokenized, in bytes.
+            "slice": [p.to_json() for p in pieces], "text_bytes": text_bytes,
             "hist_tokens": log2_histogram(np.concatenate(lengths) if lengths else np.empty(0, np.int32)),
             "backend": info.get("backend", "hf"),
             "megatron_dtype": str(mdtype)}

@@ -14,6 +14,7 @@ def test_names_are_pinned():
     assert layout.rejects(7) == "rejects/part-00007.parquet"
     assert layout.removed(7) == "removed/part-00007.parquet"
     assert layout.tokens(1) == "tokens/part-00001"
+    assert layout.slices("tokenize") == "tokenize/_slices.json"
     assert layout.drops_dir("exact_dedup") == "exact_dedup/drops"
     assert layout.near_root("minhash-x") == "near/minhash-x"
     assert layout.generation(2) == "generations/00002"

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from preproc.engine.stats import collect_stats
 from preproc.io import layout
-from preproc.io.layout import split_label
-from preproc.observe.stats import EXAMPLES_PER_REASON, ROUNDS_ROW, SHARD_STAGES, group_rounds, merge_histograms
+from preproc.io.layout import slice_label, split_label
+from preproc.observe.stats import EXAMPLES_PER_REASON, ROUNDS_ROW, SHARD_STAGES, SLICE_STAGES, group_rounds, merge_histograms
 
 if TYPE_CHECKING:
     from preproc.engine.plan import Plan
@@ -58,16 +58,21 @@ def report_data(plan: Plan, store: Store, stats: dict[str, Any] | None = None) -
             have = examples.setdefault(r, [])
             have += ex[: EXAMPLES_PER_REASON - len(have)]
     slow = []
-    for stage in [s for s in SHARD_STAGES if s in markers]:
+    for stage in [s for s in SHARD_STAGES + SLICE_STAGES if s in markers]:
         for i, m in markers[stage].items():
+            if stage in SLICE_STAGES:    # a slice of the clean output: its rows and text bytes
+                inputs = [slice_label(*p[:3]) for p in m.get("slice") or []]
+                nbytes = int(m.get("text_bytes", 0) or 0)
+            else:
+                inputs = []    # filled below for the rows shown only (their file lists are read then)
+                nbytes = int(m.get("input_bytes", 0) or 0) or (plan.shards[i].bytes if i < plan.num_shards else 0)
             slow.append({"stage": stage, "index": i, "wall_time_s": float(m.get("wall_time_s", 0.0)),
                          "docs": int(m.get("read", m.get("docs", 0)) or 0), "tokens": int(m.get("tokens", 0) or 0),
-                         "input_bytes": int(m.get("input_bytes", 0) or 0) or (plan.shards[i].bytes if i < plan.num_shards else 0),
-                         "inputs": []})
+                         "input_bytes": nbytes, "inputs": inputs})
     slow.sort(key=lambda r: -r["wall_time_s"])
     del slow[10:]
     for r in slow:    # only the rows shown read their shard's file list (preproc.io.splitlists)
-        if r["index"] < plan.num_shards:
+        if r["stage"] not in SLICE_STAGES and r["index"] < plan.num_shards:
             r["inputs"] = [split_label(x) for x in plan.shards[r["index"]].splits[:20]]
     stage_times = [{"stage": st.name, "indices": st.fan_out, "done": len(markers[st.name]),
                     "busy_s": round(sum(float(m.get("wall_time_s", 0.0)) for m in markers[st.name].values()), 3),
