@@ -271,7 +271,7 @@ def test_refresh_every_executor(harness, reference, tmp_path):
     assert r2.generation == 2 and r2.new_files == len(files) - len(files) // 2
     ds = json.loads((tmp_path / "ds" / "dataset.json").read_text())
     assert [g["generation"] for g in ds["generations"]] == [1, 2]
-    assert ds["documents"] == reference.stats["kept"]
+    assert ds["documents"] == reference.stats["kept"] and ds["tokens"] == reference.stats["tokens"]
 
 
 def test_bad_input_every_executor(harness, bad, gpt2, tmp_path):
