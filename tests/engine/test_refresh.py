@@ -26,25 +26,11 @@ def _records(path):
         return [json.loads(l) for l in f]
 
 
-# Generation 1 is the Bible's first 100 chapters (of 1,189; 0.4 of 4.2 MB): 50 of them longer than 4,000
-# characters, the originals the near-copy tests edit (they use the first 40).
-BIBLE_DOCS = 100
-
-
-def _bible(corpus) -> list[dict]:
-    return _records(corpus / "bible_kjv_en.jsonl.gz")[:BIBLE_DOCS]
-
-
-def _write_bible(corpus, folder) -> None:
-    with gzip.open(folder / "bible_kjv_en.jsonl.gz", "wt", encoding="utf-8") as f:
-        f.writelines(json.dumps(d, ensure_ascii=False) + "\n" for d in _bible(corpus))
-
-
 @pytest.fixture
 def setup(tmp_path, corpus, gpt2):
     inp = tmp_path / "in"
     inp.mkdir()
-    _write_bible(corpus, inp)
+    shutil.copy(corpus / "bible_kjv_en.jsonl.gz", inp)
     spec = {"input": {"paths": [str(inp / "*")]}, "output": str(tmp_path / "ds"), "shards": 3,
             "clean": {"defaults": False, "normalize": True},
             "tokenize": {"tokenizer": str(gpt2)}}
@@ -62,8 +48,8 @@ def test_refresh_generations(setup, corpus):
     tmp, inp, spec, _ = setup
     r1 = refresh(spec, workers=2)
     assert r1.generation == 1 and r1.new_files == 1
-    bible = _bible(corpus)
-    assert r1.dataset["documents"] == len(bible) == BIBLE_DOCS
+    bible = _records(corpus / "bible_kjv_en.jsonl.gz")
+    assert r1.dataset["documents"] == len(bible) == 1189
 
     # New data: a fresh file, and a file of exact copies (new ids) of first-generation documents.
     shutil.copy(corpus / "gutenberg_fr_es.jsonl.gz", inp)
@@ -127,7 +113,7 @@ def test_killed_refresh_leaves_previous_generation_and_is_resumed(setup, corpus)
     added = len(_records(corpus / "wikitext2_en.jsonl.gz")) + len(_records(corpus / "manpages_en.jsonl.gz"))
     gen2 = ds["generations"][1]
     # (the two files share a couple of identical texts: exact dedup keeps one of each)
-    assert gen2["read"] == added and ds["documents"] == BIBLE_DOCS + added - gen2["duplicates"]["exact"]
+    assert gen2["read"] == added and ds["documents"] == 1189 + added - gen2["duplicates"]["exact"]
     assert len(_all_ids(tmp / "ds")) == ds["documents"]
 
 
@@ -159,7 +145,7 @@ def test_refresh_near_duplicates_of_earlier_generations(setup, corpus, near):
     spec = dict(spec, dedup={"exact": True, "near": near})
     r1 = refresh(spec, workers=2)
     assert r1.generation == 1
-    bible = _bible(corpus)
+    bible = _records(corpus / "bible_kjv_en.jsonl.gz")
     long_ones = [d for d in bible if len(d["text"]) > 4000][:25]
     # Lightly edited copies (a new header and footer) of published documents, plus fresh ones.
     edited = [{"id": f"edit-{k}", "text": f"Reprinted edition, page {k}.\n{d['text']}\nEnd of page {k}."}
@@ -259,7 +245,7 @@ def test_verified_refresh_drops_only_true_near_duplicates_of_earlier_generations
     assert cfg.verify and cfg.threshold == 0.8
     r1 = refresh(spec, workers=2)
     gen1_ids = set(_all_ids(tmp / "ds"))
-    bible = _bible(corpus)
+    bible = _records(corpus / "bible_kjv_en.jsonl.gz")
     close, far, new = _verified_gen2(inp, bible, cfg)
     r2 = refresh(spec, workers=2)
     assert r2.generation == 2 and r2.stats["read"] == len(close) + len(far) + len(new)
@@ -278,7 +264,7 @@ def test_verified_refresh_drops_only_true_near_duplicates_of_earlier_generations
     # The unverified 14 x 8 drops below-threshold copies as well (what verification buys).
     inp14 = tmp / "in14"
     inp14.mkdir()
-    _write_bible(corpus, inp14)
+    shutil.copy(corpus / "bible_kjv_en.jsonl.gz", inp14)
     spec14 = dict(spec, input={"paths": [str(inp14 / "*")]}, output=str(tmp / "ds14"),
                   dedup={"exact": True, "near": {"bands": 14, "rows": 8}})
     refresh(spec14, workers=2)
@@ -299,7 +285,7 @@ def test_verified_refresh_killed_and_resumed_is_byte_identical(setup, corpus, mo
     tmp, inp, spec, _ = setup
     spec = dict(spec, dedup={"exact": True, "near": True})
     cfg = preproc.load_spec(spec).dedup.near
-    bible = _bible(corpus)
+    bible = _records(corpus / "bible_kjv_en.jsonl.gz")
     ref = dict(spec, output=str(tmp / "ref"))
     refresh(ref, workers=2)
     refresh(spec, workers=2)
@@ -338,7 +324,7 @@ def test_index_compaction_keeps_dedup_against_all_generations(setup, corpus):
     refresh(spec, workers=2, compact_after=2)                      # generation 2
     state = json.loads((tmp / "ds" / "_state" / "state.json").read_text())
     assert len(state["segments"]["exact"]) == 2
-    bible = _bible(corpus)
+    bible = _records(corpus / "bible_kjv_en.jsonl.gz")
     wiki = _records(corpus / "wikitext2_en.jsonl.gz")
     copies = [{"id": f"c{k}", "text": d["text"]} for k, d in enumerate(bible[:10] + wiki[:10])]
     edited = [{"id": f"e{k}", "text": "Reprint.\n" + d["text"] + "\nEnd."} for k, d in
@@ -376,7 +362,7 @@ def test_verified_refresh_on_s3_with_compaction(setup, corpus, s3):
     spec = dict(spec, output=f"s3://{b}/ds", storage=s3.storage,
                 dedup={"exact": {"buckets": 4}, "near": {"buckets": 4, "max_rounds": 4}})
     cfg = preproc.load_spec(spec).dedup.near
-    bible = _bible(corpus)
+    bible = _records(corpus / "bible_kjv_en.jsonl.gz")
     refresh(spec, workers=2, compact_after=2)
     close, far, new = _verified_gen2(inp, bible, cfg)
     r2 = refresh(spec, workers=2, compact_after=2)
