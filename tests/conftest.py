@@ -63,6 +63,26 @@ def demo_inputs(tmp_path_factory) -> Path:
     return root
 
 
+def demo_run_spec(demo_inputs: Path, out: Path, **extra) -> dict:
+    """The demo corpus with its own tokenizer, 8 shards, default clean and dedup."""
+    spec = {"input": {"paths": [str(demo_inputs / "input" / "*")]}, "output": str(out), "shards": 8,
+            "tokenize": {"tokenizer": str(demo_inputs / "tokenizer.json")}}
+    spec.update(extra)
+    return spec
+
+
+@pytest.fixture(scope="session")
+def demo_run(demo_inputs, tmp_path_factory) -> Path:
+    """A finished run of :func:`demo_run_spec` (2 workers), made once per test session (per
+    xdist worker): the reference outputs several tests compare with. Read it or copy it
+    (a run folder is relocatable); never change it."""
+    out = tmp_path_factory.mktemp("demo-run") / "out"
+    import preproc
+
+    preproc.run(demo_run_spec(demo_inputs, out), workers=2)
+    return out
+
+
 def read_tree(out: Path, sub: str = "tokens") -> dict[str, bytes]:
     """name → bytes of every committed file under ``out/sub`` (for byte-identity checks)."""
     d = out / sub

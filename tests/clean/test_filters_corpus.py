@@ -245,11 +245,13 @@ def normalized(table):
 def test_v2_line_rules_keep_books_wikipedia_and_the_bible(normalized, step):
     """At least 90% of each collection's documents, and for C4 (which removes lines) of
     its characters, survive; v1 of the same rules loses most of the books."""
-    def kept_fracs(name):
+    def kept_fracs(name, only=None):
         spec = {"defaults": False, name: True}
         pipe = CleanPipeline(build_steps(spec), keep_removed=True)
         docs, kept, chars_in, chars_kept = Counter(), Counter(), Counter(), Counter()
         for b in normalized:
+            if only is not None:     # the steps judge each document alone: a subset gets the same verdicts
+                b = b.filter(pa.compute.equal(b.column("source"), only))
             res = pipe(b)
             for src, t in zip(b.column("source").to_pylist(), b.column("text").to_pylist()):
                 docs[src] += 1
@@ -263,7 +265,7 @@ def test_v2_line_rules_keep_books_wikipedia_and_the_bible(normalized, step):
     for src in ("gutenberg/en", "wikitext-2/en", "bible-kjv/en"):
         assert doc_frac[src] >= 0.90, (step, src, doc_frac[src])
         assert char_frac[src] >= 0.90, (step, src, char_frac[src])
-    v1_docs, v1_chars = kept_fracs(step.replace("_v2", "_v1"))
+    v1_docs, v1_chars = kept_fracs(step.replace("_v2", "_v1"), only="gutenberg/en")
     assert min(v1_docs["gutenberg/en"], v1_chars["gutenberg/en"]) < 0.6
 
 

@@ -73,12 +73,23 @@ def jsonl(tmp_path_factory, neardup) -> Path:
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory, jsonl) -> Path:
-    """The first 800 documents (about 8 MB, still cut in 4 shards): for the runs that only
+def small(tmp_path_factory, jsonl, gt) -> Path:
+    """Every member of 25 ground-truth clusters and 100 other documents, in the set's order
+    (about 1.6 MB, still cut in 4 shards, clusters across shards): for the runs that only
     compare outputs with each other."""
-    p = tmp_path_factory.mktemp("neardup-small") / "small.jsonl"
+    clusters = [c for c in gt["clusters"] if len(c) >= 2][:25]
+    members = {d for c in clusters for d in c}
+    in_gt = {d for c in gt["clusters"] for d in c}
+    lines, others = [], 0
     with open(jsonl, "rb") as f:
-        p.write_bytes(b"".join(line for _, line in zip(range(800), f)))
+        for line in f:
+            i = json.loads(line)["id"]
+            if i in members or (i not in in_gt and others < 100):
+                others += i not in members
+                lines.append(line)
+    assert len(lines) == len(members) + 100
+    p = tmp_path_factory.mktemp("neardup-small") / "small.jsonl"
+    p.write_bytes(b"".join(lines))
     return p
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import preproc
 from tests.conftest import ROOT, read_tree
 
 
@@ -73,13 +75,14 @@ def test_plan_writes_nothing(tmp_path, demo_inputs):
 
 
 def test_worker_status_and_job_completion_index(tmp_path, demo_inputs):
-    spec = _spec(tmp_path, demo_inputs)
+    # Three shards: every tokenize index is one `preproc worker` process started here.
+    spec = _spec(tmp_path, demo_inputs, shards=3)
     out = tmp_path / "out"
-    # Plan only by running with a tiny executor run, then drive workers by hand like pods do.
-    cli("run", spec, "--workers", "1", check=True)
+    # Plan and run in this process (the CLI's run is tested below), then drive workers by
+    # hand like pods do.
+    preproc.run(str(spec), workers=1)
     ref = read_tree(out)
     for d in ("tokens", "tokenize", "finalize"):
-        import shutil
         shutil.rmtree(out / d)
     (out / "dataset.json").unlink()
     n = json.loads((out / "plan.json").read_text())["stages"][2]["fan_out"]
@@ -97,11 +100,8 @@ def test_worker_status_and_job_completion_index(tmp_path, demo_inputs):
     assert "complete" in text and f"{n:>5}/{n:<5}" in text
 
 
-def test_killed_worker_is_retried_and_killed_run_resumes_identically(tmp_path, demo_inputs):
-    ref_dir = tmp_path / "ref"
-    ref_dir.mkdir()
-    cli("run", _spec(ref_dir, demo_inputs), "--workers", "2", check=True)
-    ref = read_tree(ref_dir / "out")
+def test_killed_worker_is_retried_and_killed_run_resumes_identically(tmp_path, demo_inputs, demo_run):
+    ref = read_tree(demo_run)     # the same spec (tests.conftest.demo_run_spec), undisturbed
 
     # 1. SIGKILL one pool worker as it starts tokenize index 1 (a failpoint, once): the pool is
     #    rebuilt, the index retried, and the run finishes by itself with identical outputs.

@@ -13,7 +13,7 @@ from tokenizers import Tokenizer
 
 import preproc
 from preproc.training.megatron import IndexedDataset
-from tests.conftest import read_tree
+from tests.conftest import demo_run_spec, read_tree
 from tests.tokenize.test_megatron import _parse
 
 
@@ -140,40 +140,37 @@ def test_exact_duplicates_across_shards_keep_first(tmp_path, gpt2):
 
 
 def _demo_spec(demo_inputs, out, **extra):
-    spec = {"input": {"paths": [str(demo_inputs / "input" / "*")]}, "output": str(out), "shards": 8,
-            "tokenize": {"tokenizer": str(demo_inputs / "tokenizer.json")}}
-    spec.update(extra)
-    return spec
+    return demo_run_spec(demo_inputs, out, **extra)
 
 
-def test_one_and_two_workers_and_bucket_counts_are_byte_identical(tmp_path, demo_inputs):
-    outs = []
-    for workers, buckets in ((1, None), (2, 3)):
-        out = tmp_path / f"w{workers}"
-        preproc.run(_demo_spec(demo_inputs, out, dedup={"exact": {"buckets": buckets}}), workers=workers)
-        outs.append(read_tree(out))
+def test_one_and_two_workers_and_bucket_counts_are_byte_identical(tmp_path, demo_inputs, demo_run):
+    # demo_run: 2 workers, the default bucket count; this one: 1 worker, 3 buckets.
+    out = tmp_path / "w1"
+    preproc.run(_demo_spec(demo_inputs, out, dedup={"exact": {"buckets": 3}}), workers=1)
+    fan_out = [{s["name"]: s["fan_out"] for s in json.loads((o / "plan.json").read_text())["stages"]} for o in (out, demo_run)]
+    assert fan_out[0]["exact_dedup"] == 3 != fan_out[1]["exact_dedup"]
+    outs = [read_tree(out), read_tree(demo_run)]
     assert outs[0] == outs[1]
-    n = json.loads((tmp_path / "w1" / "dataset.json").read_text())["shards"]
+    n = json.loads((out / "dataset.json").read_text())["shards"]
     assert len(outs[0]) == 3 * len(n) and len(n) >= 6
 
 
-def test_rerun_is_a_noop_and_other_spec_is_refused(tmp_path, demo_inputs):
+def test_rerun_is_a_noop_and_other_spec_is_refused(tmp_path, demo_inputs, demo_run):
     out = tmp_path / "o"
-    preproc.run(_demo_spec(demo_inputs, out), workers=1)
+    shutil.copytree(demo_run, out)                         # a finished run (2 workers)
     before = {p: p.stat().st_mtime_ns for p in (out / "tokens").iterdir()}
-    preproc.run(_demo_spec(demo_inputs, out), workers=2)   # another worker count resumes the same run
+    r = preproc.run(_demo_spec(demo_inputs, out), workers=1)   # another worker count resumes the same run
     assert {p: p.stat().st_mtime_ns for p in (out / "tokens").iterdir()} == before
+    assert r.stats["kept"] == json.loads((demo_run / "dataset.json").read_text())["documents"]
     with pytest.raises(preproc.ConfigError, match="--force"):
         preproc.run(_demo_spec(demo_inputs, out, clean={"length": {"min_chars": 999}}), workers=1)
     r = preproc.run(_demo_spec(demo_inputs, out, clean={"length": {"min_chars": 999}}), workers=1, force=True)
     assert r.stats["filtered"]
 
 
-def test_resume_after_losing_markers_gives_identical_outputs(tmp_path, demo_inputs):
-    ref = tmp_path / "ref"
-    preproc.run(_demo_spec(demo_inputs, ref), workers=2)
+def test_resume_after_losing_markers_gives_identical_outputs(tmp_path, demo_inputs, demo_run):
     out = tmp_path / "out"
-    shutil.copytree(ref, out)
+    shutil.copytree(demo_run, out)
     # As if killed mid-stage: some tokenize indices never committed, a stray temp file left.
     for i in (1, 5):
         (out / "tokenize" / "_done" / f"{i:05d}.json").unlink()
@@ -182,7 +179,7 @@ def test_resume_after_losing_markers_gives_identical_outputs(tmp_path, demo_inpu
     (out / "dataset.json").unlink()
     (out / "tokens" / ".part-00001.parquet.tmp-deadbeef").write_bytes(b"partial")
     preproc.run(_demo_spec(demo_inputs, out), workers=2)
-    assert {k: v for k, v in read_tree(out).items()} == read_tree(ref)
+    assert {k: v for k, v in read_tree(out).items()} == read_tree(demo_run)
 
 
 def test_special_token_text_never_becomes_a_special_id(tmp_path, gpt2):
