@@ -56,9 +56,13 @@ SHARED = Path(os.environ.get("PREPROC_SHARED", ROOT.parent / "shared"))
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+def offline() -> None:
+    """No hub downloads, in this process and every child it starts. Called by the benchmarks'
+    ``main`` (not at import: a module importing this one, e.g. a test, keeps its environment)."""
+    for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        os.environ.setdefault(k, "1")
+
 
 TOKENIZER = SHARED / "data" / "tokenizers" / "gpt2" / "tokenizer.json"
 EOS = "<|endoftext|>"
@@ -554,6 +558,7 @@ def _short(name: str) -> str:
 # -- main ------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
+    offline()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", default=str(SHARED / "data" / "corpus"))
     ap.add_argument("--workers", type=int, default=2)

@@ -472,6 +472,7 @@ def render(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    bench.offline()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", help="work folder (default: a new temporary one, removed at the end)")
     ap.add_argument("--corpus", default=str(bench.SHARED / "data" / "corpus"))

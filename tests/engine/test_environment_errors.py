@@ -113,20 +113,27 @@ def test_environment_error_mid_run_fails_the_index_with_exit_2(tmp_path, demo_in
     assert not (out / "rejects" / "part-00001.parquet").exists()
 
 
-def test_one_document_per_batch_all_failing_alike_fails_the_index(tmp_path, monkeypatch, gpt2):
-    """Small files give batches of one document each; when every document of the shard
-    fails the same way, the index fails (exit 2) instead of committing nothing but rejects."""
+@pytest.mark.parametrize("kind", ["txt", "jsonl"])
+def test_one_document_per_batch_all_failing_alike_fails_the_index(tmp_path, monkeypatch, gpt2, kind):
+    """Small text files give batches of one document each; when every document of the shard
+    fails the same way, the index fails (exit 2) instead of committing nothing but rejects.
+    Small JSONL files are read together (preproc.io.readers.small): one batch of all five,
+    caught by the per-batch rule."""
     inp = tmp_path / "in"
     inp.mkdir()
     for i in range(5):
-        (inp / f"doc{i}.jsonl").write_text(json.dumps({"id": f"d{i}", "text": f"document number {i} with words"}) + "\n")
+        text = f"document number {i} with words"
+        (inp / f"doc{i}.{kind}").write_text(json.dumps({"id": f"d{i}", "text": text}) + "\n" if kind == "jsonl" else text)
     monkeypatch.setenv("PREPROC_FAILPOINTS", "point=clean_step,step=length_v1,action=raise,error=ValueError")
     with pytest.raises(StageFailed) as ei:
-        preproc.run({"input": {"paths": [str(inp / "*.jsonl")]}, "shards": 1}, output=str(tmp_path / "out"),
+        preproc.run({"input": {"paths": [str(inp / f"*.{kind}")]}, "shards": 1}, output=str(tmp_path / "out"),
                     tokenizer=str(gpt2), workers=1)
     assert ei.value.exit_code == 2
     assert "raised ValueError: failpoint clean_step" in ei.value.failures[0]
-    assert "on every document of shard 0 (5)" in ei.value.failures[0]
+    if kind == "txt":
+        assert "on every document of shard 0 (5)" in ei.value.failures[0]
+    else:
+        assert "on every document of a batch (5)" in ei.value.failures[0]
     assert _markers(tmp_path / "out") == []
 
 
