@@ -115,13 +115,14 @@ def make_input(corpus: Path, dest: Path, *, shards: int, repeat_mb: float | None
 
 # -- children: each engine in its own process (peak RSS via wait4; a crash is a result) -------
 
-def run_child(kind: str, args: dict, timeout_s: float) -> dict:
-    """Run ``kind`` in a fresh interpreter; its JSON result plus ``peak_rss_mb`` (the largest
-    RSS of the child or any process it reaped: its workers), or ``{"error": ...}``."""
+def run_child(kind: str, args: dict, timeout_s: float, script: str | Path = __file__) -> dict:
+    """Run ``kind`` in a fresh interpreter (``script --child kind``: this one's children by
+    default, another benchmark's with ``script``); its JSON result (here plus ``peak_rss_mb``,
+    the largest RSS of the child or any process it reaped: its workers), or ``{"error": ...}``."""
     fd, out = tempfile.mkstemp(suffix=".json", prefix="bench-child-")
     os.close(fd)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    p = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--child", kind,
+    p = subprocess.Popen([sys.executable, str(Path(script).resolve()), "--child", kind,
                           "--child-args", json.dumps(args), "--child-out", out],
                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     t0 = time.monotonic()

@@ -33,14 +33,16 @@ import os
 import random
 import resource
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import bench  # noqa: E402
+
 SHARED = Path(os.environ.get("PREPROC_SHARED", ROOT.parent / "shared")) / "data"
 GPT2 = SHARED / "tokenizers" / "gpt2" / "tokenizer.json"
 
@@ -163,28 +165,7 @@ CHILDREN = {"baseline": child_baseline, "run": child_run, "plan": child_plan}
 
 def run_child(kind: str, args: dict, timeout_s: float) -> dict:
     """``kind`` in a fresh interpreter; its JSON result, or ``{"error": ...}``."""
-    fd, out = tempfile.mkstemp(suffix=".json", prefix="bench-small-")
-    os.close(fd)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    p = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--child", kind, "--child-args",
-                          json.dumps(args), "--child-out", out], env=env, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE)
-    try:
-        _, err = p.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.communicate()
-        return {"error": f"timed out after {timeout_s:.0f} s"}
-    try:
-        res = json.loads(Path(out).read_text() or "{}")
-    except ValueError:
-        res = {}
-    finally:
-        Path(out).unlink(missing_ok=True)
-    if p.returncode != 0 or not res:
-        tail = err.decode("utf-8", "replace").strip().splitlines()[-3:]
-        return {"error": f"exit {p.returncode}: {' | '.join(tail)[-300:]}"}
-    return res
+    return bench.run_child(kind, args, timeout_s, script=__file__)
 
 
 def run(work: Path, *, files: int = 20000, planning_files: int = 1_000_000, timeout_s: float = 600) -> dict:

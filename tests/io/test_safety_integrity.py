@@ -113,10 +113,9 @@ def test_stale_temporaries_of_an_index_are_swept_when_it_runs_again(done_run, de
     assert not any(p.exists() for p in stale) and other.exists()
 
 
-def test_local_commits_fsync_the_file_and_its_folder_before_publishing(tmp_path, monkeypatch):
-    from preproc.io.store import Store
-
-    synced = []
+def _spy_fsync(monkeypatch) -> list[str]:
+    """The paths os.fsync is called on from now on, in call order (fsync still happens)."""
+    synced: list[str] = []
     real = os.fsync
 
     def spy(fd):
@@ -124,6 +123,13 @@ def test_local_commits_fsync_the_file_and_its_folder_before_publishing(tmp_path,
         return real(fd)
 
     monkeypatch.setattr(os, "fsync", spy)
+    return synced
+
+
+def test_local_commits_fsync_the_file_and_its_folder_before_publishing(tmp_path, monkeypatch):
+    from preproc.io.store import Store
+
+    synced = _spy_fsync(monkeypatch)
     store = Store(str(tmp_path / "o"))
     with store.open_atomic("a/b.bin") as f:
         f.write(b"x" * 10)
@@ -156,14 +162,7 @@ def test_integrity_on_s3(s3, demo_inputs):
 def test_a_running_index_syncs_its_files_and_folders_together_before_the_block_ends(tmp_path, monkeypatch):
     from preproc.io.store import Store, deferred_sync
 
-    synced = []
-    real = os.fsync
-
-    def spy(fd):
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        return real(fd)
-
-    monkeypatch.setattr(os, "fsync", spy)
+    synced = _spy_fsync(monkeypatch)
     store = Store(str(tmp_path / "o"))
     with deferred_sync():
         for rel in ("a/x.bin", "a/y.bin", "b/z.bin"):
