@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 # The S3 fixtures (moto's server on loopback), shared by every test module that takes `s3`.
 from tests.s3server import s3, s3_server  # noqa: F401  (pytest fixtures, found by name)
@@ -69,6 +70,13 @@ def demo_run_spec(demo_inputs: Path, out: Path, **extra) -> dict:
             "tokenize": {"tokenizer": str(demo_inputs / "tokenizer.json")}}
     spec.update(extra)
     return spec
+
+
+def demo_spec_file(tmp_path: Path, demo_inputs: Path, **extra) -> Path:
+    """:func:`demo_run_spec` (output ``tmp_path/out``) written as ``tmp_path/spec.yaml``."""
+    p = tmp_path / "spec.yaml"
+    p.write_text(yaml.safe_dump(demo_run_spec(demo_inputs, tmp_path / "out", **extra)))
+    return p
 
 
 @pytest.fixture(scope="session")

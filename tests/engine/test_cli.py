@@ -11,10 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 import preproc
-from tests.conftest import ROOT, read_tree
+from tests.conftest import ROOT, demo_spec_file, read_tree
 
 
 def cli(*args, env=None, check=False, **kw):
@@ -28,12 +27,7 @@ def cli(*args, env=None, check=False, **kw):
 
 
 def _spec(tmp_path, demo_inputs, **extra) -> Path:
-    spec = {"input": {"paths": [str(demo_inputs / "input" / "*")]}, "output": str(tmp_path / "out"),
-            "shards": 8, "tokenize": {"tokenizer": str(demo_inputs / "tokenizer.json")}}
-    spec.update(extra)
-    p = tmp_path / "spec.yaml"
-    p.write_text(yaml.safe_dump(spec))
-    return p
+    return demo_spec_file(tmp_path, demo_inputs, **extra)
 
 
 @pytest.mark.parametrize("case,needle", [

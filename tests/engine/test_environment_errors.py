@@ -26,7 +26,7 @@ from preproc.clean.stage import clean_isolating
 from preproc.clean.steps import CleanPipeline, Filter, Requirement, StepOptions, build_steps, check_requirements, registered_steps
 from preproc.errors import ConfigError, StageFailed
 from preproc.io.readers import InputSplit, ReadLog
-from tests.conftest import ROOT
+from tests.conftest import ROOT, demo_spec_file
 
 
 def _cli(*args, pythonpath: list[Path] = (), env: dict | None = None) -> subprocess.CompletedProcess:
@@ -37,12 +37,7 @@ def _cli(*args, pythonpath: list[Path] = (), env: dict | None = None) -> subproc
 
 
 def _spec(tmp_path: Path, demo_inputs: Path, **extra) -> Path:
-    spec = {"input": {"paths": [str(demo_inputs / "input" / "*")]}, "output": str(tmp_path / "out"),
-            "shards": 2, "tokenize": {"tokenizer": str(demo_inputs / "tokenizer.json")}}
-    spec.update(extra)
-    p = tmp_path / "spec.yaml"
-    p.write_text(yaml.safe_dump(spec))
-    return p
+    return demo_spec_file(tmp_path, demo_inputs, **{"shards": 2, **extra})
 
 
 def _error_lines(stderr: str) -> list[str]:
