@@ -7,6 +7,7 @@ says so.
 from __future__ import annotations
 
 import logging
+import posixpath
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -68,4 +69,25 @@ def run(plan: Plan, index: int, store: Store) -> dict[str, Any]:
     store.write_json(layout.STATS, stats)
     store.write_json(layout.DATASET, dataset)
     _write_report(plan, store, stats)
-    return {"documents": stats["kept"], "tokens": stats["tokens"]}
+    # Temporaries killed attempts left (atomic writes inside an index do not sweep: see
+    # preproc.io.store.sweep_deferred). At the top and in _metrics only those of names an
+    # index writes: the coordinator's heartbeat and gauges may be mid-commit there.
+    swept = store.sweep_leftovers(_written_folders(plan, markers))
+    swept += store.sweep_leftovers([""], only={layout.STATS, layout.DATASET, layout.REPORT}.__contains__)
+    swept += store.sweep_leftovers([layout.METRICS], only=lambda n: n != layout.COORDINATOR_METRICS)
+    return {"documents": stats["kept"], "tokens": stats["tokens"], "temporaries_swept": swept}
+
+
+def _written_folders(plan: Plan, markers: dict[str, dict[int, dict[str, Any]]]) -> set[str]:
+    """The folders of the output the indices of this run wrote to: each stage's markers and
+    failure records, and the folder of every file a marker lists (an index writes the same files at each attempt, so a killed attempt's
+    temporaries lie beside what its successful retry committed)."""
+    folders = set()
+    for st in plan.stages:
+        folders |= {layout.done_dir(st.name), layout.failed_dir(st.name)}
+    for by_index in markers.values():
+        for m in by_index.values():
+            files = m.get("files")
+            if isinstance(files, dict):
+                folders.update(posixpath.dirname(f) for f in files)
+    return folders

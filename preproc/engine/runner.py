@@ -195,11 +195,18 @@ def execute(p: Plan, s: Spec, *, progress: bool = False, executor_options: dict[
         # The heartbeat tells `preproc status` whether a coordinator is still behind the run.
         with exported(p.spec.storage), Heartbeat(store):
             idle: list[str] = []   # consecutive stages with nothing to compute: one log line
+            recomputed = False     # some index ran in this invocation
             for st in p.stages:
                 # Done = a marker of this run whose files are all there with their sizes;
                 # other markers are removed and their indices run again.
                 done = integrity.done_indices(store, p, st.name, st.fan_out)
+                if st.name == "finalize" and recomputed and done:
+                    # What finalize writes (stats, manifest, report) and sweeps (temporaries
+                    # of killed attempts) follows from the markers: some changed, so again.
+                    store.rm(store.marker_rel(st.name, 0))
+                    done = set()
                 todo = [i for i in range(st.fan_out) if i not in done]
+                recomputed = recomputed or bool(todo)
                 if not todo:
                     log.info("stage %s: all %d indices already done", st.name, st.fan_out)
                     continue

@@ -38,7 +38,7 @@ from preproc.engine.plan import DROP_STAGES, StagePlan
 from preproc.errors import ConfigError
 from preproc.io import integrity
 from preproc.io.slices import write_slices
-from preproc.io.store import Store, deferred_sync
+from preproc.io.store import Store, deferred_sync, sweep_deferred
 from preproc.observe import logs, metrics
 from preproc.tokenize import stage as tokenize
 from preproc.tokenize.tokenizer import preload
@@ -140,7 +140,8 @@ def run_index(plan: Plan, stage: str, index: int, store: Store | None = None, *,
     _check_previous_done(plan, stage, store)
     # Every log record of this try carries run id, stage, index and attempt (preproc.observe.logs).
     attempt = logs.attempt_number(store, stage, index)
-    with logs.context(run_id=plan.run_id, stage=stage, index=index, attempt=attempt):
+    # Stale temporaries of earlier attempts are swept once, by finalize (sweep_deferred).
+    with logs.context(run_id=plan.run_id, stage=stage, index=index, attempt=attempt), sweep_deferred(store):
         return _attempt(plan, stage, index, store, attempt, level=logging.DEBUG if quiet else logging.INFO)
 
 

@@ -45,6 +45,7 @@ REPORT = "report.html"
 HEARTBEAT = "_coordinator.json"
 RUN_LEASE = "_lease"
 METRICS = "_metrics"
+COORDINATOR_METRICS = "coordinator.prom"   # the coordinator's gauges in METRICS (or the textfile dir)
 CLEAN = "clean"
 REJECTS = "rejects"
 REMOVED = "removed"
@@ -110,6 +111,19 @@ def marker_index(name: str) -> int | None:
 def temporary(name: str, token: str) -> str:
     """Where an atomic write of ``name`` puts its bytes before the rename (same folder)."""
     return f".{name}.tmp-{token}"
+
+
+_TEMPORARY = re.compile(r"^\..+\.tmp-[0-9a-f]+$")
+
+
+def is_temporary(name: str) -> bool:
+    """Whether ``name`` is a temporary of :func:`temporary` (a hex token)."""
+    return name.startswith(".") and _TEMPORARY.match(name) is not None
+
+
+def temporary_of(name: str) -> str:
+    """The final name a temporary of :func:`temporary` stands for."""
+    return name[1:name.rindex(".tmp-")]
 
 
 def lease_temporary(token: str) -> str:

@@ -26,7 +26,7 @@ import logging
 import os
 import posixpath
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
@@ -38,7 +38,7 @@ from preproc.faults import failpoint
 from preproc.io import integrity, layout
 from preproc.io.s3 import StorageLike, as_storage, forget_filesystems, is_credential_error, join, open_fs
 
-__all__ = ["Store", "deferred_sync"]
+__all__ = ["Store", "deferred_sync", "sweep_deferred"]
 
 log = logging.getLogger("preproc")
 
@@ -83,6 +83,26 @@ def _sweep_temporaries(folder: str, name: str) -> None:
             os.unlink(posixpath.join(folder, n))
         except FileNotFoundError:
             pass
+
+
+# The output root (with a trailing "/") whose stale temporaries are swept at finalize rather
+# than at each write: set for the duration of an index attempt (see :func:`sweep_deferred`).
+_sweep_root: contextvars.ContextVar[str | None] = contextvars.ContextVar("preproc_sweep_root", default=None)
+
+
+@contextmanager
+def sweep_deferred(store: Store) -> Iterator[None]:
+    """Within the block, atomic writes under ``store``'s (local) root do not look for stale
+    temporaries of the file they commit: :meth:`Store.sweep_leftovers`, run once by finalize
+    over every folder the run wrote, removes them all. Listing the folder at each commit cost
+    O(files in the folder) per write (O(N^2) per stage at N indices; a quarter of an index's
+    fixed cost at 256 shards). Writes outside the root (a refresh's dataset state, a metrics
+    folder elsewhere) still sweep at each commit."""
+    token = _sweep_root.set(store.root.rstrip("/") + "/" if store.local else None)
+    try:
+        yield
+    finally:
+        _sweep_root.reset(token)
 
 
 def _fsync_dir(folder: str) -> None:
@@ -224,7 +244,8 @@ class Store:
 
         Locally the bytes go to ``.<name>.tmp-<random>`` beside it, are fsynced, renamed, and
         the folder is fsynced (a crash never leaves a renamed file with missing bytes);
-        temporaries of ``rel`` left by a killed earlier attempt are swept first. The file's
+        temporaries of ``rel`` left by a killed earlier attempt are swept first (inside an
+        index attempt, at finalize instead: :func:`sweep_deferred`). The file's
         size and xxh3 are recorded for the running index's marker (:mod:`preproc.io.integrity`).
 
         ``durable=False`` skips the two fsyncs (still atomic, not crash-proof): for views
@@ -238,7 +259,9 @@ class Store:
             parent = posixpath.dirname(final)
             os.makedirs(parent, exist_ok=True)
             base = posixpath.basename(final)
-            _sweep_temporaries(parent, base)
+            later = _sweep_root.get()
+            if later is None or not final.startswith(later):
+                _sweep_temporaries(parent, base)
             tmp = posixpath.join(parent, layout.temporary(base, uuid.uuid4().hex[:12]))
             try:
                 with open(tmp, "wb") as f:
@@ -302,6 +325,33 @@ class Store:
     @staticmethod
     def failure_rel(stage: str, index: int) -> str:
         return layout.failure(stage, index)
+
+    def sweep_leftovers(self, folders: Iterable[str], *,
+                        only: Callable[[str], bool] | None = None) -> int:
+        """Remove the temporaries of atomic writes (``.<name>.tmp-<hex>``, never anything else)
+        in each of ``folders`` (relative; missing ones skipped): what killed attempts left.
+        ``only``: just the temporaries whose final name it accepts (a folder where a live
+        writer, such as the coordinator's heartbeat, may be mid-commit). Called once a run's
+        every index is done (finalize). Object stores have no temporaries. Returns how many
+        were removed."""
+        if not self.local:
+            return 0
+        removed = 0
+        for rel in sorted(set(folders)):
+            folder = self.path(rel) if rel else self.root
+            try:
+                names = os.listdir(folder)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for n in names:
+                if not layout.is_temporary(n) or (only is not None and not only(layout.temporary_of(n))):
+                    continue
+                try:
+                    os.unlink(posixpath.join(folder, n))
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+        return removed
 
     def write_marker(self, stage: str, index: int, stats: dict[str, Any]) -> None:
         self.write_json(self.marker_rel(stage, index), stats)

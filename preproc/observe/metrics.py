@@ -371,7 +371,7 @@ class RunMetrics:
         self.last_publish = now
         fams = self.families()
         _send(self.cfg, self.plan, fams, grouping={"run_id": self.plan.run_id, "instance": "coordinator"},
-              filename="coordinator.prom")
+              filename=layout.COORDINATOR_METRICS)
 
 
 _runs: dict[tuple[str, str], RunMetrics] = {}

@@ -102,15 +102,41 @@ def test_verify_checks_hashes_and_repair_makes_the_next_run_redo(done_run, demo_
     assert _cli("verify", out).returncode == 0
 
 
-def test_stale_temporaries_of_an_index_are_swept_when_it_runs_again(done_run, demo_inputs):
+def test_stale_temporaries_are_swept_once_every_index_is_done(done_run, demo_inputs):
+    """Killed attempts leave ``.<name>.tmp-<hex>`` files; inside an index commits do not list
+    their folder for them (O(files) per write), finalize removes them all once, and nothing
+    else (not a name that is not a temporary of ours)."""
     out, r = done_run
-    stale = [out / "tokens" / ".part-00001.bin.tmp-0123456789ab", out / "tokens" / ".part-00001.idx.tmp-ba9876543210"]
-    other = out / "tokens" / ".part-00000.bin.tmp-0123456789ab"       # index 0's: not index 1's business
-    for p in stale + [other]:
+    stale = [out / "tokens" / ".part-00001.bin.tmp-0123456789ab", out / "tokens" / ".part-00001.idx.tmp-ba9876543210",
+             out / "tokens" / ".part-00000.bin.tmp-0123456789ab",      # an index that is not rerun
+             out / "clean" / "_done" / ".00000.json.tmp-00aa00aa00aa", out / ".stats.json.tmp-0123456789ab",
+             out / "_metrics" / ".tokenize-00001.prom.tmp-0123456789ab"]
+    kept = [out / "tokens" / ".part-00001.bin.tmp-notours",          # not a hex token: not ours
+            out / "tokens" / "part-00001.bin.tmp-0123456789ab"]       # not hidden: not ours
+    for p in stale + kept:
         p.write_bytes(b"")
     os.remove(out / "tokenize" / "_done" / "00001.json")
     preproc.run(_spec(demo_inputs), output=str(out), workers=1, shards=2)
-    assert not any(p.exists() for p in stale) and other.exists()
+    assert [p.name for p in stale if p.exists()] == []
+    assert all(p.exists() for p in kept)
+    fin = json.loads((out / "finalize" / "_done" / "00000.json").read_text())
+    assert fin["temporaries_swept"] == len(stale)
+
+
+def test_the_sweep_spares_what_a_live_writer_may_be_committing(tmp_path):
+    """At the top of an output the coordinator's heartbeat may be mid-commit while finalize
+    sweeps: a restricted sweep removes only the temporaries of the names it is given."""
+    from preproc.io.store import Store
+
+    store = Store(str(tmp_path))
+    (tmp_path / "sub").mkdir()
+    ours = [tmp_path / ".stats.json.tmp-0123456789ab", tmp_path / "sub" / ".a.bin.tmp-00ff"]
+    live = tmp_path / "._coordinator.json.tmp-0123456789ab"
+    for p in ours + [live]:
+        p.write_bytes(b"")
+    assert store.sweep_leftovers(["sub", "missing"]) == 1
+    assert store.sweep_leftovers([""], only={"stats.json"}.__contains__) == 1
+    assert not any(p.exists() for p in ours) and live.exists()
 
 
 def _spy_fsync(monkeypatch) -> list[str]:
