@@ -117,6 +117,13 @@ class Plan:
                 return s
         raise ConfigError(f"stage {name!r} is not in this run's plan; stages: {', '.join(self.stage_names)}")
 
+    def shards_of(self, stage: str, index: int) -> range:
+        """The shards index ``index`` of a per-shard stage reads: clean's index i reads shard
+        i; near dedup's per-shard stages, whose fan-out follows the data volume
+        (:func:`preproc.engine.stages.shard_group_fan_out`), read consecutive groups of them."""
+        n, f = self.num_shards, self.stage(stage).fan_out
+        return range(index * n // f, (index + 1) * n // f)
+
     @property
     def stage_names(self) -> list[str]:
         return [s.name for s in self.stages]

@@ -81,15 +81,33 @@ def warm_up(tokenizer: str | None = None, storage: Any = None, *, encode_special
         preload(tokenizer, storage, encode_special_tokens=encode_special_tokens)
 
 
+# The stages after clean take this much input per index (and at least MIN_LATER_FAN_OUT
+# indices, never more than the shards): cutting the same data into more shards adds clean
+# indices, not indices of every later stage (each costs a marker, a dispatch and its files).
+INPUT_BYTES_PER_LATER_INDEX = 32 * 2**20
+MIN_LATER_FAN_OUT = 16
+
+
+def later_fan_out(num_shards: int, input_bytes: int) -> int:
+    """The fan-out of tokenize and near dedup's per-shard stages: one index per
+    ``INPUT_BYTES_PER_LATER_INDEX`` of input, at least ``MIN_LATER_FAN_OUT``, at most
+    ``num_shards`` (so at up to 16 shards it is the shard count)."""
+    want = max(MIN_LATER_FAN_OUT, -(-int(input_bytes) // INPUT_BYTES_PER_LATER_INDEX))
+    return max(1, min(num_shards, want))
+
+
 def pipeline_stages(spec: Spec, num_shards: int, input_bytes: int = 0) -> list[StagePlan]:
-    """The stages a spec runs, in order, with their fan-out. Dedup bucket counts follow
-    the data volume (``input_bytes``), not ``num_shards``, unless the spec sets them."""
+    """The stages a spec runs, in order, with their fan-out. Only clean fans out over the
+    shards; the later stages' fan-outs follow the data volume (``input_bytes``): dedup's
+    buckets (unless the spec sets them), tokenize's slices and near dedup's shard groups
+    (:func:`later_fan_out`)."""
+    later = later_fan_out(num_shards, input_bytes)
     stages = [StagePlan("clean", num_shards)]
     if spec.dedup.exact.enabled:
         stages.append(StagePlan("exact_dedup", spec.dedup.exact.buckets or exact.buckets_for(input_bytes)))
     if spec.dedup.near:
-        stages.extend(StagePlan(name, n) for name, n in near.stages(spec.dedup.near, num_shards, input_bytes))
-    stages.append(StagePlan("tokenize", num_shards))
+        stages.extend(StagePlan(name, n) for name, n in near.stages(spec.dedup.near, later, input_bytes))
+    stages.append(StagePlan("tokenize", later))
     stages.append(StagePlan("finalize", 1))
     return stages
 

@@ -290,7 +290,8 @@ class CleanProfile:
 
 # == rows per stage (status and the report) ====================================================
 
-# Stages whose index i reads shard i of the inputs (failures name its input files).
+# Stages whose index i reads shards of the inputs: clean shard i, near dedup's per-shard
+# stages a group of them (``Plan.shards_of``; failures name their input files).
 SHARD_STAGES = ("clean", "near_signatures", "near_shingles", "near_verify", "near_drops")
 # Stages whose index i reads slice i of the clean output (its marker names the slice:
 # preproc.io.slices).

@@ -127,8 +127,8 @@ class StatusReader:
                 err = str(rec.get("error", ""))
                 f = {"index": i, "error": err.splitlines()[0][:500] if err else "", "attempt": rec.get("attempt"),
                      "time_s": rec.get("time_s") or fail_t.get(name), "host": rec.get("host")}
-                if st.name in SHARD_STAGES and i < plan.num_shards:
-                    f["inputs"] = [split_label(x) for x in plan.shards[i].splits]
+                if st.name in SHARD_STAGES and i < st.fan_out:
+                    f["inputs"] = [split_label(x) for sh in plan.shards_of(st.name, i) for x in plan.shards[sh].splits]
                 failures.append(f)
             stages.append(self._stage(st.name, st.fan_out, markers, done_t, done_idx, failures, prev_complete, now))
             stages[-1]["damaged"] = [{"index": i, "problem": why} for i, why in sorted(damaged.items())]

@@ -195,6 +195,36 @@ def test_same_outputs_for_workers_and_buckets(tmp_path, small, near):
     assert trees[1] == trees[0] and trees[2] == trees[0]
 
 
+def _kept_tokens(out: Path) -> set[tuple[str, tuple[int, ...]]]:
+    rows = set()
+    for f in sorted((out / "tokens").glob("part-*.parquet")):
+        t = pq.read_table(f, columns=["id", "input_ids"])
+        rows |= {(i, tuple(ids)) for i, ids in zip(t.column("id").to_pylist(), t.column("input_ids").to_pylist())}
+    return rows
+
+
+@pytest.mark.parametrize("near", [{}, {"bands": 14, "rows": 8}], ids=["defaults-verified", "unverified-14x8"])
+def test_many_shards_run_in_groups_with_the_same_result(tmp_path, small, near):
+    """40 shards: near dedup's per-shard stages and tokenize take 16 indices (the later
+    stages' fan-out follows the data, not the shard count), each over a group of consecutive
+    shards, and remove exactly the documents the 4-shard run removes, with the same tokens."""
+    few, many = tmp_path / "few", tmp_path / "many"
+    r4 = _run(few, {**near, "max_rounds": FEW}, workers=2, inputs=[small])
+    r40 = _run(many, {**near, "max_rounds": FEW}, workers=2, inputs=[small], shards=40)
+    plan = Plan.load(str(many))
+    assert plan.num_shards == 40 and plan.stage("clean").fan_out == 40
+    grouped = ["near_signatures", "near_drops", "tokenize"] + (["near_shingles", "near_verify"] if not near else [])
+    assert {s: plan.stage(s).fan_out for s in grouped} == {s: 16 for s in grouped}
+    assert [list(plan.shards_of("near_drops", i)) for i in (0, 1, 15)] == [[0, 1], [2, 3, 4], [37, 38, 39]]
+    m = json.loads((many / "near_drops" / "_done" / "00001.json").read_text())
+    assert m["shards"] == [2, 5]
+    # One drop file per group; every shard's drops found by shard.
+    assert len([n for n in read_tree(many, "near_drops/drops") if n.endswith(".arrow")]) == 16
+    assert r40.stats["duplicates"] == r4.stats["duplicates"] and r4.stats["duplicates"]["near"] > 0
+    assert sorted(_removed(many)) == sorted(_removed(few))
+    assert _kept_tokens(many) == _kept_tokens(few)
+
+
 def test_unverified_14x8_figures(tmp_path, gt, jsonl):
     """14 bands x 8 rows without verification (datatrove's defaults, and ours before
     verification became the default): figures printed; every candidate is a duplicate, so

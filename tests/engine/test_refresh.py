@@ -222,35 +222,39 @@ def _near_copies(bible: list[dict], cfg) -> tuple[list[dict], list[dict]]:
     return close, far
 
 
-def _verified_gen2(inp, bible, cfg) -> tuple[list[dict], list[dict], list[dict]]:
+def _verified_gen2(inp, bible, cfg, files: int = 3) -> tuple[list[dict], list[dict], list[dict]]:
     close, far = _near_copies(bible, cfg)
     # Two near copies of one new document (the first stays), and fresh ones.
     base = " ".join(f"novel{j} text{j % 7}" for j in range(300))
     twins = [{"id": "twin-0", "text": base}, {"id": "twin-1", "text": "Reposted.\n" + base + "\nThe end."}]
     fresh = [{"id": f"fresh-{k}", "text": " ".join(f"word{k}x{j}" for j in range(200))} for k in range(5)]
-    # Three files, so that generation 2 has three shards too (close and far in each).
-    for k in range(3):
-        docs = (close + far)[k::3] + (twins + fresh if k == 2 else [])
+    # Three files (or ``files``), so that generation 2 has as many shards (close and far in each).
+    for k in range(files):
+        docs = (close + far)[k::files] + (twins + fresh if k == files - 1 else [])
         (inp / f"gen2-{k}.jsonl").write_text("\n".join(json.dumps(x) for x in docs) + "\n")
     return close, far, twins + fresh
 
 
-def test_verified_refresh_drops_only_true_near_duplicates_of_earlier_generations(setup, corpus):
+@pytest.mark.parametrize("shards", [3, 20])
+def test_verified_refresh_drops_only_true_near_duplicates_of_earlier_generations(setup, corpus, shards):
     """Generation 2: edited copies of generation-1 documents above the threshold are
     dropped (the published original stays); copies that share a band key with their
     original but are below the threshold are kept, as are new documents; within the
-    generation, one of two near copies stays."""
+    generation, one of two near copies stays. With 20 shards generation 2's near stages
+    run 16 indices over groups of shards (the earlier generation's parts are read by shard)."""
     tmp, inp, spec, _ = setup
-    spec = dict(spec, dedup={"exact": True, "near": True})
+    spec = dict(spec, shards=shards, dedup={"exact": True, "near": True})
     cfg = preproc.load_spec(spec).dedup.near
     assert cfg.verify and cfg.threshold == 0.8
     r1 = refresh(spec, workers=2)
     gen1_ids = set(_all_ids(tmp / "ds"))
     bible = _records(corpus / "bible_kjv_en.jsonl.gz")
-    close, far, new = _verified_gen2(inp, bible, cfg)
+    close, far, new = _verified_gen2(inp, bible, cfg, files=shards)
     r2 = refresh(spec, workers=2)
     assert r2.generation == 2 and r2.stats["read"] == len(close) + len(far) + len(new)
-    assert len(json.loads((tmp / "ds" / "generations" / "00002" / "plan.json").read_text())["shards"]) == 3
+    gen2 = json.loads((tmp / "ds" / "generations" / "00002" / "plan.json").read_text())
+    assert len(gen2["shards"]) == shards
+    assert {s["name"]: s["fan_out"] for s in gen2["stages"]}["near_verify"] == min(shards, 16)
     near = r2.stats["near"]
     # Every far copy was a candidate against its original, and verification said no.
     assert near["earlier_candidate_pairs"] >= len(close) + len(far)

@@ -115,17 +115,19 @@ __all__ = ["stages", "RUNNERS", "TRIVIAL", "DROP_STAGES", "prepare", "read_clust
            "compact_segments", "round_name", "buckets_for", "INPUT_BYTES_PER_BUCKET"]
 
 
-def stages(cfg: NearOptions | None, num_shards: int, input_bytes: int = 0) -> list[tuple[str, int]]:
-    """The near-dedup stages of a plan, in order, as ``(name, fan_out)``."""
+def stages(cfg: NearOptions | None, groups: int, input_bytes: int = 0) -> list[tuple[str, int]]:
+    """The near-dedup stages of a plan, in order, as ``(name, fan_out)``. The per-shard
+    stages (signatures, shingles, verify, drops) have ``groups`` indices, each over a group
+    of consecutive shards (``Plan.shards_of``); the bucket stages follow ``input_bytes``."""
     if cfg is None:
         return []
     b = cfg.buckets or buckets_for(input_bytes)
-    out = [(SIGNATURES, num_shards), (PAIRS, b)]
+    out = [(SIGNATURES, groups), (PAIRS, b)]
     if cfg.verify:
-        out += [(SHINGLES, num_shards), (VERIFY, num_shards)]
+        out += [(SHINGLES, groups), (VERIFY, groups)]
     out += [(COMPONENTS, 1)]
     out += [(round_name(k), b) for k in range(cfg.max_rounds)]
-    out += [(CLUSTERS, b), (DROPS, num_shards)]
+    out += [(CLUSTERS, b), (DROPS, groups)]
     return out
 
 
@@ -149,7 +151,7 @@ def prepare(plan: Plan, stage: str, store: Store) -> None:
     elif stage in (SHINGLES, VERIFY):
         build_index(store, where.cand, b, n)
         if stage == VERIFY:
-            build_index(store, where.shingles, n, n)
+            build_index(store, where.shingles, plan.stage(SHINGLES).fan_out, n)
     elif stage == COMPONENTS:
         edges_index(plan, store, cc_round(0))
     elif stage.startswith(ROUND_PREFIX):

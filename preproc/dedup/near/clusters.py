@@ -1,4 +1,5 @@
-"""Stages ``near_clusters`` (one index per bucket) and ``near_drops`` (one per shard): the
+"""Stages ``near_clusters`` (one index per bucket) and ``near_drops`` (one per group of
+shards, ``Plan.shards_of``): the
 final stars → one keeper per cluster → each shard's drop list; and :func:`read_clusters`,
 the clusters of a finished run for users (with ``dedup.near.keep_clusters``)."""
 
@@ -13,7 +14,7 @@ import pyarrow.parquet as pq
 
 from preproc.dedup.components import star_clusters, star_step
 from preproc.dedup.drops import write_drops
-from preproc.dedup.near.common import DROPS, ROW_MASK, U64, node, options, paths
+from preproc.dedup.near.common import DROPS, ROW_MASK, U64, node, options, paths, sum_stats
 from preproc.dedup.near.history import write_segment
 from preproc.dedup.near.io import CLUSTERS_SCHEMA, MEMBERS_SCHEMA, read_edges, read_parts
 from preproc.dedup.near.rounds import edges_index, final_source
@@ -51,7 +52,17 @@ def run_clusters(plan: Plan, index: int, store: Store) -> dict[str, Any]:
 
 
 def run_drops(plan: Plan, index: int, store: Store) -> dict[str, Any]:
-    """This shard's cluster members that are not their cluster's keeper → the drop list."""
+    """The drop list of this index's group of shards (:func:`_shard_drops`), one file."""
+    group = plan.shards_of(DROPS, index)
+    done = [_shard_drops(plan, shard, store) for shard in group]
+    write_drops(store, DROPS, index, np.concatenate([np.full(len(d[0]), s, np.uint32) for s, d in zip(group, done)]),
+                np.concatenate([d[0] for d in done]))
+    return sum_stats([d[1] for d in done], group)
+
+
+def _shard_drops(plan: Plan, index: int, store: Store) -> tuple[np.ndarray, dict[str, Any]]:
+    """Shard ``index``'s cluster members that are not their cluster's keeper (its rows to
+    drop), and the counts."""
     cfg = options(plan)
     where = paths(plan)
     d = read_parts(store, where.members, index, ["row", "kept_shard", "kept_row"], [pa.uint32()] * 3)
@@ -59,7 +70,6 @@ def run_drops(plan: Plan, index: int, store: Store) -> dict[str, Any]:
     row, ks, kr = d["row"][order], d["kept_shard"][order], d["kept_row"][order]
     kept = (ks == index) & (kr == row)
     drop = row[~kept]
-    write_drops(store, DROPS, index, np.full(len(drop), index, np.uint32), drop)
     if plan.refresh and plan.refresh.near_segment_out:
         write_segment(plan, store, index, drop)
     if cfg.keep_clusters:
@@ -70,7 +80,7 @@ def run_drops(plan: Plan, index: int, store: Store) -> dict[str, Any]:
                           "kept": kept}, schema=CLUSTERS_SCHEMA)
         with store.open_atomic(where.clusters_file(index)) as f:
             pq.write_table(table, f, compression="zstd")
-    return {"duplicates": int(len(drop)), "members": int(len(row)), "kept": int(kept.sum())}
+    return drop, {"duplicates": int(len(drop)), "members": int(len(row)), "kept": int(kept.sum())}
 
 
 def read_clusters(output: str) -> pa.Table:

@@ -6,7 +6,7 @@ smallest node is the first in input order (:func:`node`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -63,6 +63,16 @@ def buckets(plan: Plan) -> int:
 def node(shard: int | np.ndarray, row: np.ndarray) -> np.ndarray:
     """Document ids: ``shard << 32 | row``."""
     return (np.asarray(shard, dtype=U64) << U64(32)) | np.asarray(row, dtype=U64)
+
+
+def sum_stats(parts: list[dict[str, Any]], shards: range) -> dict[str, Any]:
+    """The stats of a group index: its shards' (all counts) added up, and which shards."""
+    out: dict[str, Any] = {}
+    for p in parts:
+        for k, v in p.items():
+            out[k] = out.get(k, 0) + v
+    out["shards"] = [shards.start, shards.stop]
+    return out
 
 
 def unique_rows(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,5 +1,6 @@
-"""Stage ``near_signatures`` (one index per shard): MinHash band keys of the documents
-exact dedup kept, one row group per bucket of ``near_pairs``."""
+"""Stage ``near_signatures`` (one index per group of shards, ``Plan.shards_of``): MinHash
+band keys of the documents exact dedup kept, per shard one exchange file with a batch per
+bucket of ``near_pairs``."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import pyarrow.compute as pc
 
 from preproc.dedup.drops import read_drops
 from preproc.dedup.minhash import MinHasher, shingle_hashes, unit_hashes
-from preproc.dedup.near.common import U64, buckets, options, paths, priority
+from preproc.dedup.near.common import SIGNATURES, U64, buckets, options, paths, priority, sum_stats
 from preproc.dedup.near.io import KEYS_SCHEMA, iter_rows
 from preproc.io.exchange import write_partitioned
+from preproc.spec.near import NearOptions
 
 if TYPE_CHECKING:
     from preproc.engine.plan import Plan
@@ -21,21 +23,27 @@ if TYPE_CHECKING:
 
 
 def run_signatures(plan: Plan, index: int, store: Store) -> dict[str, Any]:
-    """MinHash band keys of the documents of shard ``index`` that exact dedup kept.
-
-    Text is read and hashed ``batch_size`` documents at a time; the keys of the shard
-    (``bands`` x 24 bytes per document, a few percent of its text) are held to write them
-    sorted into one row group per bucket, as ``clean/keys`` does for exact dedup.
-    """
+    """MinHash band keys of the documents that exact dedup kept, of each shard of this
+    index's group (each shard's keys are their own exchange producer: a later refresh reads
+    them by shard)."""
     cfg = options(plan)
+    mh = MinHasher(cfg.minhash)
+    group = plan.shards_of(SIGNATURES, index)
+    return sum_stats([_shard_signatures(plan, shard, store, cfg, mh) for shard in group], group)
+
+
+def _shard_signatures(plan: Plan, shard: int, store: Store, cfg: NearOptions, mh: MinHasher) -> dict[str, Any]:
+    """One shard's keys. Text is read and hashed ``batch_size`` documents at a time; the
+    keys of the shard (``bands`` x 24 bytes per document, a few percent of its text) are
+    held to write them sorted into one batch per bucket, as ``clean/keys`` does for exact
+    dedup."""
     p = cfg.minhash
-    mh = MinHasher(p)
     b = buckets(plan)
-    exact = (read_drops(store, ["exact_dedup"], index) if "exact_dedup" in plan.stage_names
+    exact = (read_drops(store, ["exact_dedup"], shard) if "exact_dedup" in plan.stage_names
              else np.empty(0, np.uint32)).astype(np.int64)
     keys, rows, prios = [], [], []
     docs = skipped = empty = shingles = text_bytes = 0
-    for r, text in iter_rows(store, index, None, cfg.batch_size):
+    for r, text in iter_rows(store, shard, None, cfg.batch_size):
         if len(exact):
             keep = ~np.isin(r, exact, assume_unique=True)
             skipped += int(len(r) - keep.sum())
@@ -61,6 +69,6 @@ def run_signatures(plan: Plan, index: int, store: Store) -> dict[str, Any]:
     order = np.lexsort((row, key, bucket))
     table = pa.table({"bucket": bucket[order], "key": key[order], "row": row[order].astype(np.uint32),
                       "prio": prio[order]}, schema=KEYS_SCHEMA)
-    write_partitioned(store, paths(plan).keys, index, table)
+    write_partitioned(store, paths(plan).keys, shard, table)
     return {"docs": docs, "skipped_exact": skipped, "no_shingles": empty, "shingles": shingles,
             "band_keys": int(len(key)), "text_bytes": text_bytes}

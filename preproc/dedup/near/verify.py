@@ -1,10 +1,12 @@
-"""Stages ``near_shingles`` and ``near_verify`` (one index per shard, with verification):
-each candidate pair's exact Jaccard of word (or char) n-gram sets against the threshold.
+"""Stages ``near_shingles`` and ``near_verify`` (one index per group of shards,
+``Plan.shards_of``; with verification): each candidate pair's exact Jaccard of word (or
+char) n-gram sets against the threshold.
 
 ``near_shingles`` sends the shingle set of every pair's second document to the shard of
 its first; ``near_verify`` compares them there and writes the verified pairs' edges to
-``cc/00``. In a refresh the second document may be one an earlier generation published:
-its set comes from that generation's ``clean/`` part (:mod:`preproc.dedup.near.history`).
+``cc/00``; an index works shard by shard and writes one exchange file for its group. In a
+refresh the second document may be one an earlier generation published: its set comes from
+that generation's ``clean/`` part (:mod:`preproc.dedup.near.history`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,19 @@ import pyarrow as pa
 
 from preproc.dedup.components import unique_edges
 from preproc.dedup.minhash import jaccard, shingle_sets
-from preproc.dedup.near.common import ROW_MASK, U64, buckets, node, options, paths, priority, unique_rows
+from preproc.dedup.near.common import (
+    ROW_MASK,
+    SHINGLES,
+    U64,
+    VERIFY,
+    buckets,
+    node,
+    options,
+    paths,
+    priority,
+    sum_stats,
+    unique_rows,
+)
 from preproc.dedup.near.history import EARLIER, earlier_part
 from preproc.dedup.near.io import SHINGLES_SCHEMA, contract, iter_rows, read_parts, write_edges
 from preproc.io.exchange import read_partition, write_partitioned
@@ -63,9 +77,22 @@ def sets_for_rows(cfg: NearOptions, store: Store, shard: int | str, rows: np.nda
 
 
 def run_shingles(plan: Plan, index: int, store: Store) -> dict[str, Any]:
-    """Shingle sets of the documents of this shard that are the *second* of a candidate
-    pair, sent to the shard of the first (where the pair is verified). In a refresh, also
-    those of the earlier generations' documents whose global shard maps to this index,
+    """The shingle sets of each shard of this index's group (:func:`_shard_shingles`), in
+    one exchange file sorted by the shard they are sent to."""
+    group = plan.shards_of(SHINGLES, index)
+    done = [_shard_shingles(plan, shard, store) for shard in group]
+    tables = [t for t, _ in done]
+    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables).combine_chunks()
+    if len(tables) > 1:
+        table = table.take(np.lexsort((table.column("b").to_numpy(), table.column("shard").to_numpy())))
+    write_partitioned(store, paths(plan).shingles, index, table)
+    return sum_stats([st for _, st in done], group)
+
+
+def _shard_shingles(plan: Plan, index: int, store: Store) -> tuple[pa.Table, dict[str, Any]]:
+    """Shingle sets of the documents of shard ``index`` that are the *second* of a candidate
+    pair, to send to the shard of the first (where the pair is verified). In a refresh, also
+    those of the earlier generations' documents whose global shard maps to this shard,
     read from that generation's ``clean/`` part."""
     cfg = options(plan)
     where = paths(plan)
@@ -106,12 +133,11 @@ def run_shingles(plan: Plan, index: int, store: Store) -> dict[str, Any]:
     lists = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(vals[pos], pa.uint32()))
     table = pa.table({"shard": pa.array(dest, pa.uint32()), "b": pa.array(b, pa.uint64()),
                       "prio": pa.array(prio[k], pa.uint64()), "shingles": lists}, schema=SHINGLES_SCHEMA)
-    write_partitioned(store, where.shingles, index, table)
     stats = {"partners": int(len(ids)), "sent": int(len(b)), "shingles_sent": int(lens.sum())}
     if plan.refresh:
         stats["earlier_partners"] = int(len(ids) - len(rows))
         stats["earlier_parts"] = earlier_parts
-    return stats
+    return table, stats
 
 
 def _partner_sets(store: Store, folder: str, index: int) -> tuple[np.ndarray, ...]:
@@ -136,7 +162,19 @@ def _partner_sets(store: Store, folder: str, index: int) -> tuple[np.ndarray, ..
 
 
 def run_verify(plan: Plan, index: int, store: Store) -> dict[str, Any]:
-    """Exact Jaccard of every candidate pair whose first document is in this shard."""
+    """The verified pairs of each shard of this index's group (:func:`_shard_verify`), as
+    one exchange file of edges."""
+    group = plan.shards_of(VERIFY, index)
+    done = [_shard_verify(plan, shard, store) for shard in group]
+    x, y, xp, yp = (np.concatenate([d[0][c] for d in done]) for c in range(4))
+    stats = sum_stats([d[1] for d in done], group)
+    stats["edges"] = write_edges(store, paths(plan).cc(cc_round(0)), index, x, y, xp, yp, buckets(plan))
+    return stats
+
+
+def _shard_verify(plan: Plan, index: int, store: Store) -> tuple[tuple[np.ndarray, ...], dict[str, Any]]:
+    """Exact Jaccard of every candidate pair whose first document is in shard ``index``:
+    the verified pairs contracted to stars ``(x, y, xp, yp)``, and the counts."""
     cfg = options(plan)
     where = paths(plan)
     assert cfg.threshold is not None
@@ -150,7 +188,7 @@ def run_verify(plan: Plan, index: int, store: Store) -> dict[str, Any]:
     ai = np.searchsorted(a_rows, (a & ROW_MASK).astype(np.int64))
     bi = np.searchsorted(b_ids, b)
     if len(b) and not np.array_equal(b_ids[np.minimum(bi, len(b_ids) - 1)], b):
-        raise RuntimeError(f"near_verify {index}: shingle sets missing for some candidate partners")
+        raise RuntimeError(f"near_verify, shard {index}: shingle sets missing for some candidate partners")
     # A pair whose sizes alone rule the threshold out needs no set comparison.
     la, lb = a_off[ai + 1] - a_off[ai], b_off[bi + 1] - b_off[bi]
     possible = np.minimum(la, lb) >= cfg.threshold * np.maximum(la, lb)
@@ -160,13 +198,12 @@ def run_verify(plan: Plan, index: int, store: Store) -> dict[str, Any]:
     ids = np.concatenate([node(index, a_rows), b_ids])
     prio = np.concatenate([a_prio, b_prio])
     order = np.argsort(ids)
-    x, y, xp, yp = contract(a[ok], b[ok], ids[order], prio[order])
-    edges = write_edges(store, where.cc(cc_round(0)), index, x, y, xp, yp, buckets(plan))
+    edges = contract(a[ok], b[ok], ids[order], prio[order])
     stats = {"candidates": int(len(a)), "compared": int(possible.sum()), "verified": int(ok.sum()),
-             "dissimilar": int(len(a) - ok.sum()), "edges": edges}
+             "dissimilar": int(len(a) - ok.sum())}
     if plan.refresh:
         # Pairs with a document an earlier generation published (it stays; this one goes).
         old = (b & EARLIER) != 0
         stats["earlier_candidates"] = int(old.sum())
         stats["earlier_verified"] = int((old & ok).sum())
-    return stats
+    return edges, stats

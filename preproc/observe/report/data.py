@@ -65,15 +65,16 @@ def report_data(plan: Plan, store: Store, stats: dict[str, Any] | None = None) -
                 nbytes = int(m.get("text_bytes", 0) or 0)
             else:
                 inputs = []    # filled below for the rows shown only (their file lists are read then)
-                nbytes = int(m.get("input_bytes", 0) or 0) or (plan.shards[i].bytes if i < plan.num_shards else 0)
+                nbytes = int(m.get("input_bytes", 0) or 0) or sum(plan.shards[sh].bytes for sh in plan.shards_of(stage, i))
             slow.append({"stage": stage, "index": i, "wall_time_s": float(m.get("wall_time_s", 0.0)),
                          "docs": int(m.get("read", m.get("docs", 0)) or 0), "tokens": int(m.get("tokens", 0) or 0),
                          "input_bytes": nbytes, "inputs": inputs})
     slow.sort(key=lambda r: -r["wall_time_s"])
     del slow[10:]
     for r in slow:    # only the rows shown read their shard's file list (preproc.io.splitlists)
-        if r["stage"] not in SLICE_STAGES and r["index"] < plan.num_shards:
-            r["inputs"] = [split_label(x) for x in plan.shards[r["index"]].splits[:20]]
+        if r["stage"] not in SLICE_STAGES:
+            r["inputs"] = [split_label(x) for sh in plan.shards_of(r["stage"], r["index"])
+                           for x in plan.shards[sh].splits[:20]][:20]
     stage_times = [{"stage": st.name, "indices": st.fan_out, "done": len(markers[st.name]),
                     "busy_s": round(sum(float(m.get("wall_time_s", 0.0)) for m in markers[st.name].values()), 3),
                     "span_s": _span(markers[st.name])} for st in plan.stages]
