@@ -29,10 +29,13 @@ kept as :func:`write_row_groups` / :func:`read_row_groups` for files read one at
 
 from __future__ import annotations
 
+import contextvars
 import json
 import struct
 import zlib
 from base64 import b64decode, b64encode
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -45,7 +48,7 @@ from preproc.io import layout
 if TYPE_CHECKING:
     from preproc.io.store import Store
 
-__all__ = ["write_partitioned", "read_partition", "read_partitions", "read_all", "build_index",
+__all__ = ["write_partitioned", "read_partition", "read_partitions", "read_all", "build_index", "prefetched",
            "index_info", "part_name", "write_row_groups", "read_row_groups", "INDEX_NAME"]
 
 INDEX_NAME = "_index.bin"
@@ -168,20 +171,66 @@ def index_info(store: Store, folder: str) -> dict:
     return {"producers": producers, "consumers": consumers, "rows": rows, "metadata": meta}
 
 
-def _entries(store: Store, folder: str, consumer: int) -> tuple[pa.Schema | None, np.ndarray]:
+def _entries(store: Store, folder: str, consumer: int, end: int | None = None) -> tuple[pa.Schema | None, np.ndarray]:
+    """The schema and the entries of consumers ``consumer`` .. ``end`` - 1 (just ``consumer``
+    by default), sorted by consumer then producer: one open, three small reads."""
+    end = consumer + 1 if end is None else end
     with store.open(_join(folder, INDEX_NAME)) as f:
         producers, consumers, _e, _rows, slen, mlen = _read_header(f)
         schema = pa.ipc.read_schema(pa.py_buffer(f.read(slen))) if slen else None
-        if consumer >= consumers:
+        end = min(end, consumers)
+        if consumer >= end:
             return schema, np.zeros(0, _ENTRY)
         base = _HEADER.size + slen + mlen + (-(slen + mlen) % 8)
         f.seek(base + 8 * consumer)
-        lo, hi = np.frombuffer(f.read(16), "<u8")
+        offs = np.frombuffer(f.read(8 * (end - consumer + 1)), "<u8")
+        lo, hi = int(offs[0]), int(offs[-1])
         if hi == lo:
             return schema, np.zeros(0, _ENTRY)
-        f.seek(base + 8 * (consumers + 1) + _ENTRY.itemsize * int(lo))
-        ent = np.frombuffer(f.read(_ENTRY.itemsize * int(hi - lo)), _ENTRY)
+        f.seek(base + 8 * (consumers + 1) + _ENTRY.itemsize * lo)
+        ent = np.frombuffer(f.read(_ENTRY.itemsize * (hi - lo)), _ENTRY)
     return schema, ent
+
+
+# (folder, consumer) -> (schema, entries, blobs) read ahead by :func:`prefetched`.
+_ahead: contextvars.ContextVar[dict | None] = contextvars.ContextVar("preproc_exchange_ahead", default=None)
+
+
+@contextmanager
+def prefetched(store: Store, folders: list[str], consumers: range) -> Iterator[None]:
+    """Within the block, reading any of ``consumers``' partitions of ``folders`` costs no
+    I/O: each folder's index is read once for the whole range, and each producer's bytes for
+    it in one request (a producer's batches for consecutive consumers are contiguous). For
+    an index that works through a group of shards one at a time (near dedup's per-shard
+    stages, tokenize's slices): one read per folder and producer, not one per shard. A
+    folder without an index yet, or whose bytes fail their checksums, is left to the
+    normal path (which builds or rebuilds the index)."""
+    ahead: dict = dict(_ahead.get() or {})
+    for folder in folders:
+        if not len(consumers) or not store.exists(_join(folder, INDEX_NAME)):
+            continue
+        schema, ent = _entries(store, folder, consumers.start, consumers.stop)
+        by_producer: dict[int, tuple[int, int]] = {}
+        for p, o, n in zip(ent["producer"].tolist(), ent["offset"].tolist(), ent["length"].tolist()):
+            a, b = by_producer.get(p, (o, o + n))
+            by_producer[p] = (min(a, o), max(b, o + n))
+        spans = sorted(by_producer.items())
+        got = store.read_ranges([_join(folder, part_name(p)) for p, _ in spans], [a for _, (a, _) in spans],
+                                [b for _, (_, b) in spans])
+        whole = {p: (a, memoryview(blob)) for (p, (a, _)), blob in zip(spans, got)}
+        blobs = [whole[p][1][o - whole[p][0]:o - whole[p][0] + n]
+                 for p, o, n in zip(ent["producer"].tolist(), ent["offset"].tolist(), ent["length"].tolist())]
+        if not all(zlib.crc32(b) == int(c) for b, c in zip(blobs, ent["crc"])):
+            continue
+        cons = ent["consumer"]
+        for c in consumers:
+            lo, hi = np.searchsorted(cons, c, side="left"), np.searchsorted(cons, c, side="right")
+            ahead[(folder, c)] = (schema, ent[lo:hi], blobs[lo:hi])
+    token = _ahead.set(ahead)
+    try:
+        yield
+    finally:
+        _ahead.reset(token)
 
 
 # -- consumers -----------------------------------------------------------------------------
@@ -190,6 +239,11 @@ def read_partitions(store: Store, folder: str, consumer: int, *, producers: int 
                     consumers: int | None = None) -> list[tuple[int, pa.Table]]:
     """``(producer, rows)`` for every producer that sent rows to ``consumer``, in producer
     order. Builds the folder's index first if nobody has (see :func:`build_index`)."""
+    ahead = (_ahead.get() or {}).get((folder, consumer))
+    if ahead is not None:
+        schema, ent, blobs = ahead
+        return [(int(p), pa.Table.from_batches([pa.ipc.read_record_batch(pa.ipc.read_message(pa.py_buffer(b)), schema)]))
+                for p, b in zip(ent["producer"], blobs)]
     for attempt in (0, 1):
         if attempt or not store.exists(_join(folder, INDEX_NAME)):
             build_index(store, folder, producers, consumers)

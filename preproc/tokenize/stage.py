@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from preproc.dedup.drops import read_drops
 from preproc.io import layout
+from preproc.io.exchange import prefetched
 from preproc.io.slices import Piece, read_slices
 from preproc.observe.stats import log2_histogram
 from preproc.tokenize.megatron import megatron_dtype, write_index
@@ -169,6 +170,9 @@ def run(plan: Plan, index: int, store: Store) -> dict[str, Any]:
         # No dictionary encoding: token ids and document ids gain nothing from it, and trying
         # it costs as much as the compression (halves the writing time, and a smaller file).
         writer = stack.enter_context(pq.ParquetWriter(fpq, schema, compression="zstd", use_dictionary=False)) if fpq else None
+        # The drop lists of the slice's parts, read in one go (not one exchange read per part).
+        parts = range(min(p.part for p in pieces), max(p.part for p in pieces) + 1) if pieces else range(0)
+        stack.enter_context(prefetched(store, [layout.drops_dir(st) for st in plan.drop_stages], parts))
         for batch in _regroup(_slice_rows(store, pieces, plan.drop_stages, counts), cfg.batch_size, cfg.batch_bytes):
             text_bytes += int(pc.sum(pc.binary_length(batch.column("text"))).as_py() or 0)
             flat, offsets = encode(tok, batch.column("text").to_pylist(), bos_id=info.get("bos_id"),

@@ -152,6 +152,35 @@ def test_exchange_round_trip_and_stale_index(tmp_path):
     assert first.column("v").to_numpy().tolist() == list(range(10))
 
 
+def test_prefetched_consumer_ranges_read_once_and_answer_the_same(tmp_path, counted):
+    """A group index's partitions, read ahead: one index read and one range per producer
+    for the whole consumer range, the same tables as reading consumer by consumer, no I/O
+    inside the block; bytes that no longer match the index fall back to the normal path."""
+    counts, state, _ = counted
+    store = Store(str(tmp_path))
+    rng = np.random.default_rng(2)
+    n, b = 6, 20
+    for p in range(n):
+        c = np.sort(rng.integers(0, b, 300).astype(np.uint32))
+        partitions.write_partitioned(store, "x", p, pa.table({"c": c, "v": rng.integers(0, 2**63, 300, dtype=np.uint64)}))
+    partitions.build_index(store, "x", n, b)
+    group = range(5, 13)
+    expect = {j: partitions.read_partitions(store, "x", j) for j in group}
+    state["stage"] = "ahead"
+    with partitions.prefetched(store, ["x", "not-an-exchange"], group):
+        before = dict(counts["ahead"])
+        got = {j: partitions.read_partitions(store, "x", j) for j in group}
+        assert dict(counts["ahead"]) == before                  # answered from memory
+    assert before["read_ranges"] == 1 and before["ranges"] == n and before["open"] == 1
+    assert {j: [(p, t.to_pylist()) for p, t in v] for j, v in got.items()} == \
+           {j: [(p, t.to_pylist()) for p, t in v] for j, v in expect.items()}
+    # A producer rewritten after the index: the read-ahead is dropped, the normal path rebuilds.
+    partitions.write_partitioned(store, "x", 0, pa.table({"c": np.full(3, 7, np.uint32), "v": np.arange(3, dtype=np.uint64)}))
+    with partitions.prefetched(store, ["x"], group):
+        t = partitions.read_partition(store, "x", 7, ["v"], producers=n, consumers=b, producer_column="p")
+    assert t.filter(pa.compute.equal(t.column("p"), 0)).column("v").to_pylist() == [0, 1, 2]
+
+
 def test_metadata_operations_are_linear_in_shards_and_buckets(tmp_path, counted):
     """With B = N (the old default: N x B footer reads per exchange), every stage's Store
     metadata operations stay within a small constant times N + B, no consumer of an

@@ -19,7 +19,7 @@ from preproc.dedup.near.history import write_segment
 from preproc.dedup.near.io import CLUSTERS_SCHEMA, MEMBERS_SCHEMA, read_edges, read_parts
 from preproc.dedup.near.rounds import edges_index, final_source
 from preproc.errors import ConfigError
-from preproc.io.exchange import write_partitioned
+from preproc.io.exchange import prefetched, write_partitioned
 from preproc.io.layout import PLAN, NearPaths, clean_part
 from preproc.io.store import Store
 from preproc.spec.load import load_spec
@@ -54,7 +54,8 @@ def run_clusters(plan: Plan, index: int, store: Store) -> dict[str, Any]:
 def run_drops(plan: Plan, index: int, store: Store) -> dict[str, Any]:
     """The drop list of this index's group of shards (:func:`_shard_drops`), one file."""
     group = plan.shards_of(DROPS, index)
-    done = [_shard_drops(plan, shard, store) for shard in group]
+    with prefetched(store, [paths(plan).members], group):
+        done = [_shard_drops(plan, shard, store) for shard in group]
     write_drops(store, DROPS, index, np.concatenate([np.full(len(d[0]), s, np.uint32) for s, d in zip(group, done)]),
                 np.concatenate([d[0] for d in done]))
     return sum_stats([d[1] for d in done], group)

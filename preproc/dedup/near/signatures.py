@@ -14,7 +14,8 @@ from preproc.dedup.drops import read_drops
 from preproc.dedup.minhash import MinHasher, shingle_hashes, unit_hashes
 from preproc.dedup.near.common import SIGNATURES, U64, buckets, options, paths, priority, sum_stats
 from preproc.dedup.near.io import KEYS_SCHEMA, iter_rows
-from preproc.io.exchange import write_partitioned
+from preproc.io.exchange import prefetched, write_partitioned
+from preproc.io.layout import drops_dir
 from preproc.spec.near import NearOptions
 
 if TYPE_CHECKING:
@@ -29,7 +30,8 @@ def run_signatures(plan: Plan, index: int, store: Store) -> dict[str, Any]:
     cfg = options(plan)
     mh = MinHasher(cfg.minhash)
     group = plan.shards_of(SIGNATURES, index)
-    return sum_stats([_shard_signatures(plan, shard, store, cfg, mh) for shard in group], group)
+    with prefetched(store, [drops_dir("exact_dedup")] if "exact_dedup" in plan.stage_names else [], group):
+        return sum_stats([_shard_signatures(plan, shard, store, cfg, mh) for shard in group], group)
 
 
 def _shard_signatures(plan: Plan, shard: int, store: Store, cfg: NearOptions, mh: MinHasher) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from preproc.dedup.near.common import (
 )
 from preproc.dedup.near.history import EARLIER, earlier_part
 from preproc.dedup.near.io import SHINGLES_SCHEMA, contract, iter_rows, read_parts, write_edges
-from preproc.io.exchange import read_partition, write_partitioned
+from preproc.io.exchange import prefetched, read_partition, write_partitioned
 from preproc.io.layout import cc_round, clean_part
 from preproc.spec.near import NearOptions
 
@@ -80,7 +80,8 @@ def run_shingles(plan: Plan, index: int, store: Store) -> dict[str, Any]:
     """The shingle sets of each shard of this index's group (:func:`_shard_shingles`), in
     one exchange file sorted by the shard they are sent to."""
     group = plan.shards_of(SHINGLES, index)
-    done = [_shard_shingles(plan, shard, store) for shard in group]
+    with prefetched(store, [paths(plan).cand], group):
+        done = [_shard_shingles(plan, shard, store) for shard in group]
     tables = [t for t, _ in done]
     table = tables[0] if len(tables) == 1 else pa.concat_tables(tables).combine_chunks()
     if len(tables) > 1:
@@ -165,7 +166,8 @@ def run_verify(plan: Plan, index: int, store: Store) -> dict[str, Any]:
     """The verified pairs of each shard of this index's group (:func:`_shard_verify`), as
     one exchange file of edges."""
     group = plan.shards_of(VERIFY, index)
-    done = [_shard_verify(plan, shard, store) for shard in group]
+    with prefetched(store, [paths(plan).cand, paths(plan).shingles], group):
+        done = [_shard_verify(plan, shard, store) for shard in group]
     x, y, xp, yp = (np.concatenate([d[0][c] for d in done]) for c in range(4))
     stats = sum_stats([d[1] for d in done], group)
     stats["edges"] = write_edges(store, paths(plan).cc(cc_round(0)), index, x, y, xp, yp, buckets(plan))
