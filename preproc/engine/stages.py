@@ -88,11 +88,12 @@ INPUT_BYTES_PER_LATER_INDEX = 32 * 2**20
 MIN_LATER_FAN_OUT = 16
 
 
-def later_fan_out(num_shards: int, input_bytes: int) -> int:
-    """The fan-out of tokenize and near dedup's per-shard stages: one index per
-    ``INPUT_BYTES_PER_LATER_INDEX`` of input, at least ``MIN_LATER_FAN_OUT``, at most
-    ``num_shards`` (so at up to 16 shards it is the shard count)."""
-    want = max(MIN_LATER_FAN_OUT, -(-int(input_bytes) // INPUT_BYTES_PER_LATER_INDEX))
+def later_fan_out(num_shards: int, input_bytes: int, want: int | None = None) -> int:
+    """The fan-out of tokenize and near dedup's per-shard stages: ``want`` (the spec's
+    ``later_fan_out``) or one index per ``INPUT_BYTES_PER_LATER_INDEX`` of input, at least
+    ``MIN_LATER_FAN_OUT``; at most ``num_shards`` (so at up to 16 shards it is the shard count)."""
+    if want is None:
+        want = max(MIN_LATER_FAN_OUT, -(-int(input_bytes) // INPUT_BYTES_PER_LATER_INDEX))
     return max(1, min(num_shards, want))
 
 
@@ -101,7 +102,7 @@ def pipeline_stages(spec: Spec, num_shards: int, input_bytes: int = 0) -> list[S
     shards; the later stages' fan-outs follow the data volume (``input_bytes``): dedup's
     buckets (unless the spec sets them), tokenize's slices and near dedup's shard groups
     (:func:`later_fan_out`)."""
-    later = later_fan_out(num_shards, input_bytes)
+    later = later_fan_out(num_shards, input_bytes, spec.later_fan_out)
     stages = [StagePlan("clean", num_shards)]
     if spec.dedup.exact.enabled:
         stages.append(StagePlan("exact_dedup", spec.dedup.exact.buckets or exact.buckets_for(input_bytes)))

@@ -157,6 +157,10 @@ class Spec(_Model):
     output: str | None = None
     shards: int | None = Field(default=None, ge=1)
     target_shard_bytes: Size = 128 * 2**20
+    # Indices of the stages after clean that work through the shards (tokenize's slices,
+    # near dedup's shard groups). Default: one per 32 MiB of input, at least 16; never more
+    # than the shards. Any value gives the same documents and token ids.
+    later_fan_out: int | None = Field(default=None, ge=1)
     # ``false`` passes text through unchanged; otherwise each key names a clean step
     # (``normalize``, ``length``, and the quality filters), ``false`` switches it off.
     clean: bool | dict[str, Any] = True
