@@ -125,12 +125,13 @@ def build_index(store: Store, folder: str, producers: int | None, consumers: int
     schema_b = b""
     meta: list[dict[str, str]] = []
     parts = []
-    for p in ids:
-        try:
-            side = json.loads(store.read_bytes(_join(folder, _sidecar(p))))
-        except FileNotFoundError:
+    # All sidecars in one call: concurrent on object stores (10,000 producers on S3 would
+    # otherwise be 10,000 round trips one after the other in the coordinator).
+    for p, raw in zip(ids, store.read_many([_join(folder, _sidecar(p)) for p in ids])):
+        if raw is None:
             raise RuntimeError(f"{store.url(folder)}: producer {p} has not written its output "
-                               "(its stage is not complete)") from None
+                               "(its stage is not complete)")
+        side = json.loads(raw)
         s = b64decode(side["schema"])
         if not schema_b:
             schema_b = s

@@ -222,6 +222,33 @@ class Store:
             return f.read()
 
     @_refreshing
+    def read_many(self, rels: list[str]) -> list[bytes | None]:
+        """The bytes of each file (None for one that does not exist), in one call:
+        concurrent requests on object stores (fsspec ``cat``), where reading thousands of
+        small files one after the other costs a round trip each."""
+        if self.local:
+            out: list[bytes | None] = []
+            for r in rels:
+                try:
+                    with open(self.path(r), "rb") as f:  # noqa: PTH123 - a local path
+                        out.append(f.read())
+                except FileNotFoundError:
+                    out.append(None)
+            return out
+        paths = [self.path(r) for r in rels]
+        got = self.fs.cat(paths, on_error="return") if paths else {}
+        out = []
+        for p in paths:
+            v = got.get(p, FileNotFoundError(p)) if isinstance(got, dict) else got
+            if isinstance(v, FileNotFoundError):
+                out.append(None)
+            elif isinstance(v, BaseException):
+                raise v
+            else:
+                out.append(v)
+        return out
+
+    @_refreshing
     def read_ranges(self, rels: list[str], starts: list[int], ends: list[int]) -> list[bytes]:
         """Bytes ``[start, end)`` of each file, in one call: concurrent requests on object
         stores (fsspec ``cat_ranges``), so many small ranges cost no more round trips."""

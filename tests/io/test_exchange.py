@@ -181,6 +181,36 @@ def test_prefetched_consumer_ranges_read_once_and_answer_the_same(tmp_path, coun
     assert t.filter(pa.compute.equal(t.column("p"), 0)).column("v").to_pylist() == [0, 1, 2]
 
 
+def test_the_index_reads_the_sidecars_concurrently_on_s3(s3, monkeypatch):
+    """On S3 the coordinator fetches the producers' sidecars with concurrent requests (not
+    one round trip after the other); a missing producer is named."""
+    import s3fs
+
+    store = Store(f"s3://{s3.bucket()}/x", s3.storage)
+    n, b = 24, 3
+    for p in range(n):
+        partitions.write_partitioned(store, "ex", p, pa.table({"c": np.arange(b, dtype=np.uint32),
+                                                                "v": np.full(b, p, np.uint64)}))
+    inflight = {"now": 0, "max": 0}
+    real = s3fs.S3FileSystem._cat_file
+
+    async def counting(self, path, *a, **k):
+        inflight["now"] += 1
+        inflight["max"] = max(inflight["max"], inflight["now"])
+        try:
+            return await real(self, path, *a, **k)
+        finally:
+            inflight["now"] -= 1
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_cat_file", counting)
+    partitions.build_index(store, "ex", n, b)
+    assert inflight["max"] > 1
+    t = partitions.read_partition(store, "ex", 1, ["v"])
+    assert sorted(t.column("v").to_pylist()) == list(range(n))
+    with pytest.raises(RuntimeError, match="producer 24 has not written"):
+        partitions.build_index(store, "ex", n + 1, b)
+
+
 def test_metadata_operations_are_linear_in_shards_and_buckets(tmp_path, counted):
     """With B = N (the old default: N x B footer reads per exchange), every stage's Store
     metadata operations stay within a small constant times N + B, no consumer of an
