@@ -304,8 +304,6 @@ def run_fingerprint(spec: Spec, files: list[InputFile]) -> str:
     sj = spec.to_json()
     for k in ("executor", "output", "storage", "metrics"):
         sj.pop(k, None)
-    if sj.get("later_fan_out") is None:     # (unset: the run ids of specs from before it)
-        sj.pop("later_fan_out", None)
     h = hashlib.sha256()
     h.update(json.dumps(sj, sort_keys=True).encode())
     for f in files:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, field_validator, model_serializer, model_validator
 
 from preproc.clean.steps import build_steps
 from preproc.io.s3 import S3Spec, StorageSpec
@@ -169,6 +169,15 @@ class Spec(_Model):
     executor: ExecutorSpec = ExecutorSpec()
     storage: StorageSpec = StorageSpec()
     metrics: MetricsSpec = MetricsSpec()
+
+    @model_serializer(mode="wrap")
+    def _unset_later_fan_out_left_out(self, handler: Any) -> dict[str, Any]:
+        # Unset, ``later_fan_out`` is not written: plans, manifests and run ids of specs
+        # from before it stay byte-identical.
+        d = handler(self)
+        if d.get("later_fan_out") is None:
+            d.pop("later_fan_out", None)
+        return d
 
     @model_validator(mode="before")
     @classmethod
