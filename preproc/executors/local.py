@@ -55,7 +55,18 @@ def _spawn_guard() -> None:
         os._exit(EXIT_SPAWN_MAIN)
 
 
-def _init_worker(threads: int, explicit: bool, started: Any = None, parent_pid: int | None = None) -> None:
+# How pool workers start: ``spawn`` (see above). The test suite sets ``forkserver`` (its
+# server preloaded with the engine's modules, tests/conftest.py) so that each of its hundreds
+# of pools pays a fork, not an interpreter start and the imports; a worker then gets the
+# coordinator's environment explicitly and watches the server, which dies with the coordinator.
+START_METHOD = "spawn"
+
+
+def _init_worker(threads: int, explicit: bool, started: Any = None, parent_pid: int | None = None,
+                 env: dict[str, str] | None = None) -> None:
+    if env is not None:        # forkserver: the server's environment is not the coordinator's
+        os.environ.clear()
+        os.environ.update(env)
     watch_parent(parent_pid)   # no orphans: die with the coordinator, even on kill -9
     install_log_redaction()    # a worker's records (even through logging.lastResort) are redacted
 
@@ -102,11 +113,13 @@ class LocalExecutor:
     def _get_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
             _spawn_guard()
-            ctx = mp.get_context("spawn")
+            ctx = mp.get_context(START_METHOD)
             self._started_q = ctx.SimpleQueue()
+            spawned = START_METHOD == "spawn"
             self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
                                              initargs=(self.threads, self.explicit_threads, self._started_q,
-                                                       os.getpid()))
+                                                       os.getpid() if spawned else None,
+                                                       None if spawned else dict(os.environ)))
         return self._pool
 
     def prestart(self, spec: Spec) -> None:
