@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+from multiprocessing import forkserver
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import yaml
 
 from preproc import faults
 from preproc.executors import local as local_executor
+from tests.k8s.standin.zygote import close_shared
 
 # The S3 fixtures (moto's server on loopback), shared by every test module that takes `s3`.
 from tests.s3server import s3, s3_server  # noqa: F401  (pytest fixtures, found by name)
@@ -39,6 +41,15 @@ def _no_fault_context_left():
     test process itself, depending on which tests an xdist worker ran before)."""
     yield
     faults.context.stage = faults.context.index = None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _helpers_reaped():
+    """At the end, the pod zygote and the fork server are stopped and waited for (their
+    pods' and workers' CPU then counts in this process's children, as a spawned one's does)."""
+    yield
+    close_shared()
+    forkserver._forkserver._stop()
 
 
 def need(path: Path) -> Path:

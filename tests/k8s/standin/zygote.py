@@ -132,6 +132,15 @@ def shared_zygote() -> Zygote:
         return _shared
 
 
+def close_shared() -> None:
+    """End the shared zygote (its pods are killed) and reap it: its CPU is then counted."""
+    global _shared
+    with _shared_lock:
+        if _shared is not None:
+            _shared.close()
+            _shared = None
+
+
 # -- the zygote's side ------------------------------------------------------------------------
 
 def _child(req: dict[str, Any], fds: list[int], ready: int) -> None:
