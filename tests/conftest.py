@@ -3,14 +3,26 @@ it are skipped when it is absent, unless PREPROC_REQUIRE_SHARED=1 (CI) makes tha
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
+from multiprocessing import forkserver
 from pathlib import Path
 
 import pytest
 import yaml
 
+from preproc import faults
+from preproc.executors import local as local_executor
+from tests.k8s.standin.zygote import close_shared
+
 # The S3 fixtures (moto's server on loopback), shared by every test module that takes `s3`.
 from tests.s3server import s3, s3_server  # noqa: F401  (pytest fixtures, found by name)
+
+# In-process runs start their local workers from a fork server that has imported the engine
+# once (preproc.executors.local.START_METHOD): a pool costs a fork per worker, not an
+# interpreter start and a second of imports. Runs in subprocesses (the CLI tests) keep spawn.
+local_executor.START_METHOD = "forkserver"
+mp.get_context("forkserver").set_forkserver_preload(["preproc.executors.local"])
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PREPROC_SHARED", ROOT.parent / "shared"))
@@ -19,6 +31,25 @@ CORPUS = DATA / "corpus"
 BAD = DATA / "bad"
 GPT2 = DATA / "tokenizers" / "gpt2" / "tokenizer.json"
 DEEPSEEK = DATA / "tokenizers" / "deepseek-v3" / "tokenizer.json"
+
+
+@pytest.fixture(autouse=True)
+def _no_fault_context_left():
+    """Forget the index an in-process ``run_index`` left in ``faults.context`` (stages.py
+    sets it and never clears it): in this process the coordinator's own commits would match
+    a later test's failpoint rules for that stage and index (a ``kill`` rule then killed the
+    test process itself, depending on which tests an xdist worker ran before)."""
+    yield
+    faults.context.stage = faults.context.index = None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _helpers_reaped():
+    """At the end, the pod zygote and the fork server are stopped and waited for (their
+    pods' and workers' CPU then counts in this process's children, as a spawned one's does)."""
+    yield
+    close_shared()
+    forkserver._forkserver._stop()
 
 
 def need(path: Path) -> Path:

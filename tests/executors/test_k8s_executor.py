@@ -25,6 +25,7 @@ from preproc.executors.k8s import KubernetesExecutor
 from preproc.io.store import Store
 from preproc.k8s import job_name
 from preproc.spec import load_spec
+from tests.conftest import wait_for
 from tests.k8s.checks import MANIFESTS, REPO, assert_valid
 from tests.k8s.standin import ADMIN_TOKEN, StandIn, rbac_rules_from
 
@@ -260,25 +261,41 @@ def test_pods_that_cannot_start_fail_fast_as_config_errors(tmp_path, demo_inputs
 
 
 def test_the_watch_survives_expiry_and_dropped_connections(tmp_path, demo_inputs, cluster):
-    ex, plan, stage, indices = first_stage(cluster, demo_inputs, tmp_path / "out", parallelism=1)
-    stop = threading.Event()
+    """Three times while the stage runs, the history is compacted and the open watch cut: the
+    coordinator rereads the Job and watches again, and the stage finishes. Its pods hold at
+    their start (a ``pause`` failpoint) until the third new watch is open, so the stage
+    cannot end before the chaos, however fast the pods are."""
+    state = tmp_path / "fault-state"
+    ex, plan, stage, indices = first_stage(cluster, demo_inputs, tmp_path / "out", parallelism=1, env={
+        "PREPROC_FAILPOINTS": "point=start,action=pause", "PREPROC_FAILPOINT_STATE": str(state)})
+
+    def watches():
+        return [r for r in cluster.requests if r[0] == "GET" and "watch=true" in r[2]]
+
+    cuts = []
 
     def chaos():
-        while not stop.wait(0.7):
+        if not wait_for(lambda: state.is_dir() and any(state.glob("paused-*")), 120):
+            return
+        for k in range(3):
+            if not wait_for(lambda k=k: len(watches()) > k, 60):
+                return
             cluster.compact()        # every resourceVersion the client holds is now too old
             cluster.drop_watches()   # and the open stream is cut
+            cuts.append(k)
+        wait_for(lambda: len(watches()) > 3, 60)
+        (state / "resume").touch()
 
     t = threading.Thread(target=chaos, daemon=True)
     t.start()
     try:
         ex.run_stage(plan, stage, indices)
     finally:
-        stop.set()
+        (state / "resume").touch()
         t.join()
     assert Store(plan.output).done_indices(stage) == set(indices)
-    watches = [r for r in cluster.requests if r[0] == "GET" and "watch=true" in r[2]]
     rereads = [r for r in cluster.requests if r[0] == "GET" and r[1].endswith("/jobs/" + job_name(plan.run_id, stage))]
-    assert len(watches) >= 3 and rereads
+    assert cuts == [0, 1, 2] and len(watches()) >= 4 and rereads
 
 
 def test_a_job_deleted_under_the_coordinator_is_reported(tmp_path, demo_inputs, cluster):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import preproc
+from tests.conformance.shared import shared_ray, stop_shared_ray
 from tests.conftest import read_tree
 
 ray = pytest.importorskip("ray")
@@ -53,18 +54,25 @@ def test_ray_outputs_identical_and_a_crash_is_retried(tmp_path, demo_inputs, loc
     assert r.stats["read"] == r.stats["kept"] + r.stats["filtered_total"] + r.stats["duplicates_total"] + r.stats["rejected_total"]
 
 
-def test_ray_rerun_after_failed_run_skips_finished_indices(tmp_path, demo_inputs, local_ref, fresh_ray):
-    out = tmp_path / "out"
-    ex = _ray_executor(retries=0, PREPROC_FAILPOINTS="point=start,stage=tokenize,index=2,action=raise")
-    with pytest.raises(preproc.StageFailed) as e:
-        preproc.run(_spec(demo_inputs, out, executor=ex))
-    assert list(e.value.failures) == [2]
-    assert not (out / "dataset.json").exists()
-    clean_done = {p.name: p.stat().st_mtime_ns for p in (out / "clean" / "_done").iterdir()}
-    tok_done = {p.name: p.stat().st_mtime_ns for p in (out / "tokenize" / "_done").iterdir()}
-    assert "00002.json" not in tok_done and len(tok_done) == 5
-    ray.shutdown()
-    preproc.run(_spec(demo_inputs, out, executor=_ray_executor()))
+def test_ray_rerun_after_failed_run_skips_finished_indices(tmp_path, tmp_path_factory, demo_inputs, local_ref, fresh_ray):
+    """A failed run and its rerun on one Ray (the cluster a rerun meets; the executor's own
+    start of a local Ray is the test above): one Ray start, not two. Its workers read the
+    failpoint rules from a file (tests/conformance/shared.py), emptied for the rerun."""
+    home = shared_ray(tmp_path_factory, 2)
+    try:
+        out = tmp_path / "out"
+        (home / "rules.txt").write_text("point=start,stage=tokenize,index=2,action=raise")
+        with pytest.raises(preproc.StageFailed) as e:
+            preproc.run(_spec(demo_inputs, out, executor={"kind": "ray", "retries": 0}))
+        assert list(e.value.failures) == [2]
+        assert not (out / "dataset.json").exists()
+        clean_done = {p.name: p.stat().st_mtime_ns for p in (out / "clean" / "_done").iterdir()}
+        tok_done = {p.name: p.stat().st_mtime_ns for p in (out / "tokenize" / "_done").iterdir()}
+        assert "00002.json" not in tok_done and len(tok_done) == 5
+        (home / "rules.txt").write_text("")
+        preproc.run(_spec(demo_inputs, out, executor={"kind": "ray", "retries": 2}))
+    finally:
+        stop_shared_ray()
     # Finished indices were not run again; the failed one was, and the outputs are identical.
     assert {p.name: p.stat().st_mtime_ns for p in (out / "clean" / "_done").iterdir()} == clean_done
     after = {p.name: p.stat().st_mtime_ns for p in (out / "tokenize" / "_done").iterdir()}

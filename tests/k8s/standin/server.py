@@ -27,6 +27,7 @@ from tests.k8s.standin.api import ApiHandler
 from tests.k8s.standin.common import ADMIN_TOKEN, INDEX_KEY, REPO_ROOT, ApiError, index_map, index_set, now
 from tests.k8s.standin.controller import JobController
 from tests.k8s.standin.validation import default_job, validate_job
+from tests.k8s.standin.zygote import PodProcess, shared_zygote
 
 
 class StandIn:
@@ -41,7 +42,7 @@ class StandIn:
                  secrets: dict[tuple[str, str], dict[str, str]] | None = None,
                  validate_schema: bool = True, pod_start_delay_s: float = 0.0,
                  pod_runner: Callable[[list[str], dict[str, str], int], int] | None = None,
-                 pod_runner_threads: int = 8, sync_period_s: float = 0.0):
+                 pod_runner_threads: int = 8, sync_period_s: float = 0.0, zygote: bool = True):
         self.tokens: dict[str, list[dict[str, Any]] | None] = {ADMIN_TOKEN: None, **(tokens or {})}
         self.python = python
         self.kube_version = kube_version
@@ -51,6 +52,9 @@ class StandIn:
         # In-process pods (scale benchmarks): the container is pod_runner(command, env, index)
         # on a thread pool, its return value the exit code; no process, no log.
         self.pod_runner = pod_runner
+        # Pods of `preproc` commands are forks of a warm interpreter (zygote.py), not each a
+        # fresh one: the same process boundaries at a fraction of the CPU. False: subprocesses.
+        self.zygote = zygote
         self.sync_period_s = sync_period_s   # > 0: each Job controller reconciles at most this often
         self._runner_pool = ThreadPoolExecutor(pod_runner_threads, thread_name_prefix="standin-pod") if pod_runner else None
         self.lock = threading.RLock()
@@ -63,7 +67,7 @@ class StandIn:
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.by_controller: dict[str, dict[str, dict[str, Any]]] = {}  # job uid -> pod name -> pod, same order
         self.controllers: dict[str, "JobController"] = {}  # by job uid
-        self.procs: dict[str, subprocess.Popen] = {}  # by pod name
+        self.procs: dict[str, subprocess.Popen | PodProcess] = {}  # by pod name
         self.requests: list[tuple[str, str, str]] = []  # (method, path, query), for assertions
         self.deletions: list[tuple[str, str, str]] = []  # (resource, name, propagationPolicy)
         self.watch_generation = 0
@@ -348,10 +352,15 @@ class StandIn:
         exit_override = index_map(env.get("STANDIN_EXIT")).get(index)
         if exit_override is not None:
             cmd = [self.python, "-c", f"import sys; print('stand-in: exiting {exit_override}'); sys.exit({exit_override})"]
-        log = open(podd / "log", "wb")
-        proc = subprocess.Popen(cmd, env=full_env, cwd=str(podd), stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-        log.close()
+        proc: subprocess.Popen | PodProcess
+        if self.zygote and cmd[:3] == [sys.executable, "-m", "preproc"]:
+            # `preproc ...` forked from a warm interpreter (tests/k8s/standin/zygote.py)
+            proc = shared_zygote().spawn(cmd[3:], full_env, str(podd), str(podd / "log"))
+        else:
+            log = open(podd / "log", "wb")
+            proc = subprocess.Popen(cmd, env=full_env, cwd=str(podd), stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            log.close()
         self.procs[name] = proc
         status.pop("_pull_tried", None)
         status["phase"] = "Running"
@@ -405,7 +414,7 @@ class StandIn:
                                                    "state": state}]
             self.put("pods", pod)
 
-    def _reap(self, pod: dict[str, Any], proc: subprocess.Popen) -> None:
+    def _reap(self, pod: dict[str, Any], proc: subprocess.Popen | PodProcess) -> None:
         rc = proc.wait()
         with self.lock:
             self.procs.pop(pod["metadata"]["name"], None)
