@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from preproc import faults
 from preproc.executors import local as local_executor
 from tests.k8s.standin.zygote import close_shared
 
@@ -31,16 +30,6 @@ CORPUS = DATA / "corpus"
 BAD = DATA / "bad"
 GPT2 = DATA / "tokenizers" / "gpt2" / "tokenizer.json"
 DEEPSEEK = DATA / "tokenizers" / "deepseek-v3" / "tokenizer.json"
-
-
-@pytest.fixture(autouse=True)
-def _no_fault_context_left():
-    """Forget the index an in-process ``run_index`` left in ``faults.context`` (stages.py
-    sets it and never clears it): in this process the coordinator's own commits would match
-    a later test's failpoint rules for that stage and index (a ``kill`` rule then killed the
-    test process itself, depending on which tests an xdist worker ran before)."""
-    yield
-    faults.context.stage = faults.context.index = None
 
 
 @pytest.fixture(scope="session", autouse=True)

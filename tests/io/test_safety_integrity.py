@@ -245,3 +245,7 @@ def test_index_markers_come_after_their_outputs_are_synced(tmp_path, demo_inputs
     assert not any("metrics" in p or "_done" in p for e, p in events if e == "fsync")
     (tmp_path / "o" / "clean" / "_done" / "00000.json").write_bytes(b"")
     assert Store(str(tmp_path / "o")).read_marker("clean", 0) is None
+    # The process that ran the index does not go on committing as that index (a failpoint
+    # rule for clean 0 would otherwise fire on this process's later writes).
+    from preproc import faults
+    assert (faults.context.stage, faults.context.index) == (None, None)
