@@ -235,14 +235,15 @@ def _verified_gen2(inp, bible, cfg, files: int = 3) -> tuple[list[dict], list[di
     return close, far, twins + fresh
 
 
-@pytest.mark.parametrize("shards", [3, 20])
-def test_verified_refresh_drops_only_true_near_duplicates_of_earlier_generations(setup, corpus, shards):
+def test_verified_refresh_drops_only_true_near_duplicates_of_earlier_generations(setup, corpus):
     """Generation 2: edited copies of generation-1 documents above the threshold are
     dropped (the published original stays); copies that share a band key with their
     original but are below the threshold are kept, as are new documents; within the
-    generation, one of two near copies stays. With 20 shards generation 2's near stages
-    run 16 indices over groups of shards (the earlier generation's parts are read by shard)."""
+    generation, one of two near copies stays. Generation 2 has 20 shards, so its near
+    stages run 16 indices over groups of shards (the earlier generation's parts are read by
+    shard)."""
     tmp, inp, spec, _ = setup
+    shards = 20
     spec = dict(spec, shards=shards, dedup={"exact": True, "near": True})
     cfg = preproc.load_spec(spec).dedup.near
     assert cfg.verify and cfg.threshold == 0.8
