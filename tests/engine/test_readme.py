@@ -50,7 +50,7 @@ def test_demo_prints_exactly_the_readme_summary():
 def test_readme_setup_is_two_commands():
     block = README[README.index("## Two commands"):README.index("## Command line")]
     commands = [l for l in block.splitlines() if l.startswith("pip install")]
-    assert commands == ["pip install -e . && preproc demo", "pip install -e '.[test]' && python -m pytest -q -n 2"]
+    assert commands == ["pip install -e . && preproc demo", "pip install -e '.[test]' && python -m pytest -q -n 3"]
 
 
 def test_readme_lists_every_extra_and_only_those():
