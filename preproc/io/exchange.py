@@ -207,10 +207,11 @@ def prefetched(store: Store, folders: list[str], consumers: range) -> Iterator[N
     folder without an index yet, or whose bytes fail their checksums, is left to the
     normal path (which builds or rebuilds the index)."""
     ahead: dict = dict(_ahead.get() or {})
-    for folder in folders:
-        if not len(consumers) or not store.exists(_join(folder, INDEX_NAME)):
+    for folder in folders if len(consumers) else []:
+        try:
+            schema, ent = _entries(store, folder, consumers.start, consumers.stop)
+        except FileNotFoundError:
             continue
-        schema, ent = _entries(store, folder, consumers.start, consumers.stop)
         by_producer: dict[int, tuple[int, int]] = {}
         for p, o, n in zip(ent["producer"].tolist(), ent["offset"].tolist(), ent["length"].tolist()):
             a, b = by_producer.get(p, (o, o + n))
@@ -221,7 +222,7 @@ def prefetched(store: Store, folders: list[str], consumers: range) -> Iterator[N
         whole = {p: (a, memoryview(blob)) for (p, (a, _)), blob in zip(spans, got)}
         blobs = [whole[p][1][o - whole[p][0]:o - whole[p][0] + n]
                  for p, o, n in zip(ent["producer"].tolist(), ent["offset"].tolist(), ent["length"].tolist())]
-        if not all(zlib.crc32(b) == int(c) for b, c in zip(blobs, ent["crc"])):
+        if not _intact(ent, blobs):
             continue
         cons = ent["consumer"]
         for c in consumers:
@@ -242,9 +243,7 @@ def read_partitions(store: Store, folder: str, consumer: int, *, producers: int 
     order. Builds the folder's index first if nobody has (see :func:`build_index`)."""
     ahead = (_ahead.get() or {}).get((folder, consumer))
     if ahead is not None:
-        schema, ent, blobs = ahead
-        return [(int(p), pa.Table.from_batches([pa.ipc.read_record_batch(pa.ipc.read_message(pa.py_buffer(b)), schema)]))
-                for p, b in zip(ent["producer"], blobs)]
+        return _tables(*ahead)
     for attempt in (0, 1):
         if attempt or not store.exists(_join(folder, INDEX_NAME)):
             build_index(store, folder, producers, consumers)
@@ -254,16 +253,23 @@ def read_partitions(store: Store, folder: str, consumer: int, *, producers: int 
         blobs = store.read_ranges([_join(folder, part_name(int(p))) for p in ent["producer"]],
                                   [int(o) for o in ent["offset"]],
                                   [int(o + n) for o, n in zip(ent["offset"], ent["length"])])
-        if all(zlib.crc32(b) == int(c) for b, c in zip(blobs, ent["crc"])):
+        if _intact(ent, blobs):
             break
         if attempt:
             raise RuntimeError(f"{store.url(folder)}: the exchange index does not match its files "
                                "(a producer's file changed while consumers read it)")
-    out = []
-    for p, blob in zip(ent["producer"], blobs):
-        batch = pa.ipc.read_record_batch(pa.ipc.read_message(pa.py_buffer(blob)), schema)
-        out.append((int(p), pa.Table.from_batches([batch])))
-    return out
+    return _tables(schema, ent, blobs)
+
+
+def _intact(ent: np.ndarray, blobs: list) -> bool:
+    """Every byte range matches the crc32 the index holds for it."""
+    return all(zlib.crc32(b) == int(c) for b, c in zip(blobs, ent["crc"]))
+
+
+def _tables(schema: pa.Schema | None, ent: np.ndarray, blobs: list) -> list[tuple[int, pa.Table]]:
+    """``(producer, rows)`` parsed from each entry's bytes (an IPC record batch message)."""
+    return [(int(p), pa.Table.from_batches([pa.ipc.read_record_batch(pa.ipc.read_message(pa.py_buffer(b)), schema)]))
+            for p, b in zip(ent["producer"], blobs)]
 
 
 def read_partition(store: Store, folder: str, consumer: int, columns: list[str] | None = None, *,
