@@ -64,25 +64,27 @@ def _refreshing(method):
     return wrapper
 
 
-def _sweep_temporaries(folder: str, name: str) -> None:
-    """Remove ``.<name>.tmp-*`` in ``folder``: an earlier attempt's, killed before its rename
-    (only the index that writes ``name`` writes them, so they are its own)."""
-    prefix = layout.temporary(name, "")
+def _remove_temporaries(folder: str, want: Callable[[str], bool] | None = None, *, prefix: str = "") -> int:
+    """Remove the temporaries of atomic writes in ``folder`` (``.<name>.tmp-<hex>``, never
+    anything else) whose final name ``want`` accepts (all by default); how many. ``prefix``:
+    the temporaries sought all start with it (one name's: :func:`layout.temporary`)."""
     try:
         names = os.listdir(folder)
-    except FileNotFoundError:
-        return
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
     # A folder holds a file per index (thousands): look for the prefix in C (one join and
     # one substring search) and loop in Python only when there is something to remove.
-    if "\0" + prefix not in "\0" + "\0".join(names):
-        return
+    if prefix and "\0" + prefix not in "\0" + "\0".join(names):
+        return 0
+    removed = 0
     for n in names:
-        if not n.startswith(prefix):
-            continue
-        try:
-            os.unlink(posixpath.join(folder, n))
-        except FileNotFoundError:
-            pass
+        if layout.is_temporary(n) and (want is None or want(layout.temporary_of(n))):
+            try:
+                os.unlink(posixpath.join(folder, n))
+                removed += 1
+            except FileNotFoundError:
+                pass
+    return removed
 
 
 # The output root (with a trailing "/") whose stale temporaries are swept at finalize rather
@@ -239,7 +241,7 @@ class Store:
         got = self.fs.cat(paths, on_error="return") if paths else {}
         out = []
         for p in paths:
-            v = got.get(p, FileNotFoundError(p)) if isinstance(got, dict) else got
+            v = got.get(p, FileNotFoundError(p))      # (a missing path may not be listed at all)
             if isinstance(v, FileNotFoundError):
                 out.append(None)
             elif isinstance(v, BaseException):
@@ -292,7 +294,9 @@ class Store:
             base = posixpath.basename(final)
             later = _sweep_root.get()
             if later is None or not final.startswith(later):
-                _sweep_temporaries(parent, base)
+                # An earlier attempt's, killed before its rename (only the index that
+                # writes this name writes them, so they are its own).
+                _remove_temporaries(parent, base.__eq__, prefix=layout.temporary(base, ""))
             tmp = posixpath.join(parent, layout.temporary(base, uuid.uuid4().hex[:12]))
             try:
                 with open(tmp, "wb") as f:
@@ -367,22 +371,7 @@ class Store:
         were removed."""
         if not self.local:
             return 0
-        removed = 0
-        for rel in sorted(set(folders)):
-            folder = self.path(rel) if rel else self.root
-            try:
-                names = os.listdir(folder)
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            for n in names:
-                if not layout.is_temporary(n) or (only is not None and not only(layout.temporary_of(n))):
-                    continue
-                try:
-                    os.unlink(posixpath.join(folder, n))
-                    removed += 1
-                except FileNotFoundError:
-                    pass
-        return removed
+        return sum(_remove_temporaries(self.path(rel) if rel else self.root, only) for rel in sorted(set(folders)))
 
     def write_marker(self, stage: str, index: int, stats: dict[str, Any]) -> None:
         """Atomic, and written after the index's outputs are durable, but not fsynced itself:
