@@ -46,6 +46,8 @@ import os
 import signal
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 _ENV = "PREPROC_FAILPOINTS"
 _STATE = "PREPROC_FAILPOINT_STATE"
@@ -165,3 +167,16 @@ class context:
 
     stage: str | None = None
     index: int | None = None
+
+
+@contextmanager
+def running(stage: str, index: int) -> Iterator[None]:
+    """Within the block deep code names ``stage``/``index`` (:class:`context`); afterwards it
+    names what it named before, so a process that runs an index itself (the coordinator's
+    trivial rounds, a test) does not go on committing as that index."""
+    before = context.stage, context.index
+    context.stage, context.index = stage, index
+    try:
+        yield
+    finally:
+        context.stage, context.index = before

@@ -159,8 +159,10 @@ def run_index(plan: Plan, stage: str, index: int, store: Store | None = None, *,
     _check_previous_done(plan, stage, store)
     # Every log record of this try carries run id, stage, index and attempt (preproc.observe.logs).
     attempt = logs.attempt_number(store, stage, index)
-    # Stale temporaries of earlier attempts are swept once, by finalize (sweep_deferred).
-    with logs.context(run_id=plan.run_id, stage=stage, index=index, attempt=attempt), sweep_deferred(store):
+    # Stale temporaries of earlier attempts are swept once, by finalize (sweep_deferred);
+    # deep code (commits, clean steps) names this index to failpoints (faults.running).
+    with logs.context(run_id=plan.run_id, stage=stage, index=index, attempt=attempt), sweep_deferred(store), \
+            faults.running(stage, index):
         return _attempt(plan, stage, index, store, attempt, level=logging.DEBUG if quiet else logging.INFO)
 
 
@@ -169,19 +171,6 @@ def _attempt(plan: Plan, stage: str, index: int, store: Store, attempt: int, *,
     """One try of one index: run it, write its marker (or failure record), publish metrics."""
     t0 = time.time()
     log.log(level, "%s %d: started (attempt %d)", stage, index, attempt)
-    # Deep code (commits, clean steps) names this index to failpoints; restored at the end,
-    # so that a process that runs an index itself (the coordinator's trivial rounds, a test)
-    # does not go on committing as that index.
-    before = faults.context.stage, faults.context.index
-    faults.context.stage, faults.context.index = stage, index
-    try:
-        return _attempt_body(plan, stage, index, store, attempt, t0, level)
-    finally:
-        faults.context.stage, faults.context.index = before
-
-
-def _attempt_body(plan: Plan, stage: str, index: int, store: Store, attempt: int, t0: float,
-                  level: int) -> dict[str, Any]:
     signals.busy = True
     try:
         skip = faults.failpoint("start", stage, index)   # action=skip: a no-op index (benchmarks)
