@@ -80,6 +80,23 @@ def watch_parent(parent_pid: int | None = None) -> None:
     threading.Thread(target=_watch, args=(parent_pid,), name="preproc-lifeline", daemon=True).start()
 
 
+def watch_process(pid: int) -> None:
+    """Make this process exit when process ``pid``, which is not its parent, is gone (no
+    such process, or a zombie): a worker forked by a server that outlives the coordinator."""
+    def watch() -> None:
+        while True:
+            try:
+                with open(f"/proc/{pid}/stat") as f:     # noqa: PTH123 - procfs
+                    if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                        break
+            except OSError:
+                break
+            time.sleep(POLL_S)
+        os._exit(EXIT_ORPHANED)
+
+    threading.Thread(target=watch, name="preproc-lifeline", daemon=True).start()
+
+
 TAG_ENV = "PREPROC_LIFELINE"
 _NO_TITLE_ENV = "SPT_NOENV"   # setproctitle: keep the environment, shorten the title
 

@@ -16,7 +16,6 @@ import logging
 import multiprocessing as mp
 import os
 import queue
-import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -28,7 +27,7 @@ from preproc.engine import signals
 from preproc.engine.plan import Plan
 from preproc.engine.stages import run_index, warm_up
 from preproc.errors import ConfigError, PreprocError, StageFailed
-from preproc.executors.lifeline import EXIT_ORPHANED, watch_parent
+from preproc.executors.lifeline import watch_parent, watch_process
 from preproc.observe import logs
 from preproc.observe.progress import Progress
 from preproc.spec.secrets import install_log_redaction
@@ -66,28 +65,13 @@ START_METHOD = "spawn"
 _COORDINATOR_ENV = "PREPROC_TEST_COORDINATOR_PID"
 
 
-def _watch_coordinator(me: int, pid: str) -> None:
-    """(forkserver) Exit when the coordinator is gone (no process, or a zombie), as
-    ``watch_parent`` does for a spawned worker."""
-    while os.getpid() == me:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-                    break
-        except OSError:
-            break
-        time.sleep(0.5)
-    os._exit(EXIT_ORPHANED)
-
-
 def _init_worker(threads: int, explicit: bool, started: Any = None, parent_pid: int | None = None,
                  env: dict[str, str] | None = None) -> None:
     if env is not None:        # forkserver: the server's environment is not the coordinator's
         os.environ.clear()
         os.environ.update(env)
         # Our parent is the server, which lives as long as its children do: watch the coordinator.
-        threading.Thread(target=_watch_coordinator, args=(os.getpid(), env[_COORDINATOR_ENV]),
-                         name="preproc-lifeline", daemon=True).start()
+        watch_process(int(env[_COORDINATOR_ENV]))
     else:
         watch_parent(parent_pid)   # no orphans: die with the coordinator, even on kill -9
     install_log_redaction()    # a worker's records (even through logging.lastResort) are redacted
