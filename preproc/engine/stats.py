@@ -12,20 +12,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from preproc.errors import AccountingError
+from preproc.observe.stats import add_counts
 
 if TYPE_CHECKING:
     from preproc.engine.plan import Plan
     from preproc.io.store import Store
 
 __all__ = ["collect_stats", "check_accounting", "read_all_markers"]
-
-
-def _merge(dicts) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for d in dicts:
-        for k, v in (d or {}).items():
-            out[k] = out.get(k, 0) + v
-    return dict(sorted(out.items()))
 
 
 def _dup_kind(stage: str) -> str:
@@ -45,8 +38,8 @@ def collect_stats(plan: Plan, store: Store,
     for stage in plan.drop_stages:
         for m in markers.get(stage, {}).values():
             duplicates[_dup_kind(stage)] += int(m.get("duplicates", 0))
-    filtered = _merge(m.get("filtered") for m in clean.values())
-    rejected = _merge(m.get("rejected") for m in clean.values())
+    filtered = add_counts(m.get("filtered") for m in clean.values())
+    rejected = add_counts(m.get("rejected") for m in clean.values())
     read = sum(m.get("read", 0) for m in clean.values())
     kept = sum(m.get("docs", 0) for m in tok.values())
     file_errors = [e for i in sorted(clean) for e in clean[i].get("file_errors", [])]
@@ -66,7 +59,7 @@ def collect_stats(plan: Plan, store: Store,
         "rejected_total": sum(rejected.values()),
         "tokens": sum(m.get("tokens", 0) for m in tok.values()),
         "blank_lines": sum(m.get("blank_lines", 0) for m in clean.values()),
-        "counters": _merge(m.get("counters") for m in clean.values()),
+        "counters": add_counts(m.get("counters") for m in clean.values()),
         "file_errors": file_errors,
         "input_bytes": sum(m.get("input_bytes", 0) for m in clean.values()),
         "text_bytes_after_clean": sum(m.get("text_bytes", 0) for m in clean.values()),

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from preproc.engine.plan import Plan
     from preproc.io.store import Store
 
-__all__ = ["CleanProfile", "log2_histogram", "merge_histograms", "dominant_script", "documents_in",
+__all__ = ["CleanProfile", "add_counts", "log2_histogram", "merge_histograms", "dominant_script", "documents_in",
            "group_rounds", "SHARD_STAGES", "SLICE_STAGES", "ROUND_PREFIX", "ROUNDS_ROW", "SAMPLE_DOCS",
            "EXAMPLES_PER_REASON", "EXAMPLE_CHARS"]
 
@@ -85,6 +85,16 @@ def log2_histogram(lengths: np.ndarray) -> list[int]:
     counts = np.bincount(bins, minlength=HIST_BINS)
     nz = np.flatnonzero(counts)
     return [int(c) for c in counts[: nz[-1] + 1]] if nz.size else []
+
+
+def add_counts(dicts: Iterable[dict[str, Any] | None]) -> dict[str, Any]:
+    """Counts by key, added up over ``dicts`` (None skipped), keys sorted: the reasons of
+    many indices, or a group index's per-shard stats."""
+    out: dict[str, Any] = {}
+    for d in dicts:
+        for k, v in (d or {}).items():
+            out[k] = out.get(k, 0) + v
+    return dict(sorted(out.items()))
 
 
 def merge_histograms(hists: Iterable[Sequence[float] | None], weights: Iterable[float] | None = None) -> list[float]:

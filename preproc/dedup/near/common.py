@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 
 from preproc.errors import ConfigError
 from preproc.io.layout import NearPaths
+from preproc.observe.stats import add_counts
 from preproc.spec.near import NearOptions
 
 if TYPE_CHECKING:
@@ -67,12 +68,7 @@ def node(shard: int | np.ndarray, row: np.ndarray) -> np.ndarray:
 
 def sum_stats(parts: list[dict[str, Any]], shards: range) -> dict[str, Any]:
     """The stats of a group index: its shards' (all counts) added up, and which shards."""
-    out: dict[str, Any] = {}
-    for p in parts:
-        for k, v in p.items():
-            out[k] = out.get(k, 0) + v
-    out["shards"] = [shards.start, shards.stop]
-    return out
+    return {**add_counts(parts), "shards": [shards.start, shards.stop]}
 
 
 def unique_rows(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
