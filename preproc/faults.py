@@ -42,6 +42,7 @@ and check that a rerun gives byte-identical outputs.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import signal
 import tempfile
@@ -162,21 +163,33 @@ def _pause(point: str, wait_s: float) -> None:
         time.sleep(0.01)
 
 
-class context:
-    """Stage and index of the running index, so deep code (commits) can name them."""
+class _Context:
+    """Stage and index of the index running in this thread (or task), so deep code (commits,
+    clean steps) can name them to failpoints. A context variable, not a global: indices that
+    run in threads of one process (the API stand-in's in-process pods) each see their own."""
 
-    stage: str | None = None
-    index: int | None = None
+    _var: contextvars.ContextVar[tuple[str | None, int | None]] = contextvars.ContextVar(
+        "preproc_fault_context", default=(None, None))
+
+    @property
+    def stage(self) -> str | None:
+        return self._var.get()[0]
+
+    @property
+    def index(self) -> int | None:
+        return self._var.get()[1]
+
+
+context = _Context()
 
 
 @contextmanager
 def running(stage: str, index: int) -> Iterator[None]:
-    """Within the block deep code names ``stage``/``index`` (:class:`context`); afterwards it
+    """Within the block deep code names ``stage``/``index`` (:data:`context`); afterwards it
     names what it named before, so a process that runs an index itself (the coordinator's
     trivial rounds, a test) does not go on committing as that index."""
-    before = context.stage, context.index
-    context.stage, context.index = stage, index
+    token = _Context._var.set((stage, index))
     try:
         yield
     finally:
-        context.stage, context.index = before
+        _Context._var.reset(token)

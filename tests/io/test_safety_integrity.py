@@ -139,6 +139,34 @@ def test_the_sweep_spares_what_a_live_writer_may_be_committing(tmp_path):
     assert not any(p.exists() for p in ours) and live.exists()
 
 
+def test_indices_in_threads_each_name_their_own_and_leave_nothing_behind():
+    """The failpoint context of an index is its thread's: indices running in threads of one
+    process (the API stand-in's in-process pods) never see each other's, and none is left
+    when they end, in whatever order they end."""
+    import threading
+
+    from preproc import faults
+
+    inside, go = {}, threading.Barrier(2)
+
+    def one(i: int, hold: threading.Event) -> None:
+        with faults.running("tokenize", i):
+            go.wait()
+            hold.wait(5)
+            inside[i] = (faults.context.stage, faults.context.index)
+
+    first, second = threading.Event(), threading.Event()
+    a = threading.Thread(target=one, args=(1, first))
+    b = threading.Thread(target=one, args=(2, second))
+    a.start(), b.start()
+    first.set()             # the first to start ends first (a process-wide value would
+    a.join()                # now be the other's for it, and the other would restore it)
+    second.set()
+    b.join()
+    assert inside == {1: ("tokenize", 1), 2: ("tokenize", 2)}
+    assert (faults.context.stage, faults.context.index) == (None, None)
+
+
 def _spy_fsync(monkeypatch) -> list[str]:
     """The paths os.fsync is called on from now on, in call order (fsync still happens)."""
     synced: list[str] = []
