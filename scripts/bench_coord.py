@@ -74,6 +74,7 @@ def spec_dict(inp: Path, out: Path, n: int, executor: str) -> dict[str, Any]:
         "input": {"paths": [str(inp)]},
         "output": str(out),
         "shards": n,
+        "clean_fan_out": n,      # one clean index per shard, although the shards are tiny
         "later_fan_out": n,      # tokenize as wide as clean: two stages of N indices
         "dedup": {"exact": False},
         "tokenize": {"tokenizer": str(SHARED / "data" / "tokenizers" / "gpt2" / "tokenizer.json")},

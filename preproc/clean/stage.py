@@ -1,21 +1,31 @@
-"""Stage ``clean``: read one shard's input splits, reject bad records, apply the clean
-steps, and write ``clean/part-i.parquet`` plus the keys exact dedup needs.
+"""Stage ``clean``: read the input splits of a shard (or of a group of small consecutive
+shards, :meth:`~preproc.engine.plan.Plan.shards_of`), reject bad records, apply the clean
+steps, and write each shard's ``clean/part-s.parquet`` plus the keys exact dedup needs.
 
 Outputs of index ``i`` (each committed atomically, then the marker):
 
-* ``clean/part-i.parquet`` — ``id``, ``text``, ``source``, the spec's ``keep_fields`` and any
-  columns the steps add (``language``, ...), in input order. A row's position in this file
-  is its address for every later stage (``(shard, row)``), so ids need not be unique.
-* ``clean/keys/part-i.arrow`` — ``bucket, h1, h2, row`` per kept document: the 128-bit
-  xxh3 of its text, one batch per exact-dedup bucket, an exchange (:mod:`preproc.io.exchange`:
-  bucket ``j`` reads only its byte range of every shard's file, found in one index).
+* ``clean/part-s.parquet`` for each shard ``s`` of the index — ``id``, ``text``, ``source``,
+  the spec's ``keep_fields`` and any columns the steps add (``language``, ...), in input
+  order. A row's position in this file is its address for every later stage
+  (``(shard, row)``), so ids need not be unique.
+* ``clean/keys/part-i.arrow`` — ``bucket, h1, h2, shard, row`` per kept document: the
+  128-bit xxh3 of its text, one batch per exact-dedup bucket, an exchange
+  (:mod:`preproc.io.exchange`: bucket ``j`` reads only its byte range of every index's
+  file, found in one index).
 * ``rejects/part-i.parquet`` — rejected records: file, location, reason, first bytes.
 * ``removed/part-i.parquet`` — with ``clean.keep_removed``: what the steps dropped, and why.
+
+Clean has one index per shard unless the shards are small (under 1 MiB of input on
+average, :func:`preproc.engine.stages.clean_fan_out`): then an index takes a group of them
+and cleans their documents in batches of the usual size across the shards' boundaries,
+since the steps' per-batch work (a dictionary of the batch's words, compiled patterns) and
+an index's files would otherwise grow with the number of shards, not with the data.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,8 +39,9 @@ from preproc.errors import ConfigError
 from preproc.io import layout
 from preproc.io.exchange import write_partitioned
 from preproc.io.readers import InputSplit, ReadLog, read_split
+from preproc.io.readers.base import BATCH_BYTES, BATCH_ROWS
 from preproc.io.readers.small import SmallFiles, runs
-from preproc.io.slices import PROFILE_KEY, TextProfile
+from preproc.io.slices import PROFILE_KEY, PROFILES_KEY, TextProfile
 from preproc.observe.stats import CleanProfile
 from preproc.tokenize.tokenizer import Encoder
 
@@ -40,7 +51,7 @@ if TYPE_CHECKING:
 
 KEYS_FOLDER = layout.CLEAN_KEYS
 KEYS_SCHEMA = pa.schema([("bucket", pa.uint32()), ("h1", pa.uint64()), ("h2", pa.uint64()),
-                         ("row", pa.uint32())])
+                         ("shard", pa.uint32()), ("row", pa.uint32())])
 REJECTS_SCHEMA = pa.schema([("file", pa.string()), ("location", pa.string()), ("reason", pa.string()),
                             ("head", pa.string())])
 # Errors that mean "this file's bytes are not what its format says", as opposed to I/O
@@ -68,126 +79,246 @@ def text_hashes(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return h1, h2
 
 
+Locate = Callable[[int], InputSplit]     # a row of a batch -> the input split it came from
+
+
+@dataclass
+class _Part:
+    """One shard's clean part while its index runs: the Parquet file (opened when its first
+    rows come, committed by :meth:`finish`), its keys and its text profile."""
+
+    shard: int
+    rows: int = 0
+    chars: int = 0
+    text_bytes: int = 0
+    sizes: TextProfile = field(default_factory=TextProfile)
+    h1: list[np.ndarray] = field(default_factory=list)
+    h2: list[np.ndarray] = field(default_factory=list)
+    commit: Any = None           # the open_atomic context of the part file
+    writer: pq.ParquetWriter | None = None
+
+    def write(self, store: Store, kept: pa.RecordBatch, keys: bool) -> None:
+        if self.writer is None:
+            self.commit = store.open_atomic(layout.clean_part(self.shard))
+            self.writer = pq.ParquetWriter(self.commit.__enter__(), kept.schema, compression="zstd")
+        self.writer.write_batch(kept)
+        text = kept.column("text")
+        if keys:
+            h1, h2 = text_hashes(text)
+            self.h1.append(h1)
+            self.h2.append(h2)
+        self.rows += kept.num_rows
+        self.chars += int(pc.sum(pc.utf8_length(text)).as_py() or 0)
+        lengths = pc.fill_null(pc.binary_length(text), 0).to_numpy(zero_copy_only=False)
+        self.text_bytes += int(lengths.sum())
+        self.sizes.add(lengths)
+
+    def finish(self, store: Store, empty: pa.Schema) -> None:
+        """Commit the part (an empty one, with ``empty``'s columns, when no row was kept)."""
+        if self.writer is None:
+            self.commit = store.open_atomic(layout.clean_part(self.shard))
+            self.writer = pq.ParquetWriter(self.commit.__enter__(), empty, compression="zstd")
+        self.writer.close()
+        commit, self.commit, self.writer = self.commit, None, None
+        commit.__exit__(None, None, None)
+
+    def abort(self, exc: BaseException) -> None:
+        """Drop the part's temporary (the index failed; nothing of it is published)."""
+        if self.commit is not None:
+            commit, self.commit = self.commit, None
+            try:
+                if self.writer is not None:
+                    self.writer.close()
+            except Exception:  # noqa: BLE001 - the first error is the one to report
+                pass
+            commit.__exit__(type(exc), exc, exc.__traceback__)
+
+
 def run(plan: Plan, index: int, store: Store) -> dict[str, Any]:
+    """Clean the shards of this index (:meth:`Plan.shards_of`: one, or a group of consecutive
+    small ones). Each shard keeps its own part, in input order; the documents of a group
+    are cleaned in batches that cross its shards' boundaries, so cutting the same input
+    into more, smaller shards does not make the steps' per-batch work more."""
     spec = plan.spec
-    shard = plan.shards[index]
+    group = plan.shards_of(layout.CLEAN, index)
     keep_removed = isinstance(spec.clean, dict) and bool(spec.clean.get("keep_removed"))
     # Removed rows are always kept per batch: a few per rule become the report's examples.
     pipe = CleanPipeline(build_steps(spec.clean), keep_removed=True)
     profile = CleanProfile(index)
     buckets = plan.stage("exact_dedup").fan_out if "exact_dedup" in plan.stage_names else 0
     log = ReadLog()
-    filtered: dict[str, int] = {}
-    counters: dict[str, int] = {}
-    removed: list[pa.Table] = []
-    keys_h1, keys_h2 = [], []
-    rows = 0
-    offered = 0          # documents given to the clean steps
-    chars = 0
-    text_bytes = 0
-    sizes = TextProfile()    # where later stages may cut this part (preproc.io.slices)
-    writer: pq.ParquetWriter | None = None
-    with store.open_atomic(layout.clean_part(index)) as f:
-        for part in runs(shard.splits):
+    acc = _Counts()
+    parts = {s: _Part(s) for s in group}
+    try:
+        pending: list[tuple[int, pa.RecordBatch, Locate]] = []
+        rows = nbytes = 0
+        for shard, batch, where in _batches(plan, group, log):
+            # Within a group, batches wait for more (of this shard or the next ones) until
+            # they make a batch of the usual size; a shard alone is cleaned batch by batch.
+            if pending and (batch.schema != pending[0][1].schema or rows + batch.num_rows > BATCH_ROWS
+                            or nbytes + batch.nbytes > BATCH_BYTES):
+                _clean(pending, pipe, log, profile, acc, parts, store, buckets, keep_removed)
+                pending, rows, nbytes = [], 0, 0
+            pending.append((shard, batch, where))
+            rows += batch.num_rows
+            nbytes += batch.nbytes
+            if len(group) == 1:
+                _clean(pending, pipe, log, profile, acc, parts, store, buckets, keep_removed)
+                pending, rows, nbytes = [], 0, 0
+        if pending:
+            _clean(pending, pipe, log, profile, acc, parts, store, buckets, keep_removed)
+        # Batches of one document each (one per small file) escape the per-batch rule: an
+        # index none of whose documents survived one and the same exception fails too.
+        kept_rows = sum(p.rows for p in parts.values())
+        poisoned = [k for k in log.rejected if k.startswith("poison:")]
+        if kept_rows == 0 and not acc.filtered and acc.offered >= 2 and len(poisoned) == 1 \
+                and log.rejected[poisoned[0]] == acc.offered:
+            where = f"of shard {group[0]}" if len(group) == 1 else f"of shards {group[0]}-{group[-1]}"
+            raise every_document_failed(pipe, acc.offered, where)
+        empty = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string())]
+                          + [(k, pa.string()) for k in spec.input.keep_fields])
+        for p in parts.values():
+            p.finish(store, empty)
+    except BaseException as e:
+        for p in parts.values():
+            p.abort(e)
+        raise
+
+    if buckets:
+        _write_keys(store, index, buckets, list(parts.values()))
+    if log.rejects:
+        store_table(store, layout.rejects(index), pa.Table.from_pylist(log.rejects, schema=REJECTS_SCHEMA))
+    if acc.removed:
+        store_table(store, layout.removed(index), pa.concat_tables(acc.removed, promote_options="default"))
+    profile.observe_rejects(log.rejects)
+    ordered = [parts[s] for s in group]
+    stats: dict[str, Any] = {
+        "read": log.read,
+        "blank_lines": log.blank_lines,
+        "rejected": log.rejected,
+        "filtered": acc.filtered,
+        "counters": acc.counters,
+        "docs": sum(p.rows for p in ordered),
+        "chars": sum(p.chars for p in ordered),
+        "text_bytes": sum(p.text_bytes for p in ordered),
+        "shards": [group.start, group.stop],
+        "input_bytes": sum(plan.shards[s].bytes for s in group),
+        "file_errors": log.file_errors,
+    }
+    # Where later stages may cut each part (preproc.io.slices): one profile per shard.
+    if len(ordered) == 1:
+        stats[PROFILE_KEY] = ordered[0].sizes.to_json()
+    else:
+        stats[PROFILES_KEY] = [p.sizes.to_json() for p in ordered]
+    stats.update(profile.finish(plan, store, Encoder))   # bounded histograms, counts, examples for report.html
+    return stats
+
+
+@dataclass
+class _Counts:
+    """What the clean steps did, over all of an index's batches."""
+
+    offered: int = 0          # documents given to the clean steps
+    filtered: dict[str, int] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+    removed: list[pa.Table] = field(default_factory=list)
+
+
+def _batches(plan: Plan, group: range, log: ReadLog) -> Iterator[tuple[int, pa.RecordBatch, Locate]]:
+    """``(shard, batch, split of a row)`` of the group's shards' input, in order. A file whose
+    bytes are not what its format says is a file error (what was handed on stays read)."""
+    spec = plan.spec
+    for shard in group:
+        for part in runs(plan.shards[shard].splits):
             # A run of small files is read as one stream (preproc.io.readers.small): batches
             # across files, bytes fetched ahead; any other split on its own.
             small = SmallFiles(part, spec.input, log, spec.storage) if isinstance(part, tuple) else None
             split = part[0] if isinstance(part, tuple) else part
-            batches = small if small is not None else read_split(split, spec.input, log, spec.storage)
-            it = iter(batches)     # resumed after a failed batch of a run of small files
-            while True:
-                pending = 0      # rows handed on by the reader (counted read) and not yet accounted
+            it = iter(small if small is not None else read_split(split, spec.input, log, spec.storage))
+            while True:    # resumed after a failed batch of a run of small files
                 try:
                     for batch in it:
-                        pending = batch.num_rows
-                        profile.observe_in(batch)
-                        offered += batch.num_rows
-                        res = clean_isolating(pipe, batch, log, small.split_of if small is not None else split)
-                        pending = res.kept.num_rows     # the others are now filtered or rejected
-                        for k, v in res.filtered.items():
-                            filtered[k] = filtered.get(k, 0) + v
-                        for k, v in res.counters.items():
-                            counters[k] = counters.get(k, 0) + v
-                        if res.removed is not None:
-                            profile.observe_removed(res.removed)
-                            if keep_removed:
-                                removed.append(res.removed)
-                        kept = res.kept
-                        if kept.num_rows == 0:
-                            continue
-                        profile.observe_out(kept)
-                        if writer is None:
-                            writer = pq.ParquetWriter(f, kept.schema, compression="zstd")
-                        writer.write_batch(kept)
-                        pending = 0
-                        text = kept.column("text")
-                        if buckets:
-                            h1, h2 = text_hashes(text)
-                            keys_h1.append(h1)
-                            keys_h2.append(h2)
-                        rows += kept.num_rows
-                        chars += int(pc.sum(pc.utf8_length(text)).as_py() or 0)
-                        lengths = pc.fill_null(pc.binary_length(text), 0).to_numpy(zero_copy_only=False)
-                        text_bytes += int(lengths.sum())
-                        sizes.add(lengths)
+                        yield shard, batch, (small.locator() if small is not None else _always(split))
                     break
                 except _DATA_ERRORS as e:
-                    where = small.split_of(0) if small is not None else split
-                    log.file_error(where, "unreadable", f"{type(e).__name__}: {e}")
-                    if pending:
-                        # A batch that failed after the reader handed it on: its rows are
-                        # rejected, so read = kept + filtered + duplicates + rejected still holds.
-                        log.read -= pending
-                        log.reject_rows(where, f"batch of {pending} rows", "file_error:unreadable", pending)
+                    log.file_error(small.split_of(0) if small is not None else split, "unreadable",
+                                   f"{type(e).__name__}: {e}")
                     if small is None:
                         break    # the rest of a split is lost with its failed batch, as ever
                     # A run of small files goes on with its next files (they are not read yet).
-        # Batches of one document each (one per small file) escape the per-batch rule: an
-        # index none of whose documents survived one and the same exception fails too.
-        poisoned = [k for k in log.rejected if k.startswith("poison:")]
-        if rows == 0 and not filtered and offered >= 2 and len(poisoned) == 1 \
-                and log.rejected[poisoned[0]] == offered:
-            raise every_document_failed(pipe, offered, f"of shard {index}")
-        if writer is None:
-            base = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string())]
-                             + [(k, pa.string()) for k in spec.input.keep_fields])
-            writer = pq.ParquetWriter(f, base, compression="zstd")
-        writer.close()
-
-    if buckets:
-        _write_keys(store, index, buckets, keys_h1, keys_h2)
-    if log.rejects:
-        store_table(store, layout.rejects(index), pa.Table.from_pylist(log.rejects, schema=REJECTS_SCHEMA))
-    if removed:
-        store_table(store, layout.removed(index), pa.concat_tables(removed, promote_options="default"))
-    kept_after = rows
-    profile.observe_rejects(log.rejects)
-    return {
-        "read": log.read,
-        "blank_lines": log.blank_lines,
-        "rejected": log.rejected,
-        "filtered": filtered,
-        "counters": counters,
-        "docs": kept_after,
-        "chars": chars,
-        "text_bytes": text_bytes,
-        PROFILE_KEY: sizes.to_json(),
-        "input_bytes": shard.bytes,
-        "file_errors": log.file_errors,
-        **profile.finish(plan, store, Encoder),   # bounded histograms, counts, examples for report.html
-    }
 
 
-def _write_keys(store: Store, index: int, buckets: int, h1s: list, h2s: list) -> None:
-    h1 = np.concatenate(h1s) if h1s else np.empty(0, np.uint64)
-    h2 = np.concatenate(h2s) if h2s else np.empty(0, np.uint64)
-    row = np.arange(len(h1), dtype=np.uint32)
+def _always(split: InputSplit) -> Locate:
+    return lambda row: split
+
+
+def _clean(sources: list[tuple[int, pa.RecordBatch, Locate]], pipe: CleanPipeline, log: ReadLog,
+           profile: CleanProfile, acc: _Counts, parts: dict[int, _Part], store: Store, buckets: int,
+           keep_removed: bool) -> None:
+    """Clean one batch made of ``sources`` (read batches, in order) and hand each shard its
+    kept rows."""
+    if len(sources) == 1:
+        batch, where = sources[0][1], sources[0][2]
+    else:
+        batch = pa.Table.from_batches([b for _, b, _ in sources]).combine_chunks().to_batches()[0]
+        where = _located(sources)
+    starts = np.cumsum([0] + [b.num_rows for _, b, _ in sources])
+    pending = batch.num_rows     # rows handed on by the reader (counted read) and not yet accounted
+    try:
+        profile.observe_in(batch)
+        acc.offered += batch.num_rows
+        res = clean_isolating(pipe, batch, log, where)
+        pending = res.kept.num_rows     # the others are now filtered or rejected
+        for k, v in res.filtered.items():
+            acc.filtered[k] = acc.filtered.get(k, 0) + v
+        for k, v in res.counters.items():
+            acc.counters[k] = acc.counters.get(k, 0) + v
+        if res.removed is not None:
+            profile.observe_removed(res.removed)
+            if keep_removed:
+                acc.removed.append(res.removed)
+        kept = res.kept
+        if kept.num_rows == 0:
+            return
+        profile.observe_out(kept)
+        # The kept rows in order; each shard's are consecutive.
+        shard_of = np.array([s for s, _, _ in sources])[np.searchsorted(starts, res.kept_rows, "right") - 1]
+        cuts = np.flatnonzero(np.diff(shard_of)) + 1
+        for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(shard_of)]):
+            parts[int(shard_of[lo])].write(store, kept.slice(lo, hi - lo), bool(buckets))
+            pending -= int(hi - lo)
+    except _DATA_ERRORS as e:
+        log.file_error(where(0), "unreadable", f"{type(e).__name__}: {e}")
+        if pending:
+            # A batch that failed after the reader handed it on: its rows are rejected,
+            # so read = kept + filtered + duplicates + rejected still holds.
+            log.read -= pending
+            log.reject_rows(where(0), f"batch of {pending} rows", "file_error:unreadable", pending)
+
+
+def _located(sources: list[tuple[int, pa.RecordBatch, Locate]]) -> Locate:
+    """The split of a row of the batch made of ``sources``."""
+    starts = np.cumsum([0] + [b.num_rows for _, b, _ in sources])
+
+    def where(row: int) -> InputSplit:
+        k = int(np.searchsorted(starts, row, "right")) - 1
+        k = min(max(k, 0), len(sources) - 1)
+        return sources[k][2](row - int(starts[k]))
+    return where
+
+
+def _write_keys(store: Store, index: int, buckets: int, parts: list[_Part]) -> None:
+    """The exact-dedup keys of this index's shards: one exchange file, a batch per bucket."""
+    h1 = np.concatenate([h for p in parts for h in p.h1]) if any(p.h1 for p in parts) else np.empty(0, np.uint64)
+    h2 = np.concatenate([h for p in parts for h in p.h2]) if any(p.h2 for p in parts) else np.empty(0, np.uint64)
+    shard = np.concatenate([np.full(p.rows, p.shard, np.uint32) for p in parts]) if parts else np.empty(0, np.uint32)
+    row = np.concatenate([np.arange(p.rows, dtype=np.uint32) for p in parts]) if parts else np.empty(0, np.uint32)
     bucket = (h1 % np.uint64(buckets)).astype(np.uint32)
-    order = np.lexsort((row, h2, h1, bucket))
-    table = pa.table({"bucket": bucket[order], "h1": h1[order], "h2": h2[order], "row": row[order]},
-                     schema=KEYS_SCHEMA)
+    order = np.lexsort((row, shard, h2, h1, bucket))
+    table = pa.table({"bucket": bucket[order], "h1": h1[order], "h2": h2[order], "shard": shard[order],
+                      "row": row[order]}, schema=KEYS_SCHEMA)
     # One batch per bucket, found through the exchange index: the exact-dedup index of
-    # bucket j reads only its own byte range of each shard's file.
+    # bucket j reads only its own byte range of each clean index's file.
     write_partitioned(store, KEYS_FOLDER, index, table)
 
 
@@ -250,7 +381,8 @@ def _bisect(pipe: CleanPipeline, batch: pa.RecordBatch, offset: int,
     removed = [p.removed for p in parts if p.removed is not None]
     merged = CleanResult(
         pa.Table.from_batches(kept).combine_chunks().to_batches()[0] if kept else parts[0].kept,
-        pa.concat_tables(removed, promote_options="default") if removed else None)
+        pa.concat_tables(removed, promote_options="default") if removed else None,
+        kept_rows=np.concatenate([parts[0].kept_rows, parts[1].kept_rows + half]))
     for p in parts:
         for k, v in p.filtered.items():
             merged.filtered[k] = merged.filtered.get(k, 0) + v

@@ -256,6 +256,9 @@ class CleanResult:
     removed: pa.Table | None          # the dropped rows plus a ``reason`` column
     filtered: dict[str, int] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
+    # The input rows ``kept`` holds, in order (steps drop rows and never reorder them): a
+    # batch made of several shards' documents is split back by these.
+    kept_rows: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
 
 
 class CleanPipeline:
@@ -301,6 +304,7 @@ class CleanPipeline:
         filtered: dict[str, int] = {}
         counters: dict[str, int] = {}
         removed_parts: list[pa.RecordBatch] = []
+        rows = np.arange(batch.num_rows, dtype=np.int64)
         for step in self.steps:
             if batch.num_rows == 0:
                 break
@@ -308,6 +312,8 @@ class CleanPipeline:
             faults.failpoint("clean_step", faults.context.stage, faults.context.index, step=step.name)
             if isinstance(step, Mapper):
                 batch = step.map(batch, counters)
+                if batch.num_rows != len(rows):   # pragma: no cover - a mapper must keep every row
+                    raise RuntimeError(f"clean step {step.name} changed the number of rows")
                 continue
             assert isinstance(step, Filter)
             batch = step.annotate(batch, counters)
@@ -327,9 +333,10 @@ class CleanPipeline:
                 reason = pa.array(labels[codes[drop]], type=pa.string())
                 removed_parts.append(_with_reason(gone, reason))
             batch = batch.filter(pa.array(~drop))
+            rows = rows[~drop]
         self._failing = None
         removed = pa.Table.from_batches(removed_parts) if removed_parts else None
-        return CleanResult(batch, removed, filtered, counters)
+        return CleanResult(batch, removed, filtered, counters, rows)
 
 
 def _with_reason(batch: pa.RecordBatch, reason: pa.Array) -> pa.RecordBatch:

@@ -1,7 +1,7 @@
 """Stage ``exact_dedup``: global exact deduplication, one hash bucket per index.
 
-Bucket ``j`` reads its byte range of every shard's ``clean/keys`` file (the 128-bit xxh3
-of each cleaned text), found in the exchange's index (:mod:`preproc.io.exchange`: no
+Bucket ``j`` reads its byte range of every clean index's ``clean/keys`` file (the 128-bit
+xxh3 of each cleaned text, with its shard and row), found in the exchange's index (:mod:`preproc.io.exchange`: no
 footer per shard), and keeps, among documents with the same hash, the one that comes
 first in input order (smallest ``(shard, row)``): deterministic whatever the worker or
 bucket count. The others go to ``exact_dedup/drops/part-j.arrow``.
@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from preproc.dedup.drops import write_drops
-from preproc.io.exchange import build_index, read_partition
+from preproc.io.exchange import build_index, read_partitions
 from preproc.io.layout import CLEAN_KEYS, segment_bucket
 
 if TYPE_CHECKING:
@@ -39,17 +39,23 @@ def buckets_for(input_bytes: int) -> int:
 
 def prepare(plan: Plan, store: Store) -> None:
     """Merge the exchange index of ``clean/keys`` (in the coordinator, once)."""
-    build_index(store, CLEAN_KEYS, plan.num_shards, plan.stage("exact_dedup").fan_out)
+    build_index(store, CLEAN_KEYS, plan.stage("clean").fan_out, plan.stage("exact_dedup").fan_out)
 
 
 def read_bucket(plan: Plan, store: Store, bucket: int) -> pa.Table:
-    """Bucket ``bucket`` of every shard's keys, with the shard as a column."""
-    t = read_partition(store, CLEAN_KEYS, bucket, ["h1", "h2", "row"], producers=plan.num_shards,
-                       consumers=plan.stage("exact_dedup").fan_out, producer_column="shard")
-    if t is None:
+    """Bucket ``bucket`` of every clean index's keys: ``h1, h2, row, shard``."""
+    got = read_partitions(store, CLEAN_KEYS, bucket, producers=plan.stage("clean").fan_out,
+                          consumers=plan.stage("exact_dedup").fan_out)
+    tables = []
+    for producer, t in got:
+        # Keys written before clean indices could hold several shards have no shard
+        # column: their producer is their shard.
+        shard = t.column("shard") if "shard" in t.column_names else pa.array(np.full(t.num_rows, producer, np.uint32))
+        tables.append(t.select(["h1", "h2", "row"]).append_column("shard", shard))
+    if not tables:
         return pa.table({"h1": pa.array([], pa.uint64()), "h2": pa.array([], pa.uint64()),
                          "row": pa.array([], pa.uint32()), "shard": pa.array([], pa.uint32())})
-    return t
+    return pa.concat_tables(tables)
 
 
 def _fsb(h1: np.ndarray, h2: np.ndarray) -> pa.Array:

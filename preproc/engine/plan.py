@@ -118,9 +118,10 @@ class Plan:
         raise ConfigError(f"stage {name!r} is not in this run's plan; stages: {', '.join(self.stage_names)}")
 
     def shards_of(self, stage: str, index: int) -> range:
-        """The shards index ``index`` of a per-shard stage reads: clean's index i reads shard
-        i; near dedup's per-shard stages, whose fan-out follows the data volume
-        (:func:`preproc.engine.stages.shard_group_fan_out`), read consecutive groups of them."""
+        """The shards index ``index`` of a per-shard stage reads: consecutive ones, the same
+        number (give or take one) for each index. Clean has one index per shard unless the
+        shards are small (:func:`preproc.engine.stages.clean_fan_out`); near dedup's per-shard
+        stages follow the data volume (:func:`preproc.engine.stages.later_fan_out`)."""
         n, f = self.num_shards, self.stage(stage).fan_out
         return range(index * n // f, (index + 1) * n // f)
 

@@ -9,8 +9,8 @@ Default pipeline, in order:
 =============  =================  ========================================================
 stage          fan-out            does
 =============  =================  ========================================================
-clean          shards             read input splits, reject bad records, clean steps,
-                                  write ``clean/part-i.parquet`` + exact-dedup keys
+clean          shards (groups of  read input splits, reject bad records, clean steps,
+               small ones)        write ``clean/part-s.parquet`` + exact-dedup keys
 exact_dedup    buckets            one hash bucket across all shards → ids to drop
 tokenize       shards             a slice of the clean output, cut at equal text bytes,
                                   minus drops → tokens (Parquet, Megatron)
@@ -97,13 +97,29 @@ def later_fan_out(num_shards: int, input_bytes: int, want: int | None = None) ->
     return max(1, min(num_shards, want))
 
 
-def pipeline_stages(spec: Spec, num_shards: int, input_bytes: int = 0) -> list[StagePlan]:
-    """The stages a spec runs, in order, with their fan-out. Only clean fans out over the
-    shards; the later stages' fan-outs follow the data volume (``input_bytes``): dedup's
-    buckets (unless the spec sets them), tokenize's slices and near dedup's shard groups
-    (:func:`later_fan_out`)."""
+# Clean takes a group of consecutive shards per index when they hold less than this on
+# average (and keeps at least MIN_LATER_FAN_OUT indices): a shard of a few documents would
+# otherwise cost more in fixed work (files, a marker, the steps' per-batch work) than in text.
+INPUT_BYTES_PER_CLEAN_INDEX = 2**20
+
+
+def clean_fan_out(num_shards: int, input_bytes: int, want: int | None = None) -> int:
+    """Clean's fan-out: ``want`` (the spec's ``clean_fan_out``) or one index per shard,
+    unless the shards average under ``INPUT_BYTES_PER_CLEAN_INDEX``: then one per that much
+    input, at least ``MIN_LATER_FAN_OUT``; never more than the shards. Each index cleans
+    ``Plan.shards_of("clean", i)``."""
+    if want is None:
+        want = max(MIN_LATER_FAN_OUT, -(-int(input_bytes) // INPUT_BYTES_PER_CLEAN_INDEX))
+    return max(1, min(num_shards, want))
+
+
+def pipeline_stages(spec: Spec, num_shards: int, input_bytes: int) -> list[StagePlan]:
+    """The stages a spec runs, in order, with their fan-out. Clean fans out over the shards
+    (over groups of them when they are small, :func:`clean_fan_out`); the later stages'
+    fan-outs follow the data volume (``input_bytes``): dedup's buckets (unless the spec sets
+    them), tokenize's slices and near dedup's shard groups (:func:`later_fan_out`)."""
     later = later_fan_out(num_shards, input_bytes, spec.later_fan_out)
-    stages = [StagePlan("clean", num_shards)]
+    stages = [StagePlan("clean", clean_fan_out(num_shards, input_bytes, spec.clean_fan_out))]
     if spec.dedup.exact.enabled:
         stages.append(StagePlan("exact_dedup", spec.dedup.exact.buckets or exact.buckets_for(input_bytes)))
     if spec.dedup.near:

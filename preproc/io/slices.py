@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from preproc.io.store import Store
 
 __all__ = ["TextProfile", "Piece", "balanced_slices", "slices_from_markers", "write_slices", "read_slices",
-           "MAX_CHECKPOINTS", "PROFILE_KEY"]
+           "MAX_CHECKPOINTS", "PROFILE_KEY", "PROFILES_KEY"]
 
 # Checkpoints a profile keeps at most: cuts land within 1/MAX_CHECKPOINTS of a part of the
 # ideal, and a marker grows by a few KB at most.
@@ -39,6 +39,9 @@ MAX_CHECKPOINTS = 128
 FIRST_STEP_BYTES = 4096
 # The key of the profile in clean's markers.
 PROFILE_KEY = "text_profile"
+# A marker of an index that wrote several parts (a group of shards, ``"shards": [lo, hi]``)
+# holds one profile per part under this key instead.
+PROFILES_KEY = "text_profiles"
 SLICES_VERSION = 1
 
 
@@ -134,14 +137,30 @@ def _profile(m: dict[str, Any]) -> list[list[int]]:
     return [[int(m.get("docs", 0)), int(m.get("text_bytes", 0))]]
 
 
+def part_profiles(markers: dict[int, dict[str, Any]]) -> dict[int, list[list[int]]]:
+    """Each part's profile from the markers of the stage that wrote the parts: an index that
+    wrote parts ``[lo, hi)`` (its ``"shards"``; part ``i`` for a marker without them) holds
+    one profile, or one per part in a list."""
+    out: dict[int, list[list[int]]] = {}
+    for i, m in markers.items():
+        group = m.get(PROFILES_KEY)
+        lo = int(m["shards"][0]) if isinstance(m.get("shards"), list) else i
+        if isinstance(group, list):
+            for k, prof in enumerate(group):
+                out[lo + k] = _profile({PROFILE_KEY: prof})
+        else:
+            out[lo] = _profile(m)
+    return out
+
+
 def slices_from_markers(store: Store, source: str, parts: int, n: int) -> list[list[Piece]]:
     """:func:`balanced_slices` of the ``parts`` parts whose markers ``source`` (the stage
     that wrote them) holds. Every marker must be there: a missing one is an error."""
-    markers = store.read_markers(source)
-    missing = [i for i in range(parts) if i not in markers]
+    profiles = part_profiles(store.read_markers(source))
+    missing = [i for i in range(parts) if i not in profiles]
     if missing:
         raise RuntimeError(f"stage {source!r}: no marker for part(s) {missing[:5]}; cannot cut slices")
-    return balanced_slices([_profile(markers[i]) for i in range(parts)], n)
+    return balanced_slices([profiles[i] for i in range(parts)], n)
 
 
 def write_slices(store: Store, stage: str, source: str, parts: int, n: int) -> list[list[Piece]]:

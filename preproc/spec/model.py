@@ -150,6 +150,10 @@ class MetricsSpec(_Model):
         return {"enabled": v} if isinstance(v, bool) else v
 
 
+# Spec fields that came after specs were in use: left out of the JSON while unset.
+ADDED_LATER = ("later_fan_out", "clean_fan_out")
+
+
 class Spec(_Model):
     """A whole pipeline run. Build with :func:`load_spec`."""
 
@@ -161,6 +165,10 @@ class Spec(_Model):
     # near dedup's shard groups). Default: one per 32 MiB of input, at least 16; never more
     # than the shards. Any value gives the same documents and token ids.
     later_fan_out: int | None = Field(default=None, ge=1)
+    # Indices of clean. Default: one per shard; shards under 1 MiB on average are taken in
+    # groups, one index per MiB of input, at least 16. Never more than the shards. Any value
+    # gives the same documents and token ids.
+    clean_fan_out: int | None = Field(default=None, ge=1)
     # ``false`` passes text through unchanged; otherwise each key names a clean step
     # (``normalize``, ``length``, and the quality filters), ``false`` switches it off.
     clean: bool | dict[str, Any] = True
@@ -171,12 +179,13 @@ class Spec(_Model):
     metrics: MetricsSpec = MetricsSpec()
 
     @model_serializer(mode="wrap")
-    def _unset_later_fan_out_left_out(self, handler: Any) -> dict[str, Any]:
-        # Unset, ``later_fan_out`` is not written: plans, manifests and run ids of specs
-        # from before it stay byte-identical.
+    def _unset_later_fields_left_out(self, handler: Any) -> dict[str, Any]:
+        # Fields added after specs were in use are not written while unset: plans, manifests
+        # and run ids of the specs from before them stay byte-identical.
         d = handler(self)
-        if d.get("later_fan_out") is None:
-            d.pop("later_fan_out", None)
+        for k in ADDED_LATER:
+            if d.get(k) is None:
+                d.pop(k, None)
         return d
 
     @model_validator(mode="before")

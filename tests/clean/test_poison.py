@@ -35,6 +35,8 @@ def test_poison_document_is_rejected_and_the_batch_goes_on():
     split = InputSplit(uri="mem://x", rel="x", format="jsonl")
     res = clean_isolating(pipe, batch, log, split)
     assert res.kept.column("id").to_pylist() == [str(i) for i in range(40) if i not in (3, 5, 17)]
+    # Which input rows were kept, through the bisection too (groups of shards split by it).
+    assert res.kept_rows.tolist() == [i for i in range(40) if i not in (3, 5, 17)]
     assert res.filtered == {"explodes_test_v1:too_short": 1}
     assert log.rejected == {"poison:ValueError": 2} and log.read == 40   # read once, then rejected
     assert [r["location"] for r in log.rejects] == ["id 3", "id 17"]

@@ -28,15 +28,16 @@ def test_default_shards_follow_the_input_not_the_workers():
 
 
 def test_later_stages_fan_out_over_the_data_not_the_shards():
-    """Only clean follows the shards: tokenize and near dedup's per-shard stages take one
-    index per 32 MiB of input (at least 16, at most the shards), or the spec's value."""
+    """Tokenize and near dedup's per-shard stages take one index per 32 MiB of input (at
+    least 16, at most the shards), or the spec's value; clean follows the shards unless they
+    are small (tests/clean/test_groups.py)."""
     mib = 2**20
     assert later_fan_out(8, 10 * mib) == 8 and later_fan_out(256, 10 * mib) == 16
     assert later_fan_out(256, 1000 * mib) == 32 and later_fan_out(10_000, 10**12) == 10_000 >= later_fan_out(100, 10**12)
     assert later_fan_out(256, 10 * mib, 200) == 200 and later_fan_out(40, 10 * mib, 200) == 40
     spec = load_spec({"input": {"paths": ["x.jsonl"]}, "dedup": {"near": True}})
     fan = {s.name: s.fan_out for s in pipeline_stages(spec, 256, 100 * mib)}
-    assert fan["clean"] == 256 and fan["exact_dedup"] == 1 and fan["near_pairs"] == 1
+    assert fan["clean"] == 100 and fan["exact_dedup"] == 1 and fan["near_pairs"] == 1
     assert {fan[s] for s in ("near_signatures", "near_shingles", "near_verify", "near_drops", "tokenize")} == {16}
     spec = load_spec({"input": {"paths": ["x.jsonl"]}, "later_fan_out": 64})
     assert {s.name: s.fan_out for s in pipeline_stages(spec, 256, 100 * mib)}["tokenize"] == 64

@@ -31,7 +31,8 @@ def one_doc_files(folder, n):
 
 
 def spec_dict(inputs, out, n, gpt2, executor):
-    return {"input": {"paths": [inputs]}, "output": str(out), "shards": n, "later_fan_out": n, "dedup": {"exact": False},
+    return {"input": {"paths": [inputs]}, "output": str(out), "shards": n, "clean_fan_out": n, "later_fan_out": n,
+            "dedup": {"exact": False},
             "tokenize": {"tokenizer": str(gpt2)}, "executor": executor}
 
 

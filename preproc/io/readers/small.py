@@ -19,7 +19,7 @@ rejects, file errors and the ``max_doc_bytes`` rule are those of :func:`read_spl
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -83,10 +83,19 @@ class SmallFiles:
 
     def split_of(self, row: int) -> InputSplit:
         """The file row ``row`` of the batch last yielded came from."""
-        for end, split in self._segments:
-            if row < end:
-                return split
-        return self._segments[-1][1] if self._segments else self.splits[0]
+        return self.locator()(row)
+
+    def locator(self) -> Callable[[int], InputSplit]:
+        """:meth:`split_of` for the batch last yielded, still right after later batches (a
+        caller that cleans several batches together asks after reading ahead)."""
+        segments, first = self._segments, self.splits[0]
+
+        def split_of(row: int) -> InputSplit:
+            for end, split in segments:
+                if row < end:
+                    return split
+            return segments[-1][1] if segments else first
+        return split_of
 
     def _windows(self) -> list[tuple[InputSplit, ...]]:
         out: list[tuple[InputSplit, ...]] = []
