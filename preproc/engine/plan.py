@@ -125,6 +125,16 @@ class Plan:
         n, f = self.num_shards, self.stage(stage).fan_out
         return range(index * n // f, (index + 1) * n // f)
 
+    def index_of(self, stage: str, shard: int) -> int:
+        """The index of a per-shard stage whose :meth:`shards_of` holds ``shard``."""
+        n, f = self.num_shards, self.stage(stage).fan_out
+        i = min(f - 1, shard * f // n)
+        while i > 0 and i * n // f > shard:
+            i -= 1
+        while (i + 1) * n // f <= shard:
+            i += 1
+        return i
+
     @property
     def stage_names(self) -> list[str]:
         return [s.name for s in self.stages]

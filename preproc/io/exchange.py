@@ -43,6 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from preproc.errors import ConfigError
 from preproc.io import layout
 
 if TYPE_CHECKING:
@@ -117,11 +118,17 @@ def build_index(store: Store, folder: str, producers: int | None, consumers: int
     """Merge the producers' sidecars of ``folder`` into its index (one read each, once).
     ``producers`` None: every sidecar the folder holds (one listing); ``consumers`` None:
     one past the largest consumer any producer wrote to."""
+    names = [n for n in store.ls(folder) if n.startswith("part-") and n.endswith(".idx.json")]
+    have = sorted(int(n[5:-9]) for n in names)
     if producers is None:
-        names = [n for n in store.ls(folder) if n.startswith("part-") and n.endswith(".idx.json")]
-        ids = sorted(int(n[5:10]) for n in names)
+        ids = have
     else:
         ids = list(range(producers))
+        if have and have[-1] >= producers:
+            # The same run always has the same fan-outs: more producers than this run's
+            # stage has mean a version of preproc that cut the stage otherwise wrote them.
+            raise ConfigError(f"{store.url(folder)} holds output of {have[-1] + 1} producers where this run "
+                              f"has {producers}: written by another version of preproc; rerun with --force")
     schema_b = b""
     meta: list[dict[str, str]] = []
     parts = []

@@ -220,8 +220,10 @@ def test_many_shards_run_in_groups_with_the_same_result(tmp_path, small):
     assert [list(plan.shards_of("near_drops", i)) for i in (0, 1, 15)] == [[0, 1], [2, 3, 4], [37, 38, 39]]
     m = json.loads((many / "near_drops" / "_done" / "00001.json").read_text())
     assert m["shards"] == [2, 5]
-    # One drop file per group; every shard's drops found by shard.
+    # One drop file and one keys file per group; every shard's drops found by shard.
     assert len([n for n in read_tree(many, "near_drops/drops") if n.endswith(".arrow")]) == 16
+    assert len([n for n in read_tree(many, f"near/{r40.stats['near']['config']}/keys") if n.endswith(".arrow")]) == 16
+    assert len([n for n in read_tree(many, "clean/keys") if n.endswith(".arrow")]) == 16
     assert r40.stats["duplicates"] == r4.stats["duplicates"] and r4.stats["duplicates"]["near"] > 0
     assert sorted(_removed(many)) == sorted(_removed(few))
     assert _kept_tokens(many) == _kept_tokens(few)

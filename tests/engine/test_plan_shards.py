@@ -27,6 +27,19 @@ def test_default_shards_follow_the_input_not_the_workers():
     assert default_shards(10 * 2**30, 128 * 2**20) == 80      # big inputs: target_shard_bytes rules
 
 
+def test_index_of_is_the_index_whose_shards_hold_it(tmp_path):
+    from preproc.engine.plan import Plan, Shard, StagePlan
+    spec = load_spec({"input": {"paths": ["x.jsonl"]}})
+    for n in (1, 5, 16, 40, 257):
+        for f in sorted({1, 3, 16, n} - {0}):
+            if f > n:
+                continue
+            plan = Plan("r", str(tmp_path), spec, tuple(Shard(i, (), nbytes=1) for i in range(n)),
+                        (StagePlan("near_drops", f),))
+            assert [plan.index_of("near_drops", s) for s in range(n)] == \
+                [i for i in range(f) for _ in plan.shards_of("near_drops", i)]
+
+
 def test_later_stages_fan_out_over_the_data_not_the_shards():
     """Tokenize and near dedup's per-shard stages take one index per 32 MiB of input (at
     least 16, at most the shards), or the spec's value; clean follows the shards unless they

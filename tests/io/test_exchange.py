@@ -22,6 +22,7 @@ import pytest
 import preproc
 from preproc.engine.runner import execute, prepare
 from preproc.engine.stages import run_index
+from preproc.errors import ConfigError
 from preproc.io import exchange as partitions
 from preproc.io.store import Store
 from preproc.spec import load_spec
@@ -150,6 +151,10 @@ def test_exchange_round_trip_and_stale_index(tmp_path):
     t = partitions.read_partition(store, "x", 0, ["v"], producers=n, consumers=b, producer_column="p")
     first = t.filter(pa.compute.equal(t.column("p"), 0))
     assert first.column("v").to_numpy().tolist() == list(range(10))
+    # A folder with more producers than the run's stage has (a preproc that cut the stage
+    # otherwise wrote it) is refused, not read in part.
+    with pytest.raises(ConfigError, match="5 producers where this run has 3.*--force"):
+        partitions.build_index(store, "x", 3, b)
 
 
 def test_prefetched_consumer_ranges_read_once_and_answer_the_same(tmp_path, counted):

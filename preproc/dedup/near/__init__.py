@@ -147,7 +147,7 @@ def prepare(plan: Plan, stage: str, store: Store) -> None:
     where = paths(plan)
     b, n = buckets(plan), plan.num_shards
     if stage == PAIRS:
-        build_index(store, where.keys, n, b)
+        build_index(store, where.keys, plan.stage(SIGNATURES).fan_out, b)
     elif stage in (SHINGLES, VERIFY):
         build_index(store, where.cand, b, n)
         if stage == VERIFY:

@@ -54,14 +54,16 @@ def run_clusters(plan: Plan, index: int, store: Store) -> dict[str, Any]:
 def run_drops(plan: Plan, index: int, store: Store) -> dict[str, Any]:
     """The drop list of this index's group of shards (:func:`_shard_drops`), one file."""
     group = plan.shards_of(DROPS, index)
+    keys: dict[int, pa.Table] = {}     # a refresh's segments: each signatures file read once
     with prefetched(store, [paths(plan).members], group):
-        done = [_shard_drops(plan, shard, store) for shard in group]
+        done = [_shard_drops(plan, shard, store, keys) for shard in group]
     write_drops(store, DROPS, index, np.concatenate([np.full(len(d[0]), s, np.uint32) for s, d in zip(group, done)]),
                 np.concatenate([d[0] for d in done]))
     return sum_stats([d[1] for d in done], group)
 
 
-def _shard_drops(plan: Plan, index: int, store: Store) -> tuple[np.ndarray, dict[str, Any]]:
+def _shard_drops(plan: Plan, index: int, store: Store,
+                 keys: dict[int, pa.Table]) -> tuple[np.ndarray, dict[str, Any]]:
     """Shard ``index``'s cluster members that are not their cluster's keeper (its rows to
     drop), and the counts."""
     cfg = options(plan)
@@ -72,7 +74,7 @@ def _shard_drops(plan: Plan, index: int, store: Store) -> tuple[np.ndarray, dict
     kept = (ks == index) & (kr == row)
     drop = row[~kept]
     if plan.refresh and plan.refresh.near_segment_out:
-        write_segment(plan, store, index, drop)
+        write_segment(plan, store, index, drop, keys)
     if cfg.keep_clusters:
         with store.open(clean_part(index)) as f:
             ids = pq.read_table(f, columns=["id"]).column("id")

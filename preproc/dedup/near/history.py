@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from preproc.dedup.near.common import ROW_MASK, U64, node, options, paths, unique_rows
+from preproc.dedup.near.common import ROW_MASK, SIGNATURES, U64, node, options, paths, unique_rows
 from preproc.io.exchange import read_all, read_row_groups, write_row_groups
 from preproc.io.layout import clean_part, segment_files, segment_part
 
@@ -110,12 +111,21 @@ def earlier_part(plan: Plan, gshard: int) -> tuple[str, int]:
     return f"{gen_paths[g]}/{clean_part(shard)}", shard
 
 
-def write_segment(plan: Plan, store: Store, index: int, dropped_rows: np.ndarray) -> None:
+def write_segment(plan: Plan, store: Store, index: int, dropped_rows: np.ndarray,
+                  keys: dict[int, pa.Table] | None = None) -> None:
     """This generation's kept documents' band keys (and, verifying, who they are), for the
-    generations after it."""
+    generations after it: shard ``index``'s, from the signatures file of its group (read
+    once per group when ``keys`` caches them by signatures index)."""
     cfg = options(plan)
     assert plan.refresh is not None and plan.refresh.near_segment_out
-    t = read_all(store, paths(plan).keys, index, ["bucket", "key", "row"])
+    producer = plan.index_of(SIGNATURES, index)
+    t = keys.get(producer) if keys is not None else None
+    if t is None:
+        t = read_all(store, paths(plan).keys, producer)
+        if keys is not None:
+            keys[producer] = t
+    if "shard" in t.column_names:
+        t = t.filter(pc.equal(t.column("shard"), pa.scalar(index, pa.uint32())))
     row = t.column("row").to_numpy()
     keep = ~np.isin(row, dropped_rows)
     cols = {"bucket": t.column("bucket").to_numpy()[keep], "key": t.column("key").to_numpy()[keep]}

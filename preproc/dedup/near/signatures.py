@@ -1,6 +1,6 @@
 """Stage ``near_signatures`` (one index per group of shards, ``Plan.shards_of``): MinHash
-band keys of the documents exact dedup kept, per shard one exchange file with a batch per
-bucket of ``near_pairs``."""
+band keys of the documents exact dedup kept, one exchange file per index (``shard`` and
+``row`` name each document) with a batch per bucket of ``near_pairs``."""
 
 from __future__ import annotations
 
@@ -25,20 +25,25 @@ if TYPE_CHECKING:
 
 def run_signatures(plan: Plan, index: int, store: Store) -> dict[str, Any]:
     """MinHash band keys of the documents that exact dedup kept, of each shard of this
-    index's group (each shard's keys are their own exchange producer: a later refresh reads
-    them by shard)."""
+    index's group, written as one exchange file (sorted by bucket, key, shard, row)."""
     cfg = options(plan)
     mh = MinHasher(cfg.minhash)
     group = plan.shards_of(SIGNATURES, index)
+    tables: list[pa.Table] = []
     with prefetched(store, [drops_dir("exact_dedup")] if "exact_dedup" in plan.stage_names else [], group):
-        return sum_stats([_shard_signatures(plan, shard, store, cfg, mh) for shard in group], group)
+        stats = sum_stats([_shard_signatures(plan, shard, store, cfg, mh, tables) for shard in group], group)
+    t = pa.concat_tables(tables) if tables else KEYS_SCHEMA.empty_table()
+    order = np.lexsort([t.column(c).to_numpy() for c in ("row", "shard", "key", "bucket")])
+    write_partitioned(store, paths(plan).keys, index, t.take(pa.array(order)))
+    return stats
 
 
-def _shard_signatures(plan: Plan, shard: int, store: Store, cfg: NearOptions, mh: MinHasher) -> dict[str, Any]:
-    """One shard's keys. Text is read and hashed ``batch_size`` documents at a time; the
-    keys of the shard (``bands`` x 24 bytes per document, a few percent of its text) are
-    held to write them sorted into one batch per bucket, as ``clean/keys`` does for exact
-    dedup."""
+def _shard_signatures(plan: Plan, shard: int, store: Store, cfg: NearOptions, mh: MinHasher,
+                      out: list[pa.Table]) -> dict[str, Any]:
+    """One shard's keys, appended to ``out``. Text is read and hashed ``batch_size``
+    documents at a time; the keys of the group (``bands`` x 28 bytes per document, a few
+    percent of its text) are held to write them sorted into one batch per bucket, as
+    ``clean/keys`` does for exact dedup."""
     p = cfg.minhash
     b = buckets(plan)
     exact = (read_drops(store, ["exact_dedup"], shard) if "exact_dedup" in plan.stage_names
@@ -68,9 +73,7 @@ def _shard_signatures(plan: Plan, shard: int, store: Store, cfg: NearOptions, mh
     row = np.tile(np.concatenate(rows), p.bands) if rows else np.empty(0, np.int64)
     prio = np.tile(np.concatenate(prios), p.bands) if prios else np.empty(0, U64)
     bucket = (key % U64(b)).astype(np.uint32)
-    order = np.lexsort((row, key, bucket))
-    table = pa.table({"bucket": bucket[order], "key": key[order], "row": row[order].astype(np.uint32),
-                      "prio": prio[order]}, schema=KEYS_SCHEMA)
-    write_partitioned(store, paths(plan).keys, shard, table)
+    out.append(pa.table({"bucket": bucket, "key": key, "shard": np.full(len(key), shard, np.uint32),
+                         "row": row.astype(np.uint32), "prio": prio}, schema=KEYS_SCHEMA))
     return {"docs": docs, "skipped_exact": skipped, "no_shingles": empty, "shingles": shingles,
             "band_keys": int(len(key)), "text_bytes": text_bytes}
