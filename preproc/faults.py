@@ -9,7 +9,7 @@ Off unless ``PREPROC_FAILPOINTS`` is set, and then only checked at a few points 
   not yet renamed/published), ``marker`` (all outputs committed, marker not yet written),
   ``clean_step`` (before a clean step runs on a batch; ``step=NAME`` picks the step, e.g.
   ``step=langid_v1``), ``lease_takeover`` (a lease was read expired, the compare-and-swap not
-  yet tried).
+  yet tried), ``preload`` (a worker's tokenizer preload, before it reads the file).
 * ``stage``/``index``: which index (omit for any).
 * ``action``: ``kill`` (SIGKILL this process, like the OOM killer), ``exit`` (exit code 1),
   ``raise`` (a ``RuntimeError``, or the built-in exception ``error`` names: ``ImportError``,

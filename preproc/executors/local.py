@@ -115,6 +115,7 @@ class LocalExecutor:
         self.progress = progress
         self._pool: ProcessPoolExecutor | None = None
         self._started_q: Any = None
+        self._warming: list[Future] = []
 
     def _get_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -132,9 +133,9 @@ class LocalExecutor:
         """Start the workers now (without waiting): their interpreters, imports and the
         tokenizer load overlap the coordinator's planning instead of delaying the first stage."""
         pool = self._get_pool()
-        for _ in range(self.workers):
-            pool.submit(warm_up, spec.tokenize.tokenizer, spec.storage,
-                        encode_special_tokens=spec.tokenize.encode_special_tokens)
+        self._warming = [pool.submit(warm_up, spec.tokenize.tokenizer, spec.storage,
+                                     encode_special_tokens=spec.tokenize.encode_special_tokens)
+                         for _ in range(self.workers)]
 
     def _check_spawn_main(self) -> None:
         procs = getattr(self._pool, "_processes", None) or {}
@@ -146,8 +147,15 @@ class LocalExecutor:
 
     def close(self) -> None:
         if self._pool is not None:
+            if not all(f.done() for f in self._warming):
+                # The run ended (a planning error, a lease held elsewhere) while workers still
+                # load the tokenizer, which with a store that does not answer takes its retries
+                # (minutes): they have no work and nothing to commit, so they are stopped.
+                for p in list((getattr(self._pool, "_processes", None) or {}).values()):
+                    p.terminate()
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        self._warming = []
 
     def run_stage(self, plan: Plan, stage: str, indices: list[int]) -> None:
         total = plan.stage(stage).fan_out

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from tokenizers import Tokenizer
 
 from preproc.errors import ConfigError
+from preproc.faults import failpoint
 from preproc.io.readers import ReadLog, read_split
 from preproc.io.s3 import StorageLike, read_bytes
 from preproc.io.store import Store
@@ -128,6 +129,7 @@ def preload(uri: str, storage: Any = None, *, encode_special_tokens: bool) -> No
     """Parse the tokenizer at ``uri`` (and its tiktoken twin, where one can be built) into
     this process's cache: a worker started while the coordinator plans has it ready for its
     first task. Best effort: any failure is left to the real load."""
+    failpoint("preload")      # chaos tests: a store that answers slowly or not at all
     try:
         data = read_bytes(uri, storage)
         sha = hashlib.sha256(data).hexdigest()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pyarrow as pa
 
 import preproc
 from preproc.executors import get_executor
 from preproc.executors.local import LocalExecutor
+from tests.conftest import wait_for
 
 
 def _threads() -> tuple[str | None, int]:
@@ -60,6 +62,26 @@ def test_prestarted_workers_have_the_tokenizer_before_the_plan_exists(gpt2):
     finally:
         ex.close()
     assert f"hf|{sha}|True" in keys and f"tk|{sha}" in keys
+
+
+def test_closing_while_workers_still_load_the_tokenizer_does_not_wait_for_them(tmp_path, gpt2, monkeypatch):
+    """A run that ends before its first stage (a planning error, a lease held elsewhere)
+    while the workers' tokenizer preload is stuck (a store that does not answer: here a
+    failpoint holds it up to 60 s) closes at once: the workers have nothing to commit."""
+    state = tmp_path / "fp"
+    state.mkdir()
+    monkeypatch.setenv("PREPROC_FAILPOINTS", "point=preload,action=pause,wait_s=60")
+    monkeypatch.setenv("PREPROC_FAILPOINT_STATE", str(state))
+    s = preproc.load_spec({"input": {"paths": ["x.jsonl"]}}, output=str(tmp_path / "o"), tokenizer=str(gpt2),
+                          workers=2)
+    ex = LocalExecutor(workers=2, progress=False)
+    ex.prestart(s)
+    procs = list(ex._get_pool()._processes.values())
+    assert wait_for(lambda: len(list(state.glob("paused-preload-*"))) == 2, timeout=60)
+    t0 = time.monotonic()
+    ex.close()
+    assert time.monotonic() - t0 < 15
+    assert all(not p.is_alive() for p in procs)
 
 
 def _cache_keys() -> list[str]:
