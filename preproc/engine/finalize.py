@@ -63,8 +63,7 @@ def run(plan: Plan, index: int, store: Store) -> dict[str, Any]:
         "tokenizer": {k: info.get(k) for k in ("path", "source", "sha256", "vocab_size", "eos_id", "eos_token",
                                                "bos_id", "bos_token")},
         "shards": shards,
-        "provenance": {"inputs": sorted({s.uri for sh in plan.shards for s in sh.splits}),
-                       "spec": plan.spec.to_json()},
+        "provenance": _provenance(plan),
     }
     store.write_json(layout.STATS, stats)
     store.write_json(layout.DATASET, dataset)
@@ -76,6 +75,22 @@ def run(plan: Plan, index: int, store: Store) -> dict[str, Any]:
     swept += store.sweep_leftovers([""], only={layout.STATS, layout.DATASET, layout.REPORT}.__contains__)
     swept += store.sweep_leftovers([layout.METRICS], only=lambda n: n != layout.COORDINATOR_METRICS)
     return {"documents": stats["kept"], "tokens": stats["tokens"], "temporaries_swept": swept}
+
+
+# dataset.json names every input file up to this many; beyond, the count and where the
+# lists are (training loads dataset.json: 1M file names would make it ~100 MB, and
+# finalize would read every shard's list to write them).
+PROVENANCE_MAX_INPUTS = 10_000
+
+
+def _provenance(plan: Plan) -> dict[str, Any]:
+    out: dict[str, Any] = {"input_files": plan.input_files}
+    if plan.input_files <= PROVENANCE_MAX_INPUTS:
+        out["inputs"] = sorted({s.uri for sh in plan.shards for s in sh.splits})
+    else:
+        out["input_lists"] = f"{layout.PLAN_SPLITS}/"     # per shard: its files and their byte ranges
+    out["spec"] = plan.spec.to_json()
+    return out
 
 
 def _written_folders(plan: Plan, markers: dict[str, dict[int, dict[str, Any]]]) -> set[str]:

@@ -220,3 +220,23 @@ def test_tiktoken_batches_equal_hf_with_one_and_many_threads(monkeypatch, corpus
     got = tiktoken_backend.encode_batch(enc, texts, encode_special_tokens=special)
     assert got == want
     assert any(50256 in ids for ids in got) != special   # the probe spelling <|endoftext|>
+
+
+def test_dataset_json_names_the_inputs_up_to_a_bound(demo_run, monkeypatch):
+    """dataset.json's provenance: the spec and every input file; past PROVENANCE_MAX_INPUTS
+    files, their count and where the per-shard lists are (training loads dataset.json; a
+    million names would make it ~100 MB, and finalize would read every shard's list)."""
+    from preproc.engine import finalize
+    from preproc.engine.plan import Plan
+
+    ds = json.loads((demo_run / "dataset.json").read_text())
+    prov = ds["provenance"]
+    assert prov["input_files"] == len(prov["inputs"]) == 4 and prov["spec"]["shards"] == 8
+    assert [u.rsplit("/", 1)[-1] for u in prov["inputs"]] == sorted(u.rsplit("/", 1)[-1] for u in prov["inputs"])
+    plan = Plan.load(str(demo_run))
+    monkeypatch.setattr(finalize, "PROVENANCE_MAX_INPUTS", 3)
+    loaded = []
+    for sh in plan.shards:      # no shard's file list is read for it
+        monkeypatch.setattr(sh, "_load", lambda sh=sh: loaded.append(sh.index) or ())
+    small = finalize._provenance(plan)
+    assert small == {"input_files": 4, "input_lists": "_plan/", "spec": prov["spec"]} and loaded == []
