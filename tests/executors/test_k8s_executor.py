@@ -117,10 +117,16 @@ def test_demo_on_k8s_is_byte_identical_to_local(tmp_path, demo_inputs, cluster, 
 
 
 def test_restarted_coordinator_adopts_its_jobs(tmp_path, demo_inputs, cluster, caplog):
+    """The coordinator is killed while its clean Job runs; a new one finds the Job (409),
+    watches it instead of launching it again, and finishes the run. The clean pods hold at
+    their start (a ``pause`` failpoint) until the second coordinator has asked for the Job,
+    so the Job cannot finish unwatched in between, however slow the machine."""
     caplog.set_level(logging.INFO, logger="preproc")
     out = tmp_path / "out"
+    state = tmp_path / "fault-state"
     spec_path = tmp_path / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump(spec_dict(demo_inputs, out)))
+    spec_path.write_text(yaml.safe_dump(spec_dict(demo_inputs, out, env={
+        "PREPROC_FAILPOINTS": "point=start,stage=clean,action=pause", "PREPROC_FAILPOINT_STATE": str(state)})))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("KUBERNETES_SERVICE_HOST", None)
     first = subprocess.Popen([sys.executable, "-m", "preproc", "run", str(spec_path), "--kubeconfig", cluster.kubeconfig],
@@ -132,7 +138,23 @@ def test_restarted_coordinator_adopts_its_jobs(tmp_path, demo_inputs, cluster, c
         first.wait()
     (adopted,) = jobs
     name = adopted["metadata"]["name"]
-    result = run(str(spec_path), executor_options={"kubeconfig": cluster.kubeconfig})
+
+    def job_posts():
+        return [r for r in cluster.requests if r[0] == "POST" and r[1].endswith("/jobs")]
+
+    def release():     # once the second coordinator has asked for the clean Job
+        wait_for(lambda: len(job_posts()) >= 2, 120)
+        state.mkdir(exist_ok=True)
+        (state / "resume").touch()
+
+    t = threading.Thread(target=release, daemon=True)
+    t.start()
+    try:
+        result = run(str(spec_path), executor_options={"kubeconfig": cluster.kubeconfig})
+    finally:
+        state.mkdir(exist_ok=True)
+        (state / "resume").touch()
+        t.join()
     assert result.tokens > 0
     # The second coordinator got 409 for the running Job and watched it: one Job, one pod
     # per index (nothing launched twice), nothing deleted.
