@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import re
 from typing import TYPE_CHECKING, Any
 
 from preproc.errors import ConfigError
@@ -125,10 +126,27 @@ def _record(store: Store) -> dict[str, Any] | None:
     return d
 
 
+# What preproc's own folders of leftovers hold (besides temporaries): a folder of that name
+# holding anything else is the user's.
+_OURS_INSIDE = {layout.PLAN_SPLITS: re.compile(r"^shard-\d{5,}\.json$"), layout.RUN_LEASE: re.compile(r"^\d+\.json$")}
+_TEMPORARY = re.compile(r"^\..+\.tmp-[0-9a-f]{12}$")
+
+
 def _foreign(store: Store, allowed: set[str] = frozenset()) -> str | None:
     for name in store.ls(""):
-        if name not in allowed and not _OURS.match(name):
+        if name in allowed:
+            continue
+        if not _OURS.match(name):
             return name
+        inside = _OURS_INSIDE.get(name)
+        if inside is not None:
+            # A killed run leaves its shard lists or lease with no plan.json; a folder of the
+            # same name holding anything else (or a file of that name) is not ours.
+            if not store.isdir(name):
+                return name
+            for child in store.ls(name):
+                if not (inside.match(child) or _TEMPORARY.match(child)):
+                    return f"{name}/{child}"
     return None
 
 

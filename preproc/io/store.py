@@ -215,6 +215,11 @@ class Store:
     def exists(self, rel: str) -> bool:
         return self.fs.exists(self.path(rel))
 
+    @_refreshing
+    def isdir(self, rel: str) -> bool:
+        """A folder (on an object store: a prefix with objects under it)."""
+        return self.fs.isdir(self.path(rel))
+
     def open(self, rel: str, mode: str = "rb"):
         return self.fs.open(self.path(rel), mode)
 

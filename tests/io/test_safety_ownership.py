@@ -148,3 +148,28 @@ def test_refresh_refuses_a_foreign_folder(tmp_path, demo_inputs):
     p = _cli("refresh", _spec(tmp_path, demo_inputs), "--output", out)
     assert p.returncode == 2 and "first foreign entry: 'dataset.json'" in p.stderr, p.stderr
     assert sorted(os.listdir(out)) == ["dataset.json"]
+
+
+@pytest.mark.parametrize("entry", ["_plan/notes.txt", "_lease/owner.txt", "_plan"], ids=["plan-dir", "lease-dir", "plan-file"])
+def test_a_users_folder_named_like_preprocs_leftovers_is_foreign(tmp_path, demo_inputs, entry):
+    """A killed first run may leave only its shard lists (_plan/) or its lease (_lease/):
+    preproc takes a folder holding just those as its own. A user's folder (or file) of the
+    same name holding anything else is foreign: refused with --force too, left as it was."""
+    out = tmp_path / "o"
+    (out / entry).parent.mkdir(parents=True, exist_ok=True)
+    (out / entry).write_bytes(b"mine")
+    before = _tree(out)
+    for force in ([], ["--force"]):
+        p = _cli("run", _spec(tmp_path, demo_inputs), "--output", out, "--workers", "1", *force)
+        assert p.returncode == 2 and f"first foreign entry: '{entry}'" in p.stderr, p.stderr
+        assert _tree(out) == before
+
+
+def test_a_killed_first_runs_shard_lists_alone_are_taken_as_its_own(tmp_path, demo_inputs):
+    out = tmp_path / "o"
+    (out / "_plan").mkdir(parents=True)
+    (out / "_plan" / "shard-00000.json").write_text("{}")
+    (out / "_plan" / ".shard-00001.json.tmp-0123456789ab").write_text("")
+    p = _cli("run", _spec(tmp_path, demo_inputs), "--output", out, "--workers", "1")
+    assert p.returncode == 0, p.stderr
+    assert (out / "plan.json").exists() and json.loads((out / "_plan" / "shard-00000.json").read_text())
