@@ -133,16 +133,16 @@ def wait_for(pred, timeout: float = 90.0, poll_s: float = 0.01) -> bool:
 # first: with xdist they then overlap the many short ones instead of running alone at the
 # end while the other processes have nothing left (longest-first scheduling).
 LONGEST_FIRST = (
-    "tests/engine/test_refresh.py::test_verified_refresh_on_s3_with_compaction",
     "tests/conformance/test_conformance.py::test_kill_anywhere[ray]",
-    "tests/io/test_store_faults.py::test_flaky_store_same_outputs_and_down_store_resumes",
+    "tests/engine/test_refresh.py::test_verified_refresh_on_s3_with_compaction",
     "tests/engine/test_pipeline.py::test_corpus_gpt2_tokens_exact",
-    "tests/io/test_s3.py::test_s3_killed_run_resumes",
-    "tests/executors/test_orphans.py::test_local_ray_dies_with_the_coordinator",
-    "tests/clean/test_filters_corpus.py::test_v2_line_rules_keep_books_wikipedia_and_the_bible[c4_v2]",
-    "tests/engine/test_refresh.py::test_verified_refresh_killed_and_resumed_is_byte_identical",
+    "tests/conformance/test_conformance.py::test_worker_counts[ray-4]",
+    "tests/io/test_store_faults.py::test_flaky_store_same_outputs_and_down_store_resumes",
     "tests/executors/test_ray.py::test_ray_outputs_identical_and_a_crash_is_retried",
-    "tests/executors/test_ray.py::test_ray_rerun_after_failed_run_skips_finished_indices",
+    "tests/engine/test_refresh.py::test_index_compaction_keeps_dedup_against_all_generations",
+    "tests/io/test_s3.py::test_s3_run_is_identical_to_local_and_resumes",
+    "tests/engine/test_refresh.py::test_verified_refresh_killed_and_resumed_is_byte_identical",
+    "tests/executors/test_orphans.py::test_local_ray_dies_with_the_coordinator",
 )
 
 
