@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from preproc.dedup.drops import write_drops
-from preproc.io.exchange import build_index, read_partitions
+from preproc.io.exchange import build_index, read_partition
 from preproc.io.layout import CLEAN_KEYS, segment_bucket
 
 if TYPE_CHECKING:
@@ -43,19 +43,14 @@ def prepare(plan: Plan, store: Store) -> None:
 
 
 def read_bucket(plan: Plan, store: Store, bucket: int) -> pa.Table:
-    """Bucket ``bucket`` of every clean index's keys: ``h1, h2, row, shard``."""
-    got = read_partitions(store, CLEAN_KEYS, bucket, producers=plan.stage("clean").fan_out,
-                          consumers=plan.stage("exact_dedup").fan_out)
-    tables = []
-    for producer, t in got:
-        # Keys written before clean indices could hold several shards have no shard
-        # column: their producer is their shard.
-        shard = t.column("shard") if "shard" in t.column_names else pa.array(np.full(t.num_rows, producer, np.uint32))
-        tables.append(t.select(["h1", "h2", "row"]).append_column("shard", shard))
-    if not tables:
+    """Bucket ``bucket`` of every clean index's keys: ``h1, h2, row, shard`` (keys written
+    when each shard was its own producer have no shard column: the producer is the shard)."""
+    t = read_partition(store, CLEAN_KEYS, bucket, ["h1", "h2", "row"], producers=plan.stage("clean").fan_out,
+                       consumers=plan.stage("exact_dedup").fan_out, producer_column="shard")
+    if t is None:
         return pa.table({"h1": pa.array([], pa.uint64()), "h2": pa.array([], pa.uint64()),
                          "row": pa.array([], pa.uint32()), "shard": pa.array([], pa.uint32())})
-    return pa.concat_tables(tables)
+    return t
 
 
 def _fsb(h1: np.ndarray, h2: np.ndarray) -> pa.Array:

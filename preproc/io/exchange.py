@@ -142,6 +142,11 @@ def build_index(store: Store, folder: str, producers: int | None, consumers: int
         s = b64decode(side["schema"])
         if not schema_b:
             schema_b = s
+        elif s != schema_b:
+            # One folder, one schema: producers that differ were written by two versions of
+            # preproc (a run resumed across an upgrade).
+            raise ConfigError(f"{store.url(folder)}: producer {p} wrote other columns than producer {ids[0]}: "
+                              "written by another version of preproc; rerun with --force")
         meta.append(side.get("metadata") or {})
         e = np.array(side["entries"], dtype=np.uint64).reshape(-1, 5)
         if len(e):
@@ -283,16 +288,18 @@ def read_partition(store: Store, folder: str, consumer: int, columns: list[str] 
                    producers: int | None = None, consumers: int | None = None,
                    producer_column: str | None = None) -> pa.Table | None:
     """All rows sent to ``consumer`` by every producer, concatenated in producer order, as
-    ``columns`` (plus ``producer_column``, uint32, naming the producer); None when none."""
+    ``columns`` plus ``producer_column`` (uint32): the column of that name a producer wrote
+    (a producer of several shards names each row's), else the producer's index; None when
+    none."""
     got = read_partitions(store, folder, consumer, producers=producers, consumers=consumers)
     if not got:
         return None
     tables = []
     for p, t in got:
-        if columns is not None:
-            t = t.select(columns)
-        if producer_column:
+        if producer_column and producer_column not in t.column_names:
             t = t.append_column(producer_column, pa.array(np.full(t.num_rows, p, np.uint32)))
+        if columns is not None:
+            t = t.select(columns + ([producer_column] if producer_column else []))
         tables.append(t)
     return pa.concat_tables(tables)
 

@@ -151,6 +151,17 @@ def test_exchange_round_trip_and_stale_index(tmp_path):
     t = partitions.read_partition(store, "x", 0, ["v"], producers=n, consumers=b, producer_column="p")
     first = t.filter(pa.compute.equal(t.column("p"), 0))
     assert first.column("v").to_numpy().tolist() == list(range(10))
+    # Producers that write the producer column themselves (a clean index holding several
+    # shards names each row's shard) keep their values.
+    for p, vals in ((0, [7, 7, 8]), (1, [9, 9])):
+        partitions.write_partitioned(store, "y", p, pa.table({"c": np.zeros(len(vals), np.uint32),
+                                                              "p": np.array(vals, np.uint32)}))
+    t = partitions.read_partition(store, "y", 0, ["c"], producers=2, consumers=1, producer_column="p")
+    assert t.column_names == ["c", "p"] and t.column("p").to_pylist() == [7, 7, 8, 9, 9]
+    # Producers of one folder that wrote different columns (two versions of preproc) are refused.
+    partitions.write_partitioned(store, "y", 1, pa.table({"c": np.zeros(2, np.uint32)}))
+    with pytest.raises(ConfigError, match="producer 1 wrote other columns than producer 0.*--force"):
+        partitions.build_index(store, "y", 2, 1)
     # A folder with more producers than the run's stage has (a preproc that cut the stage
     # otherwise wrote it) is refused, not read in part.
     with pytest.raises(ConfigError, match="5 producers where this run has 3.*--force"):

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from preproc.dedup.components import local_components, node_partition, unique_edges
-from preproc.io.exchange import read_partition, read_partitions, write_partitioned
+from preproc.io.exchange import read_partition, write_partitioned
 from preproc.io.layout import clean_part
 
 if TYPE_CHECKING:
@@ -48,19 +48,6 @@ def read_parts(store: Store, folder: str, part: int, columns: list[str],
         tys = types + ([pa.uint32()] if producer_column else [])
         return {c: np.empty(0, dtype=ty.to_pandas_dtype()) for c, ty in zip(cols, tys)}
     return {c: t.column(c).to_numpy() for c in t.column_names}
-
-
-def read_keys(store: Store, folder: str, bucket: int) -> dict[str, np.ndarray]:
-    """Bucket ``bucket`` of the signatures' band keys: ``key, shard, row, prio``. (Keys
-    written when each shard was its own producer have no shard column: the producer is it.)"""
-    cols = {c: [] for c in ("key", "shard", "row", "prio")}   # type: dict[str, list[np.ndarray]]
-    for producer, t in read_partitions(store, folder, bucket):
-        for c in ("key", "row", "prio"):
-            cols[c].append(t.column(c).to_numpy())
-        cols["shard"].append(t.column("shard").to_numpy() if "shard" in t.column_names
-                             else np.full(t.num_rows, producer, np.uint32))
-    types = {"key": np.uint64, "shard": np.uint32, "row": np.uint32, "prio": np.uint64}
-    return {c: np.concatenate(v) if v else np.empty(0, types[c]) for c, v in cols.items()}
 
 
 def iter_rows(store: Store, shard: int | str, rows: np.ndarray | None,

@@ -15,7 +15,7 @@ import pyarrow as pa
 from preproc.dedup.components import unique_edges
 from preproc.dedup.near.common import ROW_MASK, U64, buckets, node, options, paths
 from preproc.dedup.near.history import EARLIER, EARLIER_SHARD, earlier_docs, earlier_keys
-from preproc.dedup.near.io import CAND_SCHEMA, contract, read_keys, write_edges
+from preproc.dedup.near.io import CAND_SCHEMA, contract, read_parts, write_edges
 from preproc.io.exchange import write_partitioned
 from preproc.io.layout import cc_round
 
@@ -77,7 +77,10 @@ def run_pairs(plan: Plan, index: int, store: Store) -> dict[str, Any]:
     """
     cfg = options(plan)
     where = paths(plan)
-    d = read_keys(store, where.keys, index)
+    # (keys written when each shard was its own producer have no shard column: the
+    # producer is the shard)
+    d = read_parts(store, where.keys, index, ["key", "row", "prio"],
+                   [pa.uint64(), pa.uint32(), pa.uint64()], producer_column="shard")
     key, nodes, prio = d["key"], node(d["shard"], d["row"]), d["prio"]
     earlier = None if cfg.verify else earlier_keys(plan, index)
     n_earlier = 0
