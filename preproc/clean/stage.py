@@ -25,6 +25,7 @@ an index's files would otherwise grow with the number of shards, not with the da
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +43,7 @@ from preproc.io.readers import InputSplit, ReadLog, read_split
 from preproc.io.readers.base import BATCH_BYTES, BATCH_ROWS
 from preproc.io.readers.small import SmallFiles, runs
 from preproc.io.slices import PROFILE_KEY, PROFILES_KEY, TextProfile
-from preproc.observe.stats import CleanProfile
+from preproc.observe.stats import CleanProfile, add_counts
 from preproc.tokenize.tokenizer import Encoder
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ Locate = Callable[[int], InputSplit]     # a row of a batch -> the input split i
 @dataclass
 class _Part:
     """One shard's clean part while its index runs: the Parquet file (opened when its first
-    rows come, committed by :meth:`finish`), its keys and its text profile."""
+    rows come), its keys and its text profile."""
 
     shard: int
     rows: int = 0
@@ -94,14 +95,15 @@ class _Part:
     sizes: TextProfile = field(default_factory=TextProfile)
     h1: list[np.ndarray] = field(default_factory=list)
     h2: list[np.ndarray] = field(default_factory=list)
-    commit: Any = None           # the open_atomic context of the part file
     writer: pq.ParquetWriter | None = None
 
-    def write(self, store: Store, kept: pa.RecordBatch, keys: bool) -> None:
-        if self.writer is None:
-            self.commit = store.open_atomic(layout.clean_part(self.shard))
-            self.writer = pq.ParquetWriter(self.commit.__enter__(), kept.schema, compression="zstd")
-        self.writer.write_batch(kept)
+    def _open(self, files: ExitStack, store: Store, schema: pa.Schema) -> pq.ParquetWriter:
+        f = files.enter_context(store.open_atomic(layout.clean_part(self.shard)))
+        self.writer = pq.ParquetWriter(f, schema, compression="zstd")
+        return self.writer
+
+    def write(self, files: ExitStack, store: Store, kept: pa.RecordBatch, keys: bool) -> None:
+        (self.writer or self._open(files, store, kept.schema)).write_batch(kept)
         text = kept.column("text")
         if keys:
             h1, h2 = text_hashes(text)
@@ -113,25 +115,10 @@ class _Part:
         self.text_bytes += int(lengths.sum())
         self.sizes.add(lengths)
 
-    def finish(self, store: Store, empty: pa.Schema) -> None:
-        """Commit the part (an empty one, with ``empty``'s columns, when no row was kept)."""
-        if self.writer is None:
-            self.commit = store.open_atomic(layout.clean_part(self.shard))
-            self.writer = pq.ParquetWriter(self.commit.__enter__(), empty, compression="zstd")
-        self.writer.close()
-        commit, self.commit, self.writer = self.commit, None, None
-        commit.__exit__(None, None, None)
-
-    def abort(self, exc: BaseException) -> None:
-        """Drop the part's temporary (the index failed; nothing of it is published)."""
-        if self.commit is not None:
-            commit, self.commit = self.commit, None
-            try:
-                if self.writer is not None:
-                    self.writer.close()
-            except Exception:  # noqa: BLE001 - the first error is the one to report
-                pass
-            commit.__exit__(type(exc), exc, exc.__traceback__)
+    def close(self, files: ExitStack, store: Store, empty: pa.Schema) -> None:
+        """Finish the file (an empty one, with ``empty``'s columns, when no row was kept);
+        it is committed when ``files`` closes."""
+        (self.writer or self._open(files, store, empty)).close()
 
 
 def run(plan: Plan, index: int, store: Store) -> dict[str, Any]:
@@ -141,15 +128,10 @@ def run(plan: Plan, index: int, store: Store) -> dict[str, Any]:
     into more, smaller shards does not make the steps' per-batch work more."""
     spec = plan.spec
     group = plan.shards_of(layout.CLEAN, index)
-    keep_removed = isinstance(spec.clean, dict) and bool(spec.clean.get("keep_removed"))
-    # Removed rows are always kept per batch: a few per rule become the report's examples.
-    pipe = CleanPipeline(build_steps(spec.clean), keep_removed=True)
-    profile = CleanProfile(index)
-    buckets = plan.stage("exact_dedup").fan_out if "exact_dedup" in plan.stage_names else 0
     log = ReadLog()
-    acc = _Counts()
-    parts = {s: _Part(s) for s in group}
-    try:
+    # The shards' part files: committed together when the block ends, all dropped if it raises.
+    with ExitStack() as files:
+        c = _Cleaner(plan, index, store, group, log, files)
         pending: list[tuple[int, pa.RecordBatch, Locate]] = []
         rows = nbytes = 0
         for shard, batch, where in _batches(plan, group, log):
@@ -157,71 +139,56 @@ def run(plan: Plan, index: int, store: Store) -> dict[str, Any]:
             # they make a batch of the usual size; a shard alone is cleaned batch by batch.
             if pending and (batch.schema != pending[0][1].schema or rows + batch.num_rows > BATCH_ROWS
                             or nbytes + batch.nbytes > BATCH_BYTES):
-                _clean(pending, pipe, log, profile, acc, parts, store, buckets, keep_removed)
+                c.clean(pending)
                 pending, rows, nbytes = [], 0, 0
             pending.append((shard, batch, where))
             rows += batch.num_rows
             nbytes += batch.nbytes
             if len(group) == 1:
-                _clean(pending, pipe, log, profile, acc, parts, store, buckets, keep_removed)
+                c.clean(pending)
                 pending, rows, nbytes = [], 0, 0
         if pending:
-            _clean(pending, pipe, log, profile, acc, parts, store, buckets, keep_removed)
+            c.clean(pending)
+        parts = [c.parts[s] for s in group]
         # Batches of one document each (one per small file) escape the per-batch rule: an
         # index none of whose documents survived one and the same exception fails too.
-        kept_rows = sum(p.rows for p in parts.values())
         poisoned = [k for k in log.rejected if k.startswith("poison:")]
-        if kept_rows == 0 and not acc.filtered and acc.offered >= 2 and len(poisoned) == 1 \
-                and log.rejected[poisoned[0]] == acc.offered:
+        if sum(p.rows for p in parts) == 0 and not c.filtered and c.offered >= 2 and len(poisoned) == 1 \
+                and log.rejected[poisoned[0]] == c.offered:
             where = f"of shard {group[0]}" if len(group) == 1 else f"of shards {group[0]}-{group[-1]}"
-            raise every_document_failed(pipe, acc.offered, where)
+            raise every_document_failed(c.pipe, c.offered, where)
         empty = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string())]
                           + [(k, pa.string()) for k in spec.input.keep_fields])
-        for p in parts.values():
-            p.finish(store, empty)
-    except BaseException as e:
-        for p in parts.values():
-            p.abort(e)
-        raise
+        for p in parts:
+            p.close(files, store, empty)
 
-    if buckets:
-        _write_keys(store, index, buckets, list(parts.values()))
+    if c.buckets:
+        _write_keys(store, index, c.buckets, parts)
     if log.rejects:
         store_table(store, layout.rejects(index), pa.Table.from_pylist(log.rejects, schema=REJECTS_SCHEMA))
-    if acc.removed:
-        store_table(store, layout.removed(index), pa.concat_tables(acc.removed, promote_options="default"))
-    profile.observe_rejects(log.rejects)
-    ordered = [parts[s] for s in group]
+    if c.removed:
+        store_table(store, layout.removed(index), pa.concat_tables(c.removed, promote_options="default"))
+    c.profile.observe_rejects(log.rejects)
     stats: dict[str, Any] = {
         "read": log.read,
         "blank_lines": log.blank_lines,
         "rejected": log.rejected,
-        "filtered": acc.filtered,
-        "counters": acc.counters,
-        "docs": sum(p.rows for p in ordered),
-        "chars": sum(p.chars for p in ordered),
-        "text_bytes": sum(p.text_bytes for p in ordered),
+        "filtered": c.filtered,
+        "counters": c.counters,
+        "docs": sum(p.rows for p in parts),
+        "chars": sum(p.chars for p in parts),
+        "text_bytes": sum(p.text_bytes for p in parts),
         "shards": [group.start, group.stop],
         "input_bytes": sum(plan.shards[s].bytes for s in group),
         "file_errors": log.file_errors,
     }
     # Where later stages may cut each part (preproc.io.slices): one profile per shard.
-    if len(ordered) == 1:
-        stats[PROFILE_KEY] = ordered[0].sizes.to_json()
+    if len(parts) == 1:
+        stats[PROFILE_KEY] = parts[0].sizes.to_json()
     else:
-        stats[PROFILES_KEY] = [p.sizes.to_json() for p in ordered]
-    stats.update(profile.finish(plan, store, Encoder))   # bounded histograms, counts, examples for report.html
+        stats[PROFILES_KEY] = [p.sizes.to_json() for p in parts]
+    stats.update(c.profile.finish(plan, store, Encoder))   # bounded histograms, counts, examples for report.html
     return stats
-
-
-@dataclass
-class _Counts:
-    """What the clean steps did, over all of an index's batches."""
-
-    offered: int = 0          # documents given to the clean steps
-    filtered: dict[str, int] = field(default_factory=dict)
-    counters: dict[str, int] = field(default_factory=dict)
-    removed: list[pa.Table] = field(default_factory=list)
 
 
 def _batches(plan: Plan, group: range, log: ReadLog) -> Iterator[tuple[int, pa.RecordBatch, Locate]]:
@@ -252,53 +219,66 @@ def _always(split: InputSplit) -> Locate:
     return lambda row: split
 
 
-def _clean(sources: list[tuple[int, pa.RecordBatch, Locate]], pipe: CleanPipeline, log: ReadLog,
-           profile: CleanProfile, acc: _Counts, parts: dict[int, _Part], store: Store, buckets: int,
-           keep_removed: bool) -> None:
-    """Clean one batch made of ``sources`` (read batches, in order) and hand each shard its
-    kept rows."""
-    if len(sources) == 1:
-        batch, where = sources[0][1], sources[0][2]
-    else:
-        batch = pa.Table.from_batches([b for _, b, _ in sources]).combine_chunks().to_batches()[0]
-        where = _located(sources)
-    starts = np.cumsum([0] + [b.num_rows for _, b, _ in sources])
-    pending = batch.num_rows     # rows handed on by the reader (counted read) and not yet accounted
-    try:
-        profile.observe_in(batch)
-        acc.offered += batch.num_rows
-        res = clean_isolating(pipe, batch, log, where)
-        pending = res.kept.num_rows     # the others are now filtered or rejected
-        for k, v in res.filtered.items():
-            acc.filtered[k] = acc.filtered.get(k, 0) + v
-        for k, v in res.counters.items():
-            acc.counters[k] = acc.counters.get(k, 0) + v
-        if res.removed is not None:
-            profile.observe_removed(res.removed)
-            if keep_removed:
-                acc.removed.append(res.removed)
-        kept = res.kept
-        if kept.num_rows == 0:
-            return
-        profile.observe_out(kept)
-        # The kept rows in order; each shard's are consecutive.
-        shard_of = np.array([s for s, _, _ in sources])[np.searchsorted(starts, res.kept_rows, "right") - 1]
-        cuts = np.flatnonzero(np.diff(shard_of)) + 1
-        for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(shard_of)]):
-            parts[int(shard_of[lo])].write(store, kept.slice(lo, hi - lo), bool(buckets))
-            pending -= int(hi - lo)
-    except _DATA_ERRORS as e:
-        log.file_error(where(0), "unreadable", f"{type(e).__name__}: {e}")
-        if pending:
-            # A batch that failed after the reader handed it on: its rows are rejected,
-            # so read = kept + filtered + duplicates + rejected still holds.
-            log.read -= pending
-            log.reject_rows(where(0), f"batch of {pending} rows", "file_error:unreadable", pending)
+class _Cleaner:
+    """The clean steps over an index's batches: what they did, added up, and each shard's
+    kept rows handed to its part."""
+
+    def __init__(self, plan: Plan, index: int, store: Store, group: range, log: ReadLog, files: ExitStack):
+        spec = plan.spec
+        # Removed rows are always kept per batch: a few per rule become the report's examples.
+        self.pipe = CleanPipeline(build_steps(spec.clean), keep_removed=True)
+        self.keep_removed = isinstance(spec.clean, dict) and bool(spec.clean.get("keep_removed"))
+        self.profile = CleanProfile(index)
+        self.buckets = plan.stage("exact_dedup").fan_out if "exact_dedup" in plan.stage_names else 0
+        self.store, self.log, self.files = store, log, files
+        self.parts = {s: _Part(s) for s in group}
+        self.offered = 0          # documents given to the clean steps
+        self.filtered: dict[str, int] = {}
+        self.counters: dict[str, int] = {}
+        self.removed: list[pa.Table] = []
+
+    def clean(self, sources: list[tuple[int, pa.RecordBatch, Locate]]) -> None:
+        """Clean one batch made of ``sources`` (read batches, in order) and hand each shard
+        its kept rows."""
+        starts = np.cumsum([0] + [b.num_rows for _, b, _ in sources])
+        if len(sources) == 1:
+            batch, where = sources[0][1], sources[0][2]
+        else:
+            batch = pa.Table.from_batches([b for _, b, _ in sources]).combine_chunks().to_batches()[0]
+            where = _located(sources, starts)
+        pending = batch.num_rows     # rows handed on by the reader (counted read) and not yet accounted
+        try:
+            self.profile.observe_in(batch)
+            self.offered += batch.num_rows
+            res = clean_isolating(self.pipe, batch, self.log, where)
+            pending = res.kept.num_rows     # the others are now filtered or rejected
+            self.filtered = add_counts([self.filtered, res.filtered])
+            self.counters = add_counts([self.counters, res.counters])
+            if res.removed is not None:
+                self.profile.observe_removed(res.removed)
+                if self.keep_removed:
+                    self.removed.append(res.removed)
+            kept = res.kept
+            if kept.num_rows == 0:
+                return
+            self.profile.observe_out(kept)
+            # The kept rows in order; each shard's are consecutive.
+            shard_of = np.array([s for s, _, _ in sources])[np.searchsorted(starts, res.kept_rows, "right") - 1]
+            cuts = np.flatnonzero(np.diff(shard_of)) + 1
+            for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(shard_of)]):
+                self.parts[int(shard_of[lo])].write(self.files, self.store, kept.slice(lo, hi - lo), bool(self.buckets))
+                pending -= int(hi - lo)
+        except _DATA_ERRORS as e:
+            self.log.file_error(where(0), "unreadable", f"{type(e).__name__}: {e}")
+            if pending:
+                # A batch that failed after the reader handed it on: its rows are rejected,
+                # so read = kept + filtered + duplicates + rejected still holds.
+                self.log.read -= pending
+                self.log.reject_rows(where(0), f"batch of {pending} rows", "file_error:unreadable", pending)
 
 
-def _located(sources: list[tuple[int, pa.RecordBatch, Locate]]) -> Locate:
-    """The split of a row of the batch made of ``sources``."""
-    starts = np.cumsum([0] + [b.num_rows for _, b, _ in sources])
+def _located(sources: list[tuple[int, pa.RecordBatch, Locate]], starts: np.ndarray) -> Locate:
+    """The split of a row of the batch made of ``sources`` (which start at rows ``starts``)."""
 
     def where(row: int) -> InputSplit:
         k = int(np.searchsorted(starts, row, "right")) - 1
@@ -383,9 +363,6 @@ def _bisect(pipe: CleanPipeline, batch: pa.RecordBatch, offset: int,
         pa.Table.from_batches(kept).combine_chunks().to_batches()[0] if kept else parts[0].kept,
         pa.concat_tables(removed, promote_options="default") if removed else None,
         kept_rows=np.concatenate([parts[0].kept_rows, parts[1].kept_rows + half]))
-    for p in parts:
-        for k, v in p.filtered.items():
-            merged.filtered[k] = merged.filtered.get(k, 0) + v
-        for k, v in p.counters.items():
-            merged.counters[k] = merged.counters.get(k, 0) + v
+    merged.filtered = add_counts(p.filtered for p in parts)
+    merged.counters = add_counts(p.counters for p in parts)
     return merged
