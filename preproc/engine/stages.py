@@ -92,8 +92,14 @@ def later_fan_out(num_shards: int, input_bytes: int, want: int | None = None) ->
     """The fan-out of tokenize and near dedup's per-shard stages: ``want`` (the spec's
     ``later_fan_out``) or one index per ``INPUT_BYTES_PER_LATER_INDEX`` of input, at least
     ``MIN_LATER_FAN_OUT``; at most ``num_shards`` (so at up to 16 shards it is the shard count)."""
+    return _by_volume(num_shards, input_bytes, INPUT_BYTES_PER_LATER_INDEX, want)
+
+
+def _by_volume(num_shards: int, input_bytes: int, per_index: int, want: int | None) -> int:
+    """``want``, or one index per ``per_index`` bytes of input but at least
+    ``MIN_LATER_FAN_OUT``; never more than the shards."""
     if want is None:
-        want = max(MIN_LATER_FAN_OUT, -(-int(input_bytes) // INPUT_BYTES_PER_LATER_INDEX))
+        want = max(MIN_LATER_FAN_OUT, -(-int(input_bytes) // per_index))
     return max(1, min(num_shards, want))
 
 
@@ -108,9 +114,7 @@ def clean_fan_out(num_shards: int, input_bytes: int, want: int | None = None) ->
     unless the shards average under ``INPUT_BYTES_PER_CLEAN_INDEX``: then one per that much
     input, at least ``MIN_LATER_FAN_OUT``; never more than the shards. Each index cleans
     ``Plan.shards_of("clean", i)``."""
-    if want is None:
-        want = max(MIN_LATER_FAN_OUT, -(-int(input_bytes) // INPUT_BYTES_PER_CLEAN_INDEX))
-    return max(1, min(num_shards, want))
+    return _by_volume(num_shards, input_bytes, INPUT_BYTES_PER_CLEAN_INDEX, want)
 
 
 def pipeline_stages(spec: Spec, num_shards: int, input_bytes: int) -> list[StagePlan]:
